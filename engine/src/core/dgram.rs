@@ -1,0 +1,250 @@
+//! The datagram queue: many ops in flight, GSO grouping, per-datagram outcomes.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+use super::{is_retry, Config, Core, OpShape, Queue};
+use crate::error::Error;
+use crate::plan::cut_dgram;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Queued,
+    InFlight,
+    Sent,
+    Failed,
+}
+
+#[derive(Debug)]
+struct Dgram {
+    data: Bytes,
+    dest: Option<SocketAddr>,
+    queued_ns: u64,
+    state: State,
+    /// Never grouped again (its group was refused and re-split).
+    solo: bool,
+    /// ENOBUFS results so far.
+    nobufs: u8,
+}
+
+/// Datagrams of one socket, oldest first; terminal ones leave from the front.
+#[derive(Debug)]
+pub(crate) struct DgramQueue {
+    q: VecDeque<Dgram>,
+    front_seq: u64,
+    next_seq: u64,
+    /// No entry below this index is `Queued`.
+    scan: usize,
+    /// Entries in state `Queued`.
+    queued: usize,
+    /// GSO for this socket (turned off at run time after EIO/EINVAL).
+    pub gso: bool,
+}
+
+impl DgramQueue {
+    pub fn new(gso: bool) -> DgramQueue {
+        DgramQueue {
+            q: VecDeque::new(),
+            front_seq: 0,
+            next_seq: 0,
+            scan: 0,
+            queued: 0,
+            gso,
+        }
+    }
+
+    pub fn push(&mut self, data: Bytes, dest: Option<SocketAddr>, queued_ns: u64) {
+        self.q.push_back(Dgram {
+            data,
+            dest,
+            queued_ns,
+            state: State::Queued,
+            solo: false,
+            nobufs: 0,
+        });
+        self.next_seq += 1;
+        self.queued += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.q.len()
+    }
+
+    pub fn has_queued(&self) -> bool {
+        self.queued > 0
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    pub fn done_upto(&self) -> u64 {
+        if self.q.is_empty() {
+            self.next_seq
+        } else {
+            self.front_seq
+        }
+    }
+
+    pub fn plan(&mut self, cfg: &Config) -> Option<(OpShape, Option<SocketAddr>)> {
+        while self.scan < self.q.len() && self.q[self.scan].state != State::Queued {
+            self.scan += 1;
+        }
+        let first = self.q.get(self.scan)?;
+        let dest = first.dest;
+        let gso = cfg.gso && self.gso && !first.solo;
+        let lens = self
+            .q
+            .range(self.scan..)
+            .take_while(|d| d.state == State::Queued && d.dest == dest && !d.solo)
+            .map(|d| d.data.len());
+        let cut = cut_dgram(lens, gso, cfg.gso_max_segments, cfg.gso_max_bytes)?;
+        let start = self.scan;
+        for d in self.q.range_mut(start..start + cut.count) {
+            d.state = State::InFlight;
+        }
+        self.queued -= cut.count;
+        self.scan += cut.count;
+        let shape = OpShape::Dgram {
+            first_seq: self.front_seq + start as u64,
+            count: cut.count,
+            segment_size: cut.segment_size,
+            bytes: cut.bytes,
+        };
+        Some((shape, dest))
+    }
+
+    fn index(&self, seq: u64) -> usize {
+        usize::try_from(seq - self.front_seq).expect("in-flight datagram index fits usize")
+    }
+
+    pub fn slices(&self, first_seq: u64, count: usize, f: &mut impl FnMut(&[u8])) {
+        let i = self.index(first_seq);
+        for d in self.q.range(i..i + count) {
+            f(&d.data);
+        }
+    }
+
+    /// Datagrams in flight from `first_seq` go back to the queue; `solo` keeps them out of groups.
+    pub fn requeue(&mut self, first_seq: u64, count: usize, solo: bool) {
+        let i = self.index(first_seq);
+        for d in self.q.range_mut(i..i + count) {
+            d.state = State::Queued;
+            d.solo |= solo;
+        }
+        self.queued += count;
+        self.scan = self.scan.min(i);
+    }
+
+    fn mark(&mut self, first_seq: u64, count: usize, state: State, out: &mut Vec<(usize, u64)>) {
+        let i = self.index(first_seq);
+        for d in self.q.range_mut(i..i + count) {
+            d.state = state;
+            out.push((d.data.len(), d.queued_ns));
+        }
+    }
+
+    /// Drops terminal datagrams from the front, releasing their buffers.
+    fn pop_terminal(&mut self) {
+        while let Some(d) = self.q.front() {
+            if !matches!(d.state, State::Sent | State::Failed) {
+                break;
+            }
+            self.q.pop_front();
+            self.front_seq += 1;
+            self.scan = self.scan.saturating_sub(1);
+        }
+    }
+
+    /// Fails every datagram that is not in flight.
+    pub fn drain_queued(&mut self, out: &mut Vec<(usize, u64)>) {
+        for d in self.q.iter_mut().filter(|d| d.state == State::Queued) {
+            d.state = State::Failed;
+            out.push((d.data.len(), d.queued_ns));
+        }
+        self.queued = 0;
+        self.pop_terminal();
+    }
+}
+
+impl Core {
+    /// Applies a datagram op's result; returns true when the backend should wait for writability.
+    #[expect(clippy::too_many_arguments, reason = "one op's shape, unpacked")]
+    pub(super) fn complete_dgram(
+        &mut self,
+        idx: u32,
+        first_seq: u64,
+        count: usize,
+        gso: bool,
+        bytes: usize,
+        res: i32,
+        now_ns: u64,
+    ) -> bool {
+        let id = self.id_of(idx);
+        let nobufs_retries = self.cfg.nobufs_retries;
+        let s = self.socks[idx as usize]
+            .sock
+            .as_mut()
+            .expect("complete on a live socket");
+        let peer = s.peer;
+        let Queue::Dgram(q) = &mut s.queue else {
+            return false;
+        };
+        let mut done = std::mem::take(&mut self.scratch);
+        let mut failed: Option<Error> = None;
+        let mut again = false;
+        if res >= 0 {
+            // UDP sends are all or nothing: a result means every datagram of the op left.
+            q.mark(first_seq, count, State::Sent, &mut done);
+            self.stats.bytes_sent += bytes as u64;
+            s.acc.bytes += bytes as u64;
+        } else {
+            let errno = -res;
+            if is_retry(errno) {
+                q.requeue(first_seq, count, false);
+                self.stats.retries += 1;
+                again = errno == libc::EAGAIN;
+            } else if gso && count > 1 {
+                // The group was refused as a whole. EIO/EINVAL: the device or route cannot segment,
+                // so GSO goes off for this socket. Anything else (EMSGSIZE, a stale ICMP error):
+                // re-split so every datagram gets its own outcome (FAILURES.md items 13, 14).
+                if errno == libc::EIO || errno == libc::EINVAL {
+                    q.gso = false;
+                    q.requeue(first_seq, count, false);
+                } else {
+                    q.requeue(first_seq, count, true);
+                }
+                self.stats.gso_fallbacks += 1;
+            } else if errno == libc::ENOBUFS && {
+                let i = q.index(first_seq);
+                q.q[i].nobufs += 1;
+                q.q[i].nobufs <= nobufs_retries
+            } {
+                // Bounded backoff: 1, 2, 4, 8 ms, then the datagram counts as dropped.
+                let i = q.index(first_seq);
+                let n = q.q[i].nobufs;
+                q.requeue(first_seq, count, false);
+                s.retry_at_ns = Some(now_ns + (1_000_000u64 << (n - 1)));
+                self.backoff.push(idx);
+                self.stats.retries += 1;
+            } else {
+                let i = q.index(first_seq);
+                let dest = q.q[i].dest.or(peer);
+                q.mark(first_seq, count, State::Failed, &mut done);
+                failed = Some(Error::socket(errno, id, dest));
+            }
+        }
+        for &(len, t) in &done {
+            self.terminal(idx, len, t, now_ns, failed.as_ref());
+        }
+        if let Some(Queue::Dgram(q)) = self.socks[idx as usize].sock.as_mut().map(|s| &mut s.queue)
+        {
+            q.pop_terminal();
+        }
+        done.clear();
+        self.scratch = done;
+        again
+    }
+}

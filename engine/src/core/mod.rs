@@ -1,0 +1,783 @@
+//! The sans-IO core: per-socket queues of owned buffers, in-flight operations, flush barriers and
+//! the policy of what goes out next. It makes no system calls; a backend (or a simulated kernel in
+//! tests and fuzz targets) asks it for the next operation with [`Core::next_op`], builds the kernel
+//! request from [`Core::for_each_slice`], and hands every result back through [`Core::complete`].
+//!
+//! Time is passed in (`now_ns`), never read here, so a simulated kernel is fully deterministic.
+
+mod dgram;
+mod stream;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+
+use bytes::Bytes;
+
+use crate::error::{Error, Limit, Status};
+use crate::report::FlushReport;
+use crate::stats::Stats;
+use crate::SocketId;
+
+pub(crate) use dgram::DgramQueue;
+pub(crate) use stream::StreamQueue;
+
+/// Limits and switches the core enforces.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub max_queued_bytes_per_socket: usize,
+    pub max_queued_bytes: usize,
+    pub max_queued_writes_per_socket: usize,
+    pub max_in_flight_ops: usize,
+    pub max_in_flight_per_socket: usize,
+    pub max_iovecs_per_op: usize,
+    pub max_bytes_per_op: usize,
+    pub gso: bool,
+    pub gso_max_segments: usize,
+    pub gso_max_bytes: usize,
+    /// ENOBUFS retries per datagram before it counts as dropped (backoff 1, 2, 4, 8 ms: ≤ 16 ms).
+    pub nobufs_retries: u8,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_queued_bytes_per_socket: 64 << 20,
+            max_queued_bytes: 256 << 20,
+            max_queued_writes_per_socket: 1 << 20,
+            max_in_flight_ops: 1024,
+            max_in_flight_per_socket: 1024,
+            max_iovecs_per_op: crate::plan::IOV_MAX,
+            max_bytes_per_op: 8 << 20,
+            gso: true,
+            gso_max_segments: crate::plan::GSO_MAX_SEGMENTS,
+            gso_max_bytes: crate::plan::UDP_MAX_PAYLOAD,
+            nobufs_retries: 4,
+        }
+    }
+}
+
+/// What a socket carries.
+#[derive(Debug)]
+pub(crate) enum Queue {
+    Stream(StreamQueue),
+    Dgram(DgramQueue),
+}
+
+/// Terminal outcomes accumulated since the socket's last flush.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Acc {
+    pub writes: u64,
+    pub bytes: u64,
+    pub failed: u64,
+    pub failures: [u64; Status::ALL.len()],
+    pub first_error: Option<Error>,
+}
+
+impl Acc {
+    fn into_report(self) -> FlushReport {
+        FlushReport {
+            writes: self.writes,
+            bytes: self.bytes,
+            failed: self.failed,
+            failures: self.failures,
+            first_error: self.first_error,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Sock {
+    pub fd: RawFd,
+    pub peer: Option<SocketAddr>,
+    pub queue: Queue,
+    /// False while the backend waits for writability (epoll after EAGAIN).
+    pub writable: bool,
+    in_ready: bool,
+    pub in_flight: usize,
+    pub queued_bytes: usize,
+    pub poisoned: Option<Error>,
+    pub acc: Acc,
+    /// Not before this time (ENOBUFS backoff).
+    pub retry_at_ns: Option<u64>,
+    /// Set by `abort`: no new ops; the socket is removed once nothing is in flight.
+    pub closing: bool,
+}
+
+#[derive(Debug)]
+struct SockSlot {
+    gen: u32,
+    sock: Option<Sock>,
+}
+
+/// One operation as the kernel will see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OpShape {
+    /// A `sendmsg` with `entries` iovecs, `bytes` in all, from the front of a stream queue.
+    Stream { entries: usize, bytes: usize },
+    /// `count` datagrams starting at queue sequence `first_seq`; GSO when `segment_size` is set.
+    Dgram {
+        first_seq: u64,
+        count: usize,
+        segment_size: Option<u16>,
+        bytes: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct OpInfo {
+    sock: u32,
+    shape: OpShape,
+}
+
+#[derive(Debug)]
+struct OpSlot {
+    gen: u32,
+    op: Option<OpInfo>,
+}
+
+/// An operation for the backend to issue. `token` goes into `user_data` and comes back with the
+/// result; it is generation-tagged, so a stale or unknown token is ignored.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Planned {
+    pub token: u64,
+    pub sock: u32,
+    pub fd: RawFd,
+    pub shape: OpShape,
+    /// Destination for unconnected datagram sockets.
+    pub dest: Option<SocketAddr>,
+}
+
+/// What the backend should know about a completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Completed {
+    /// Taken into account.
+    Done { sock: u32 },
+    /// The kernel said "try again" (EAGAIN): an epoll backend should wait for writability.
+    Again { sock: u32 },
+    /// The token was unknown or stale; nothing changed.
+    Ignored,
+}
+
+/// The sans-IO engine state.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub cfg: Config,
+    socks: Vec<SockSlot>,
+    free_socks: Vec<u32>,
+    ops: Vec<OpSlot>,
+    free_ops: Vec<u32>,
+    ready: VecDeque<u32>,
+    queued_bytes: usize,
+    /// Accepted writes not yet terminal, over all sockets.
+    pending_writes: u64,
+    in_flight: usize,
+    /// Sockets waiting out an ENOBUFS backoff.
+    backoff: Vec<u32>,
+    /// Reused list of (length, queued time) of writes that just ended.
+    scratch: Vec<(usize, u64)>,
+    pub stats: Stats,
+}
+
+pub(crate) fn is_retry(errno: i32) -> bool {
+    // 512 is ERESTARTSYS, which io_uring may surface unchanged on some kernels (FAILURES.md item 6).
+    errno == libc::EAGAIN || errno == libc::EINTR || errno == 512
+}
+
+fn token(idx: u32, gen: u32) -> u64 {
+    (u64::from(gen) << 32) | u64::from(idx)
+}
+
+fn split_token(t: u64) -> (u32, u32) {
+    // Both halves fit by construction: low 32 bits index, high 32 bits generation.
+    ((t & 0xffff_ffff) as u32, (t >> 32) as u32)
+}
+
+impl Core {
+    pub fn new(cfg: Config) -> Core {
+        Core {
+            cfg,
+            socks: Vec::new(),
+            free_socks: Vec::new(),
+            ops: Vec::new(),
+            free_ops: Vec::new(),
+            ready: VecDeque::new(),
+            queued_bytes: 0,
+            pending_writes: 0,
+            in_flight: 0,
+            backoff: Vec::new(),
+            scratch: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    // ---- sockets ----------------------------------------------------------------------------
+
+    pub fn add_socket(&mut self, fd: RawFd, peer: Option<SocketAddr>, queue: Queue) -> SocketId {
+        let sock = Sock {
+            fd,
+            peer,
+            queue,
+            writable: true,
+            in_ready: false,
+            in_flight: 0,
+            queued_bytes: 0,
+            poisoned: None,
+            acc: Acc::default(),
+            retry_at_ns: None,
+            closing: false,
+        };
+        if let Some(idx) = self.free_socks.pop() {
+            let slot = &mut self.socks[idx as usize];
+            slot.sock = Some(sock);
+            SocketId::new(idx, slot.gen)
+        } else {
+            let idx = u32::try_from(self.socks.len()).expect("more than u32::MAX sockets");
+            self.socks.push(SockSlot {
+                gen: 0,
+                sock: Some(sock),
+            });
+            SocketId::new(idx, 0)
+        }
+    }
+
+    pub fn sock(&self, id: SocketId) -> Result<&Sock, Error> {
+        match self.socks.get(id.index as usize) {
+            Some(SockSlot { gen, sock: Some(s) }) if *gen == id.gen => Ok(s),
+            _ => Err(Error::UnknownSocket(id)),
+        }
+    }
+
+    fn sock_mut(&mut self, id: SocketId) -> Result<&mut Sock, Error> {
+        match self.socks.get_mut(id.index as usize) {
+            Some(SockSlot { gen, sock: Some(s) }) if *gen == id.gen => Ok(s),
+            _ => Err(Error::UnknownSocket(id)),
+        }
+    }
+
+    pub fn id_of(&self, idx: u32) -> SocketId {
+        SocketId::new(idx, self.socks[idx as usize].gen)
+    }
+
+    /// Iterates live socket indices.
+    pub fn socket_indices(&self) -> impl Iterator<Item = u32> + '_ {
+        self.socks
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.sock.is_some())
+            .map(|(i, _)| i as u32)
+    }
+
+    pub fn sock_at(&self, idx: u32) -> Option<&Sock> {
+        self.socks.get(idx as usize).and_then(|s| s.sock.as_ref())
+    }
+
+    /// Removes a socket that has nothing in flight. Queued writes fail as cancelled.
+    /// Returns its fd, or `None` if it must wait for in-flight ops (it is marked closing).
+    pub fn remove_socket(&mut self, id: SocketId, now_ns: u64) -> Result<Option<RawFd>, Error> {
+        self.cancel_queued(id, now_ns)?;
+        let s = self.sock_mut(id)?;
+        s.closing = true;
+        if s.in_flight > 0 {
+            return Ok(None);
+        }
+        let fd = s.fd;
+        let slot = &mut self.socks[id.index as usize];
+        slot.sock = None;
+        slot.gen = slot.gen.wrapping_add(1);
+        self.free_socks.push(id.index);
+        Ok(Some(fd))
+    }
+
+    /// Marks the socket closing (no new writes, no new ops) and fails every write of it that is
+    /// not in flight with `Cancelled`.
+    pub fn cancel_queued(&mut self, id: SocketId, now_ns: u64) -> Result<(), Error> {
+        let s = self.sock_mut(id)?;
+        s.closing = true;
+        let peer = s.peer;
+        let err = Error::Socket {
+            status: Status::Cancelled,
+            errno: libc::ECANCELED,
+            socket: id,
+            peer,
+        };
+        self.fail_unsent(id.index, &err, now_ns);
+        Ok(())
+    }
+
+    pub fn set_writable(&mut self, idx: u32, writable: bool) {
+        if let Some(s) = self
+            .socks
+            .get_mut(idx as usize)
+            .and_then(|s| s.sock.as_mut())
+        {
+            s.writable = writable;
+        }
+        if writable {
+            self.wake(idx);
+        }
+    }
+
+    // ---- writes -----------------------------------------------------------------------------
+
+    fn admit(&mut self, id: SocketId, len: usize) -> Result<(), Error> {
+        let (total, max_total) = (self.queued_bytes, self.cfg.max_queued_bytes);
+        let (max_per, max_writes) = (
+            self.cfg.max_queued_bytes_per_socket,
+            self.cfg.max_queued_writes_per_socket,
+        );
+        let s = self.sock(id)?;
+        if let Some(e) = &s.poisoned {
+            return Err(e.clone());
+        }
+        if s.closing {
+            return Err(Error::UnknownSocket(id));
+        }
+        let max = max_per.min(max_total);
+        if len > max {
+            return Err(Error::BufferTooLarge {
+                socket: id,
+                len,
+                max,
+            });
+        }
+        if s.queued_bytes + len > max_per {
+            return Err(Error::Backpressure {
+                socket: id,
+                limit: Limit::QueuedBytesPerSocket,
+                max: max_per,
+            });
+        }
+        if total + len > max_total {
+            return Err(Error::Backpressure {
+                socket: id,
+                limit: Limit::QueuedBytesTotal,
+                max: max_total,
+            });
+        }
+        let queued_writes = match &s.queue {
+            Queue::Stream(q) => q.len(),
+            Queue::Dgram(q) => q.len(),
+        };
+        if queued_writes >= max_writes {
+            return Err(Error::Backpressure {
+                socket: id,
+                limit: Limit::QueuedWritesPerSocket,
+                max: max_writes,
+            });
+        }
+        Ok(())
+    }
+
+    fn accepted(&mut self, idx: u32, len: usize) {
+        self.queued_bytes += len;
+        self.pending_writes += 1;
+        let s = self.socks[idx as usize]
+            .sock
+            .as_mut()
+            .expect("admitted socket exists");
+        s.queued_bytes += len;
+        self.wake(idx);
+    }
+
+    /// Queues a stream write. `queued_ns` is the caller's clock (0 when latency is not recorded).
+    pub fn send_stream(&mut self, id: SocketId, data: Bytes, queued_ns: u64) -> Result<(), Error> {
+        self.admit(id, data.len())?;
+        let len = data.len();
+        match &mut self.sock_mut(id)?.queue {
+            Queue::Stream(q) => q.push(data, queued_ns),
+            Queue::Dgram(_) => {
+                return Err(Error::WrongSocketKind {
+                    socket: id,
+                    expected: "a TCP stream",
+                })
+            }
+        }
+        self.accepted(id.index, len);
+        Ok(())
+    }
+
+    /// Queues a datagram; `dest` is required on unconnected sockets and refused on connected ones.
+    pub fn send_dgram(
+        &mut self,
+        id: SocketId,
+        data: Bytes,
+        dest: Option<SocketAddr>,
+        queued_ns: u64,
+    ) -> Result<(), Error> {
+        self.admit(id, data.len())?;
+        let len = data.len();
+        let s = self.sock_mut(id)?;
+        let connected = s.peer.is_some();
+        match &mut s.queue {
+            Queue::Dgram(q) => match (connected, dest) {
+                (true, None) | (false, Some(_)) => q.push(data, dest, queued_ns),
+                (true, Some(_)) => {
+                    return Err(Error::WrongSocketKind {
+                        socket: id,
+                        expected: "an unconnected UDP socket (use send)",
+                    })
+                }
+                (false, None) => {
+                    return Err(Error::WrongSocketKind {
+                        socket: id,
+                        expected: "a connected UDP socket (use send_to)",
+                    })
+                }
+            },
+            Queue::Stream(_) => {
+                return Err(Error::WrongSocketKind {
+                    socket: id,
+                    expected: "a UDP socket",
+                })
+            }
+        }
+        self.accepted(id.index, len);
+        Ok(())
+    }
+
+    // ---- planning ---------------------------------------------------------------------------
+
+    fn has_work(&self, idx: u32) -> bool {
+        let Some(s) = self.sock_at(idx) else {
+            return false;
+        };
+        if !s.writable
+            || s.closing
+            || s.retry_at_ns.is_some()
+            || s.in_flight >= self.cfg.max_in_flight_per_socket
+        {
+            return false;
+        }
+        match &s.queue {
+            Queue::Stream(q) => s.in_flight == 0 && q.has_unsent(),
+            Queue::Dgram(q) => q.has_queued(),
+        }
+    }
+
+    fn wake(&mut self, idx: u32) {
+        if self.has_work(idx) {
+            let s = self.socks[idx as usize]
+                .sock
+                .as_mut()
+                .expect("has_work checked");
+            if !s.in_ready {
+                s.in_ready = true;
+                self.ready.push_back(idx);
+            }
+        }
+    }
+
+    /// Ops in flight, over all sockets.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Accepted writes not yet terminal.
+    pub fn pending_writes(&self) -> u64 {
+        self.pending_writes
+    }
+
+    /// Bytes queued (accepted, not terminal), over all sockets.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// Releases sockets whose ENOBUFS backoff has passed; returns the earliest pending deadline.
+    pub fn poll_timers(&mut self, now_ns: u64) -> Option<u64> {
+        let mut next: Option<u64> = None;
+        let mut i = 0;
+        while i < self.backoff.len() {
+            let idx = self.backoff[i];
+            let at = self.sock_at(idx).and_then(|s| s.retry_at_ns);
+            match at {
+                Some(t) if t > now_ns => {
+                    next = Some(next.map_or(t, |n| n.min(t)));
+                    i += 1;
+                }
+                _ => {
+                    self.backoff.swap_remove(i);
+                    if let Some(s) = self.socks[idx as usize].sock.as_mut() {
+                        s.retry_at_ns = None;
+                    }
+                    self.wake(idx);
+                }
+            }
+        }
+        next
+    }
+
+    /// The next operation to issue, round-robin over sockets with work, or `None` when nothing
+    /// can go out now (no work, or the in-flight limit is reached).
+    pub fn next_op(&mut self) -> Option<Planned> {
+        while self.in_flight < self.cfg.max_in_flight_ops {
+            let idx = self.ready.pop_front()?;
+            if let Some(s) = self.socks[idx as usize].sock.as_mut() {
+                s.in_ready = false;
+            }
+            if !self.has_work(idx) {
+                continue;
+            }
+            let cfg = &self.cfg;
+            let s = self.socks[idx as usize]
+                .sock
+                .as_mut()
+                .expect("has_work checked");
+            let (shape, dest) = match &mut s.queue {
+                Queue::Stream(q) => match q.plan(cfg) {
+                    Some(shape) => (shape, None),
+                    None => continue,
+                },
+                Queue::Dgram(q) => match q.plan(cfg) {
+                    Some(p) => p,
+                    None => continue,
+                },
+            };
+            let fd = s.fd;
+            s.in_flight += 1;
+            self.in_flight += 1;
+            let token = self.alloc_op(OpInfo { sock: idx, shape });
+            // Datagram sockets may have more groups to go; streams wait for this one.
+            self.wake(idx);
+            return Some(Planned {
+                token,
+                sock: idx,
+                fd,
+                shape,
+                dest,
+            });
+        }
+        None
+    }
+
+    fn alloc_op(&mut self, info: OpInfo) -> u64 {
+        if let Some(i) = self.free_ops.pop() {
+            let slot = &mut self.ops[i as usize];
+            slot.op = Some(info);
+            token(i, slot.gen)
+        } else {
+            let i = u32::try_from(self.ops.len()).expect("more than u32::MAX ops");
+            self.ops.push(OpSlot {
+                gen: 0,
+                op: Some(info),
+            });
+            token(i, 0)
+        }
+    }
+
+    fn take_op(&mut self, t: u64) -> Option<OpInfo> {
+        let (i, gen) = split_token(t);
+        let slot = self.ops.get_mut(i as usize)?;
+        if slot.gen != gen {
+            return None;
+        }
+        let info = slot.op.take()?;
+        slot.gen = slot.gen.wrapping_add(1);
+        self.free_ops.push(i);
+        Some(info)
+    }
+
+    /// The payload slices of a planned op, in order (iovec building).
+    pub fn for_each_slice(&self, p: &Planned, mut f: impl FnMut(&[u8])) {
+        let Some(s) = self.sock_at(p.sock) else {
+            return;
+        };
+        match (&s.queue, p.shape) {
+            (Queue::Stream(q), OpShape::Stream { entries, bytes }) => {
+                q.slices(entries, bytes, &mut f)
+            }
+            (
+                Queue::Dgram(q),
+                OpShape::Dgram {
+                    first_seq, count, ..
+                },
+            ) => q.slices(first_seq, count, &mut f),
+            _ => {}
+        }
+    }
+
+    // ---- completions ------------------------------------------------------------------------
+
+    fn finish_op(&mut self, sock: u32) -> bool {
+        self.in_flight -= 1;
+        match self.socks[sock as usize].sock.as_mut() {
+            Some(s) => {
+                s.in_flight -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Puts an op back unsent (an SQ push that failed, the tail of a partial `sendmmsg`).
+    pub fn requeue(&mut self, t: u64) {
+        let Some(info) = self.take_op(t) else { return };
+        if !self.finish_op(info.sock) {
+            return;
+        }
+        let s = self.socks[info.sock as usize]
+            .sock
+            .as_mut()
+            .expect("finish_op checked");
+        match (&mut s.queue, info.shape) {
+            (Queue::Stream(q), OpShape::Stream { .. }) => q.unplan(),
+            (
+                Queue::Dgram(q),
+                OpShape::Dgram {
+                    first_seq, count, ..
+                },
+            ) => q.requeue(first_seq, count, false),
+            _ => {}
+        }
+        self.wake(info.sock);
+    }
+
+    /// Applies a kernel result: `res >= 0` is bytes sent, `res < 0` is `-errno`.
+    pub fn complete(&mut self, t: u64, res: i32, now_ns: u64) -> Completed {
+        let Some(info) = self.take_op(t) else {
+            return Completed::Ignored;
+        };
+        if !self.finish_op(info.sock) {
+            // The socket is gone (cannot happen while ops are in flight); the op is consumed.
+            return Completed::Done { sock: info.sock };
+        }
+        let idx = info.sock;
+        let again = match info.shape {
+            OpShape::Stream { entries, bytes } => {
+                self.complete_stream(idx, entries, bytes, res, now_ns)
+            }
+            OpShape::Dgram {
+                first_seq,
+                count,
+                segment_size,
+                bytes,
+            } => self.complete_dgram(
+                idx,
+                first_seq,
+                count,
+                segment_size.is_some(),
+                bytes,
+                res,
+                now_ns,
+            ),
+        };
+        self.wake(idx);
+        if again {
+            Completed::Again { sock: idx }
+        } else {
+            Completed::Done { sock: idx }
+        }
+    }
+
+    /// Records writes that ended: counts, latency, queue accounting.
+    fn terminal(
+        &mut self,
+        idx: u32,
+        len: usize,
+        queued_ns: u64,
+        now_ns: u64,
+        failed: Option<&Error>,
+    ) {
+        self.queued_bytes -= len;
+        self.pending_writes -= 1;
+        let s = self.socks[idx as usize]
+            .sock
+            .as_mut()
+            .expect("terminal on a live socket");
+        s.queued_bytes -= len;
+        match failed {
+            None => {
+                s.acc.writes += 1;
+                self.stats.writes_sent += 1;
+            }
+            Some(e) => {
+                let status = e.status().unwrap_or(Status::Other);
+                s.acc.failed += 1;
+                s.acc.failures[status.index()] += 1;
+                if s.acc.first_error.is_none() {
+                    s.acc.first_error = Some(e.clone());
+                }
+                self.stats.record_failure(status, 1);
+            }
+        }
+        if queued_ns != 0 {
+            self.stats
+                .write_latency_ns
+                .saturating_record(now_ns.saturating_sub(queued_ns).max(1));
+        }
+    }
+
+    fn sent_bytes(&mut self, idx: u32, n: usize) {
+        self.stats.bytes_sent += n as u64;
+        if let Some(s) = self.socks[idx as usize].sock.as_mut() {
+            s.acc.bytes += n as u64;
+        }
+    }
+
+    /// Fails every write of the socket that is not in flight.
+    fn fail_unsent(&mut self, idx: u32, err: &Error, now_ns: u64) {
+        let Some(s) = self.socks[idx as usize].sock.as_mut() else {
+            return;
+        };
+        let mut dropped = std::mem::take(&mut self.scratch);
+        match &mut s.queue {
+            Queue::Stream(q) => q.drain_unsent(&mut dropped),
+            Queue::Dgram(q) => q.drain_queued(&mut dropped),
+        }
+        for &(len, queued_ns) in &dropped {
+            self.terminal(idx, len, queued_ns, now_ns, Some(err));
+        }
+        dropped.clear();
+        self.scratch = dropped;
+    }
+
+    // ---- barriers ---------------------------------------------------------------------------
+
+    /// The sequence number a barrier created now waits for.
+    pub fn barrier(&self, id: SocketId) -> Result<u64, Error> {
+        Ok(match &self.sock(id)?.queue {
+            Queue::Stream(q) => q.next_seq(),
+            Queue::Dgram(q) => q.next_seq(),
+        })
+    }
+
+    /// Whether every write before `target` is terminal.
+    pub fn barrier_done(&self, id: SocketId, target: u64) -> Result<bool, Error> {
+        Ok(match &self.sock(id)?.queue {
+            Queue::Stream(q) => q.done_upto() >= target,
+            Queue::Dgram(q) => q.done_upto() >= target,
+        })
+    }
+
+    /// Takes the outcomes accumulated since the socket's last flush.
+    pub fn take_report(&mut self, id: SocketId) -> Result<FlushReport, Error> {
+        let s = self.sock_mut(id)?;
+        let mut r = std::mem::take(&mut s.acc).into_report();
+        // A poisoned stream keeps reporting its error: later flushes fail the same way.
+        if r.first_error.is_none() {
+            r.first_error = s.poisoned.clone();
+        }
+        Ok(r)
+    }
+
+    /// Whether the socket is a stream (flush errors are raised) or datagram (counted).
+    pub fn is_stream(&self, id: SocketId) -> Result<bool, Error> {
+        Ok(matches!(self.sock(id)?.queue, Queue::Stream(_)))
+    }
+
+    /// Forgets the memory of every write still in flight, so it is never freed while the kernel may
+    /// read it (used when a drain on shutdown fails).
+    pub fn leak_in_flight(&mut self) {
+        for slot in &mut self.socks {
+            if let Some(s) = slot.sock.as_mut() {
+                if s.in_flight > 0 {
+                    let q = std::mem::replace(&mut s.queue, Queue::Stream(StreamQueue::default()));
+                    std::mem::forget(q);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,172 @@
+//! The TCP stream queue: at most one op in flight, short sends resume at the exact byte.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use super::{is_retry, Config, Core, OpShape, Queue};
+use crate::error::Error;
+use crate::plan::cut_stream;
+
+/// Writes of one stream, oldest first. The front entry may be partly sent (`head_off`).
+#[derive(Debug, Default)]
+pub(crate) struct StreamQueue {
+    q: VecDeque<(Bytes, u64)>,
+    /// Sequence number of the front entry.
+    front_seq: u64,
+    next_seq: u64,
+    /// Bytes of the front entry the kernel has already taken.
+    head_off: usize,
+    /// Entries covered by the op in flight, if one is.
+    planned: Option<usize>,
+}
+
+impl StreamQueue {
+    pub fn push(&mut self, data: Bytes, queued_ns: u64) {
+        self.q.push_back((data, queued_ns));
+        self.next_seq += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.q.len()
+    }
+
+    pub fn has_unsent(&self) -> bool {
+        self.planned.is_none() && !self.q.is_empty()
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Every write with a sequence number below this is terminal.
+    pub fn done_upto(&self) -> u64 {
+        if self.q.is_empty() {
+            self.next_seq
+        } else {
+            self.front_seq
+        }
+    }
+
+    pub fn plan(&mut self, cfg: &Config) -> Option<OpShape> {
+        if self.planned.is_some() {
+            return None;
+        }
+        let head_off = self.head_off;
+        let lens = self
+            .q
+            .iter()
+            .enumerate()
+            .map(|(i, (b, _))| if i == 0 { b.len() - head_off } else { b.len() });
+        let cut = cut_stream(lens, cfg.max_iovecs_per_op, cfg.max_bytes_per_op)?;
+        self.planned = Some(cut.entries);
+        Some(OpShape::Stream {
+            entries: cut.entries,
+            bytes: cut.bytes,
+        })
+    }
+
+    pub fn unplan(&mut self) {
+        self.planned = None;
+    }
+
+    pub fn slices(&self, entries: usize, bytes: usize, f: &mut impl FnMut(&[u8])) {
+        let mut left = bytes;
+        for (i, (b, _)) in self.q.iter().take(entries).enumerate() {
+            let start = if i == 0 { self.head_off } else { 0 };
+            let take = (b.len() - start).min(left);
+            f(&b[start..start + take]);
+            left -= take;
+        }
+    }
+
+    /// Consumes `n` bytes taken by the kernel from the first `entries` entries; pushes the
+    /// (length, queued time) of every entry that is now fully sent.
+    fn consume(&mut self, mut n: usize, entries: usize, out: &mut Vec<(usize, u64)>) {
+        for _ in 0..entries {
+            let Some((b, t)) = self.q.front() else { break };
+            let rem = b.len() - self.head_off;
+            if n < rem {
+                self.head_off += n;
+                break;
+            }
+            n -= rem;
+            out.push((b.len(), *t));
+            self.q.pop_front();
+            self.head_off = 0;
+            self.front_seq += 1;
+        }
+    }
+
+    /// Removes every entry not covered by the op in flight.
+    pub fn drain_unsent(&mut self, out: &mut Vec<(usize, u64)>) {
+        let keep = self.planned.unwrap_or(0).min(self.q.len());
+        out.extend(self.q.drain(keep..).map(|(b, t)| (b.len(), t)));
+        if keep == 0 {
+            self.head_off = 0;
+            self.front_seq = self.next_seq;
+        }
+    }
+}
+
+impl Core {
+    /// Applies a stream op's result; returns true when the backend should wait for writability.
+    pub(super) fn complete_stream(
+        &mut self,
+        idx: u32,
+        entries: usize,
+        bytes: usize,
+        res: i32,
+        now_ns: u64,
+    ) -> bool {
+        let s = self.socks[idx as usize]
+            .sock
+            .as_mut()
+            .expect("complete on a live socket");
+        let Queue::Stream(q) = &mut s.queue else {
+            return false;
+        };
+        q.unplan();
+        if res < 0 {
+            let errno = -res;
+            if is_retry(errno) {
+                self.stats.retries += 1;
+                return errno == libc::EAGAIN;
+            }
+            self.poison(idx, errno, now_ns);
+            return false;
+        }
+        let n = res as usize;
+        if n > bytes {
+            // The kernel never reports more than it was given; if it does, the stream is corrupt.
+            self.poison(idx, libc::EIO, now_ns);
+            return false;
+        }
+        let mut done = std::mem::take(&mut self.scratch);
+        q.consume(n, entries, &mut done);
+        self.sent_bytes(idx, n);
+        if n < bytes {
+            self.stats.short_sends += 1;
+        }
+        for &(len, t) in &done {
+            self.terminal(idx, len, t, now_ns, None);
+        }
+        done.clear();
+        self.scratch = done;
+        false
+    }
+
+    /// A fatal stream error: later sends fail fast with it, queued writes fail with it now.
+    pub(super) fn poison(&mut self, idx: u32, errno: i32, now_ns: u64) {
+        let id = self.id_of(idx);
+        let s = self.socks[idx as usize]
+            .sock
+            .as_mut()
+            .expect("poison on a live socket");
+        let err = Error::socket(errno, id, s.peer);
+        if s.poisoned.is_none() {
+            s.poisoned = Some(err.clone());
+        }
+        self.fail_unsent(idx, &err, now_ns);
+    }
+}

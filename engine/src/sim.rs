@@ -1,0 +1,1 @@
+//! A simulated kernel driving the sans-IO core, for fuzz targets and tests.

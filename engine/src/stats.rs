@@ -1,0 +1,82 @@
+//! Counters and latency histograms.
+
+use hdrhistogram::Histogram;
+
+use crate::error::Status;
+
+/// Engine-wide counters and latency histograms (nanoseconds).
+///
+/// Counters only grow; take two snapshots (`clone`) and subtract to measure a section.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    /// User→kernel transitions the engine made itself (`io_uring_enter`, `sendmsg`, `sendmmsg`,
+    /// `epoll_wait`). Counted by the engine, one per system call; the benchmark cross-checks with
+    /// the kernel's own `raw_syscalls:sys_enter` counter.
+    pub kernel_transitions: u64,
+    /// Send operations handed to the kernel (SQEs on io_uring, msghdrs on epoll).
+    pub sqes: u64,
+    /// Transitions that carried at least one send operation.
+    pub batches: u64,
+    /// Payload bytes the kernel accepted.
+    pub bytes_sent: u64,
+    /// Writes (stream buffers or datagrams) that completed whole.
+    pub writes_sent: u64,
+    /// Writes that ended failed.
+    pub writes_failed: u64,
+    /// Failed writes per status, indexed by [`Status::index`].
+    pub failures: [u64; Status::ALL.len()],
+    /// Stream sends that the kernel took only partly (resumed at the exact byte).
+    pub short_sends: u64,
+    /// `EAGAIN`/`EINTR` results that were retried.
+    pub retries: u64,
+    /// GSO sends (one op carrying several datagrams).
+    pub gso_sends: u64,
+    /// GSO groups re-split into single datagrams after the kernel refused them.
+    pub gso_fallbacks: u64,
+    /// Latency of each write, queued → terminal, in nanoseconds.
+    pub write_latency_ns: Histogram<u64>,
+    /// Latency of each flush call, in nanoseconds.
+    pub flush_latency_ns: Histogram<u64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 ns .. 100 s at 3 significant figures.
+    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("static histogram bounds are valid")
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            kernel_transitions: 0,
+            sqes: 0,
+            batches: 0,
+            bytes_sent: 0,
+            writes_sent: 0,
+            writes_failed: 0,
+            failures: [0; Status::ALL.len()],
+            short_sends: 0,
+            retries: 0,
+            gso_sends: 0,
+            gso_fallbacks: 0,
+            write_latency_ns: histogram(),
+            flush_latency_ns: histogram(),
+        }
+    }
+}
+
+impl Stats {
+    /// Failed writes with `status`.
+    pub fn failed(&self, status: Status) -> u64 {
+        self.failures[status.index()]
+    }
+
+    /// Resets every counter and histogram.
+    pub fn reset(&mut self) {
+        *self = Stats::default();
+    }
+
+    pub(crate) fn record_failure(&mut self, status: Status, n: u64) {
+        self.writes_failed += n;
+        self.failures[status.index()] += n;
+    }
+}

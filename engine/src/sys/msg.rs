@@ -1,0 +1,107 @@
+//! `msghdr`/iovec/cmsg building: the memory a send op points the kernel at.
+
+use std::mem;
+use std::ptr;
+
+use socket2::SockAddr;
+
+use crate::core::{Core, OpShape, Planned};
+
+/// Room for one `cmsghdr` carrying a `u16` (`CMSG_SPACE(2)` is 24 on 64-bit Linux), 8-aligned as
+/// `cmsghdr` requires.
+#[repr(C, align(8))]
+#[derive(Debug)]
+struct CmsgBuf([u8; 32]);
+
+/// One op's `msghdr` and everything it points to except the payload (which the core owns).
+/// Boxed by its users so the addresses stay fixed until the kernel is done with them.
+pub(crate) struct MsgMem {
+    pub msg: libc::msghdr,
+    iov: Vec<libc::iovec>,
+    addr: Option<SockAddr>,
+    cmsg: CmsgBuf,
+}
+
+impl std::fmt::Debug for MsgMem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MsgMem")
+            .field("iovecs", &self.iov.len())
+            .finish()
+    }
+}
+
+// SAFETY: the raw pointers in `msg`/`iov` point into this struct or into `Bytes` the core keeps
+// alive; nothing is shared between threads through them.
+unsafe impl Send for MsgMem {}
+
+/// `SOL_UDP` / `UDP_SEGMENT` (include/uapi/linux/udp.h, added in Linux 4.18, commit bec1f6f697362).
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+
+impl MsgMem {
+    pub fn new() -> MsgMem {
+        MsgMem {
+            // SAFETY: `msghdr` is plain old data; all-zero is a valid (empty) value.
+            msg: unsafe { mem::zeroed() },
+            iov: Vec::new(),
+            addr: None,
+            cmsg: CmsgBuf([0; 32]),
+        }
+    }
+
+    /// Points `msg` at the payload of `p` (iovecs into the core's buffers), its destination and,
+    /// for a GSO group, a `UDP_SEGMENT` cmsg. The result is valid while `self` does not move and
+    /// the core keeps the op's buffers (until its completion).
+    pub fn prepare(&mut self, core: &Core, p: &Planned) {
+        self.iov.clear();
+        let iov = &mut self.iov;
+        core.for_each_slice(p, |s| {
+            iov.push(libc::iovec {
+                iov_base: s.as_ptr().cast_mut().cast(),
+                iov_len: s.len(),
+            })
+        });
+        // SAFETY: as in `new`: an all-zero msghdr is valid.
+        self.msg = unsafe { mem::zeroed() };
+        self.msg.msg_iov = self.iov.as_mut_ptr();
+        self.msg.msg_iovlen = self.iov.len() as _;
+        self.addr = p.dest.map(SockAddr::from);
+        if let Some(a) = &self.addr {
+            self.msg.msg_name = a.as_ptr().cast_mut().cast();
+            self.msg.msg_namelen = a.len();
+        }
+        if let OpShape::Dgram {
+            segment_size: Some(seg),
+            ..
+        } = p.shape
+        {
+            self.set_segment(seg);
+        }
+    }
+
+    fn set_segment(&mut self, seg: u16) {
+        self.cmsg.0 = [0; 32];
+        self.msg.msg_control = self.cmsg.0.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE is a pure computation.
+        let space = unsafe { libc::CMSG_SPACE(mem::size_of::<u16>() as u32) } as usize;
+        debug_assert!(space <= self.cmsg.0.len());
+        self.msg.msg_controllen = space as _;
+        // SAFETY: msg_control points at `space` writable, 8-aligned bytes, so CMSG_FIRSTHDR returns
+        // a valid, aligned header inside them and CMSG_DATA has room for the u16.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&self.msg);
+            (*c).cmsg_level = SOL_UDP;
+            (*c).cmsg_type = UDP_SEGMENT;
+            (*c).cmsg_len = libc::CMSG_LEN(mem::size_of::<u16>() as u32) as _;
+            ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
+        }
+    }
+}
+
+/// Wraps a prepared `msghdr` for `sendmmsg`.
+pub(crate) fn mmsghdr(m: &MsgMem) -> libc::mmsghdr {
+    libc::mmsghdr {
+        msg_hdr: m.msg,
+        msg_len: 0,
+    }
+}
