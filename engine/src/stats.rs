@@ -33,7 +33,8 @@ pub struct Stats {
     pub gso_sends: u64,
     /// GSO groups re-split into single datagrams after the kernel refused them.
     pub gso_fallbacks: u64,
-    /// Latency of each write, queued → terminal, in nanoseconds.
+    /// Latency of writes, queued → terminal, in nanoseconds: a 1-in-N systematic sample (see
+    /// `EngineBuilder::write_latency_every`, default N = 16).
     pub write_latency_ns: Histogram<u64>,
     /// Latency of each flush call, in nanoseconds.
     pub flush_latency_ns: Histogram<u64>,
