@@ -348,11 +348,7 @@ impl Engine {
     /// [`Error::BufferTooLarge`].
     pub fn send(&mut self, id: SocketId, data: Bytes) -> Result<(), Error> {
         let now = self.stamp();
-        if self.core.is_stream(id)? {
-            self.core.send_stream(id, data, now)
-        } else {
-            self.core.send_dgram(id, data, None, now)
-        }
+        self.core.send(id, data, None, now)
     }
 
     /// Queues one datagram to `dest` on an unconnected UDP socket.
@@ -361,7 +357,7 @@ impl Engine {
     /// As [`Engine::send`].
     pub fn send_to(&mut self, id: SocketId, data: Bytes, dest: SocketAddr) -> Result<(), Error> {
         let now = self.stamp();
-        self.core.send_dgram(id, data, Some(dest), now)
+        self.core.send(id, data, Some(dest), now)
     }
 
     /// Hands everything pending on every socket to the kernel (one `io_uring_enter` on io_uring)
@@ -503,6 +499,11 @@ impl Engine {
     /// [`Error::UnknownSocket`].
     pub fn queued_bytes(&self, id: SocketId) -> Result<usize, Error> {
         Ok(self.core.sock(id)?.queued_bytes)
+    }
+
+    /// Bytes accepted and not yet terminal, over all sockets.
+    pub fn total_queued_bytes(&self) -> usize {
+        self.core.queued_bytes()
     }
 
     /// Writes accepted and not yet terminal, over all sockets.

@@ -380,6 +380,24 @@ impl Core {
         self.wake(idx);
     }
 
+    /// Queues a write: a stream write, or a datagram (`dest` for unconnected UDP sockets).
+    pub fn send(
+        &mut self,
+        id: SocketId,
+        data: Bytes,
+        dest: Option<SocketAddr>,
+        queued_ns: u64,
+    ) -> Result<(), Error> {
+        match (&self.sock(id)?.queue, dest) {
+            (Queue::Stream(_), None) => self.send_stream(id, data, queued_ns),
+            (Queue::Stream(_), Some(_)) => Err(Error::WrongSocketKind {
+                socket: id,
+                expected: "an unconnected UDP socket",
+            }),
+            (Queue::Dgram(_), _) => self.send_dgram(id, data, dest, queued_ns),
+        }
+    }
+
     /// Queues a stream write. `queued_ns` is the caller's clock (0 when latency is not recorded).
     pub fn send_stream(&mut self, id: SocketId, data: Bytes, queued_ns: u64) -> Result<(), Error> {
         self.admit(id, data.len())?;
@@ -456,6 +474,9 @@ impl Core {
     }
 
     fn wake(&mut self, idx: u32) {
+        if self.sock_at(idx).is_some_and(|s| s.in_ready) {
+            return;
+        }
         if self.has_work(idx) {
             let s = self.socks[idx as usize]
                 .sock
