@@ -213,7 +213,7 @@ impl EngineBuilder {
                 Ok(ring) => {
                     let u = sys::uring::Uring::new(ring, base);
                     cfg.max_in_flight_ops = cfg.max_in_flight_ops.min(u.cq_entries());
-                    (Driver::Uring(u), BackendKind::Uring, None)
+                    (Driver::Uring(Box::new(u)), BackendKind::Uring, None)
                 }
                 Err(reason) if requested == Backend::Auto => {
                     eprintln!("volley: io_uring unavailable, using epoll: {reason}");

@@ -261,11 +261,10 @@ impl Core {
 
     /// Iterates live socket indices.
     pub fn socket_indices(&self) -> impl Iterator<Item = u32> + '_ {
-        self.socks
-            .iter()
-            .enumerate()
+        (0u32..)
+            .zip(self.socks.iter())
             .filter(|(_, s)| s.sock.is_some())
-            .map(|(i, _)| i as u32)
+            .map(|(i, _)| i)
     }
 
     pub fn sock_at(&self, idx: u32) -> Option<&Sock> {

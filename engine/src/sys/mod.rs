@@ -38,7 +38,7 @@ pub(crate) enum Wait {
 /// The chosen backend (runtime dispatch, as compio's fusion driver does).
 #[derive(Debug)]
 pub(crate) enum Driver {
-    Uring(uring::Uring),
+    Uring(Box<uring::Uring>),
     Epoll(epoll::Epoll),
 }
 

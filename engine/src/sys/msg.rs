@@ -36,6 +36,8 @@ unsafe impl Send for MsgMem {}
 
 /// `SOL_UDP` / `UDP_SEGMENT` (include/uapi/linux/udp.h, added in Linux 4.18, commit bec1f6f697362).
 const SOL_UDP: libc::c_int = 17;
+/// `size_of::<u16>()`, the `UDP_SEGMENT` payload, as the `u32` the CMSG macros take.
+const U16_LEN: u32 = 2;
 const UDP_SEGMENT: libc::c_int = 103;
 
 impl MsgMem {
@@ -83,7 +85,7 @@ impl MsgMem {
         self.cmsg.0 = [0; 32];
         self.msg.msg_control = self.cmsg.0.as_mut_ptr().cast();
         // SAFETY: CMSG_SPACE is a pure computation.
-        let space = unsafe { libc::CMSG_SPACE(mem::size_of::<u16>() as u32) } as usize;
+        let space = unsafe { libc::CMSG_SPACE(U16_LEN) } as usize;
         debug_assert!(space <= self.cmsg.0.len());
         self.msg.msg_controllen = space as _;
         // SAFETY: msg_control points at `space` writable, 8-aligned bytes, so CMSG_FIRSTHDR returns
@@ -92,7 +94,7 @@ impl MsgMem {
             let c = libc::CMSG_FIRSTHDR(&self.msg);
             (*c).cmsg_level = SOL_UDP;
             (*c).cmsg_type = UDP_SEGMENT;
-            (*c).cmsg_len = libc::CMSG_LEN(mem::size_of::<u16>() as u32) as _;
+            (*c).cmsg_len = libc::CMSG_LEN(U16_LEN) as _;
             ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
         }
     }

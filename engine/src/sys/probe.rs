@@ -64,7 +64,8 @@ pub(crate) fn udp_gso() -> bool {
         return false;
     };
     let mut val: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let mut len =
+        libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).expect("4 fits socklen_t");
     // SAFETY: the fd is a valid socket for the duration; val/len point at writable memory of the
     // sizes given.
     let rc = unsafe {

@@ -19,6 +19,10 @@ pub(crate) struct Uring {
     ring: IoUring,
     /// Per op slot (the token's low 32 bits): the msghdr memory the kernel reads.
     mem: Vec<Option<Box<MsgMem>>>,
+    #[expect(
+        clippy::vec_box,
+        reason = "boxes move between pool and slots; the kernel holds their addresses"
+    )]
     pool: Vec<Box<MsgMem>>,
     base: Instant,
 }
