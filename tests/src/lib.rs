@@ -21,6 +21,7 @@ pub fn engine(backend: Backend) -> Engine {
 
 /// A TCP listener on loopback whose single connection is read to EOF on a thread; the thread
 /// returns every byte received.
+#[derive(Debug)]
 pub struct TcpSink {
     /// Where to connect.
     pub addr: SocketAddr,
@@ -74,6 +75,7 @@ impl TcpSink {
 }
 
 /// A UDP receiver that collects datagrams until `count` arrived or `idle` passes with none.
+#[derive(Debug)]
 pub struct UdpSink {
     /// Where to send.
     pub addr: SocketAddr,
@@ -126,4 +128,425 @@ pub fn random_sizes(seed: u64, n: usize, max: usize) -> Vec<usize> {
             rng.gen_range(1..=(1usize << bits).min(max))
         })
         .collect()
+}
+
+// ---- TCP, fault and soak helpers (tests/tests/{tcp,faults,soak}.rs) ---------------------------
+
+pub mod seccomp;
+
+/// A flush that takes longer than this is a hang: every engine the TCP and fault tests build gets
+/// it as `flush_timeout`, as a guard (never as the thing measured).
+pub const HANG_GUARD: Duration = Duration::from_secs(20);
+
+/// A builder on `backend` with [`HANG_GUARD`] as its flush timeout.
+pub fn builder(backend: Backend) -> volley::EngineBuilder {
+    Engine::builder().backend(backend).flush_timeout(HANG_GUARD)
+}
+
+/// Sets `SO_SNDBUF` (the kernel doubles it and applies its minimum).
+pub fn set_sndbuf(s: &TcpStream, bytes: usize) {
+    socket2::SockRef::from(s)
+        .set_send_buffer_size(bytes)
+        .expect("SO_SNDBUF");
+}
+
+/// A connected loopback pair: (client, accepted server end).
+pub fn tcp_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let client = TcpStream::connect(listener.local_addr().expect("local addr")).expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    (client, server)
+}
+
+/// Asserts that `got` is a prefix of `sent` (a stream that failed delivers a prefix, invariant 2).
+pub fn assert_prefix(got: &[u8], sent: &[u8], ctx: &str) {
+    assert!(
+        got.len() <= sent.len(),
+        "{ctx}: received {} bytes, more than the {} sent",
+        got.len(),
+        sent.len()
+    );
+    if let Some(i) = got.iter().zip(sent).position(|(a, b)| a != b) {
+        panic!(
+            "{ctx}: received bytes differ from the sent ones at offset {i} of {}",
+            got.len()
+        );
+    }
+}
+
+/// Asserts that `got == sent` without printing megabytes on failure.
+pub fn assert_bytes_eq(got: &[u8], sent: &[u8], ctx: &str) {
+    if got != sent {
+        let at = got.iter().zip(sent).position(|(a, b)| a != b);
+        panic!(
+            "{ctx}: received {} bytes, sent {}; first difference at {:?}",
+            got.len(),
+            sent.len(),
+            at.unwrap_or(got.len().min(sent.len()))
+        );
+    }
+}
+
+/// A TCP sink whose reader does not start reading until [`Gate::open`]: a peer that stops reading.
+#[derive(Debug)]
+pub struct Gate(std::sync::mpsc::Sender<()>);
+
+impl Gate {
+    /// Lets the reader read (to EOF).
+    pub fn open(self) {
+        let _ = self.0.send(());
+    }
+}
+
+impl TcpSink {
+    /// Starts a sink that accepts at once but reads nothing until the returned gate opens.
+    pub fn start_gated(rcvbuf: Option<usize>) -> (TcpSink, Gate) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        if let Some(n) = rcvbuf {
+            socket2::SockRef::from(&listener)
+                .set_recv_buffer_size(n)
+                .expect("SO_RCVBUF");
+        }
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let handle = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let _ = rx.recv();
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            out
+        });
+        (TcpSink { addr, handle }, Gate(tx))
+    }
+}
+
+/// A position-addressed pseudo-random byte stream: byte `i` depends only on `(seed, i)`, so a
+/// sender can cut it into any messages and a receiver can check it without storing it.
+pub fn pattern_fill(seed: u64, offset: u64, buf: &mut [u8]) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        let pos = offset + i as u64;
+        let word = splitmix64(seed ^ (pos / 8).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        *b = word.to_le_bytes()[(pos % 8) as usize];
+    }
+}
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A TCP sink that checks every byte it reads against [`pattern_fill`] as it arrives.
+#[derive(Debug)]
+pub struct PatternSink {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    handle: JoinHandle<PatternResult>,
+}
+
+/// What a [`PatternSink`] saw: bytes read to EOF, and the offset of the first wrong byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PatternResult {
+    /// Bytes received.
+    pub bytes: u64,
+    /// Offset of the first byte that differed from the pattern, if any.
+    pub first_mismatch: Option<u64>,
+}
+
+impl PatternSink {
+    /// Starts the sink for the pattern of `seed`.
+    pub fn start(seed: u64) -> PatternSink {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let handle = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut buf = vec![0u8; 1 << 16];
+            let mut want = vec![0u8; 1 << 16];
+            let mut res = PatternResult {
+                bytes: 0,
+                first_mismatch: None,
+            };
+            loop {
+                let n = match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                };
+                if res.first_mismatch.is_none() {
+                    pattern_fill(seed, res.bytes, &mut want[..n]);
+                    if let Some(i) = buf[..n].iter().zip(&want[..n]).position(|(a, b)| a != b) {
+                        res.first_mismatch = Some(res.bytes + i as u64);
+                    }
+                }
+                res.bytes += n as u64;
+            }
+            res
+        });
+        PatternSink { addr, handle }
+    }
+
+    /// A connected client stream.
+    pub fn connect(&self) -> TcpStream {
+        TcpStream::connect(self.addr).expect("connect")
+    }
+
+    /// Waits for EOF and returns what the reader saw.
+    pub fn finish(self) -> PatternResult {
+        self.handle.join().expect("pattern sink thread")
+    }
+}
+
+/// Set in a re-exec'd child test process (see [`run_child`]).
+pub const CHILD_ENV: &str = "VOLLEY_CHILD";
+
+/// Whether this process is a child started by [`run_child`].
+pub fn is_child() -> bool {
+    std::env::var_os(CHILD_ENV).is_some()
+}
+
+/// Re-runs the test named `test` of the current test binary in a child process, with
+/// `VOLLEY_CHILD=1` and `env`, and returns its output. The test checks [`is_child`] to run its
+/// child half: something that must not happen in the test harness process itself (a seccomp
+/// filter, the default SIGPIPE disposition).
+pub fn run_child(test: &str, env: &[(&str, &str)]) -> std::process::Output {
+    let exe = std::env::current_exe().expect("current test binary");
+    std::process::Command::new(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, "1")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("spawn the child test")
+}
+
+/// Asserts a [`run_child`] child ran its test and passed; on failure shows its output.
+pub fn assert_child_passed(out: &std::process::Output, ctx: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.signal().is_none(),
+        "{ctx}: the child was killed by signal {:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status.signal()
+    );
+    assert!(
+        out.status.success(),
+        "{ctx}: the child failed ({})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    // An --exact filter that matches nothing also exits 0: make sure the test really ran.
+    assert!(
+        stdout.contains("1 passed"),
+        "{ctx}: the child ran no test\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+}
+
+// ---- UDP helpers (tests/tests/{udp,udp_netns}.rs) ---------------------------------------------
+
+/// A UDP engine on `backend` with GSO explicitly on or off and [`HANG_GUARD`] as flush timeout.
+pub fn udp_engine(backend: Backend, gso: bool) -> Engine {
+    builder(backend).gso(gso).build().expect("engine builds")
+}
+
+/// Sets `SO_RCVBUF` to `bytes` with `SO_RCVBUFFORCE` (root: past `net.core.rmem_max`), falling back
+/// to a plain `SO_RCVBUF` (capped by `rmem_max`) where that is refused.
+pub fn force_rcvbuf(sock: &UdpSocket, bytes: usize) {
+    let val = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    if try_setsockopt_int(sock, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, val).is_err() {
+        socket2::SockRef::from(sock)
+            .set_recv_buffer_size(bytes)
+            .expect("SO_RCVBUF");
+    }
+}
+
+fn try_setsockopt_int(
+    sock: &UdpSocket,
+    level: libc::c_int,
+    name: libc::c_int,
+    val: libc::c_int,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).expect("int size");
+    // SAFETY: setsockopt on a socket the caller keeps open for the call; `val` lives across it and
+    // `len` is its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (&val as *const libc::c_int).cast(),
+            len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// A UDP receiver that keeps every datagram it reads: until `count` arrived or `idle` passed with
+/// none (`SO_RCVTIMEO`), then for [`DgramSink::LINGER`] more to catch duplicates or extras.
+#[derive(Debug)]
+pub struct DgramSink {
+    /// Where to send.
+    pub addr: SocketAddr,
+    handle: JoinHandle<Vec<Vec<u8>>>,
+}
+
+impl DgramSink {
+    /// How long a sink keeps listening after its count is reached.
+    pub const LINGER: Duration = Duration::from_millis(30);
+
+    /// Binds on `bind` ("127.0.0.1:0", "[::1]:0") and starts collecting.
+    pub fn start(bind: &str, count: usize, idle: Duration) -> DgramSink {
+        DgramSink::start_socket(UdpSocket::bind(bind).expect("bind udp"), count, idle)
+    }
+
+    /// Collects on an already bound socket (e.g. one made inside a network namespace).
+    pub fn start_socket(sock: UdpSocket, count: usize, idle: Duration) -> DgramSink {
+        force_rcvbuf(&sock, 16 << 20);
+        sock.set_read_timeout(Some(idle)).expect("SO_RCVTIMEO");
+        let addr = sock.local_addr().expect("local addr");
+        let handle = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let mut buf = vec![0u8; 1 << 17];
+            let mut lingering = false;
+            loop {
+                if !lingering && out.len() >= count {
+                    lingering = true;
+                    sock.set_read_timeout(Some(DgramSink::LINGER))
+                        .expect("SO_RCVTIMEO");
+                }
+                match sock.recv(&mut buf) {
+                    Ok(n) => out.push(buf[..n].to_vec()),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+            }
+            out
+        });
+        DgramSink { addr, handle }
+    }
+
+    /// Waits for the receiver and returns the datagrams in arrival order.
+    pub fn finish(self) -> Vec<Vec<u8>> {
+        self.handle.join().expect("datagram sink thread")
+    }
+}
+
+/// A datagram of `len` bytes whose content depends on `tag` (so a receiver can tell them apart).
+pub fn dgram(tag: u64, len: usize) -> bytes::Bytes {
+    bytes::Bytes::from(payload(
+        tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ len as u64,
+        len,
+    ))
+}
+
+/// Asserts that `got` holds exactly the datagrams of `sent`, each whole (same size, same bytes), none
+/// lost, none extra, none twice, in any order (ops may complete out of order). `ctx` names the case.
+pub fn assert_same_datagrams(got: &[Vec<u8>], sent: &[bytes::Bytes], ctx: &str) {
+    let mut want: Vec<&[u8]> = sent.iter().map(|b| &b[..]).collect();
+    let mut have: Vec<&[u8]> = got.iter().map(|b| &b[..]).collect();
+    want.sort_unstable();
+    have.sort_unstable();
+    if want == have {
+        return;
+    }
+    let size_hist = |v: &[&[u8]]| {
+        let mut m = std::collections::BTreeMap::<usize, usize>::new();
+        for d in v {
+            *m.entry(d.len()).or_default() += 1;
+        }
+        m
+    };
+    let (mut missing, mut extra) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < want.len() || j < have.len() {
+        match (want.get(i), have.get(j)) {
+            (Some(a), Some(b)) if a == b => {
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) if a < b => {
+                missing.push(a.len());
+                i += 1;
+            }
+            (Some(_), Some(b)) | (None, Some(b)) => {
+                extra.push(b.len());
+                j += 1;
+            }
+            (Some(a), None) => {
+                missing.push(a.len());
+                i += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    panic!(
+        "{ctx}: sent {} datagrams, received {}; missing (sizes) {:?}; unexpected or corrupted (sizes) \
+         {:?}\n  sent sizes {:?}\n  received sizes {:?}",
+        sent.len(),
+        got.len(),
+        &missing[..missing.len().min(40)],
+        &extra[..extra.len().min(40)],
+        size_hist(&want),
+        size_hist(&have)
+    );
+}
+
+/// An address on `bind`'s host where nothing listens now (bound, then closed).
+pub fn closed_udp_port(bind: &str) -> SocketAddr {
+    let s = UdpSocket::bind(bind).expect("bind udp");
+    s.local_addr().expect("local addr")
+}
+
+/// A UDP socket bound to the wildcard of `peer`'s family, connected to `peer`.
+pub fn udp_connected(peer: SocketAddr) -> UdpSocket {
+    let s = UdpSocket::bind(unspecified(peer)).expect("bind udp");
+    s.connect(peer).expect("connect udp");
+    s
+}
+
+/// The wildcard address of `peer`'s family with port 0 (a sender's bind address).
+pub fn unspecified(peer: SocketAddr) -> SocketAddr {
+    match peer {
+        SocketAddr::V4(_) => SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0)),
+        SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+    }
+}
+
+/// `setsockopt(level, name, int)` on a UDP socket (e.g. `SO_NO_CHECK`, `IP_MTU_DISCOVER`).
+pub fn setsockopt_int(sock: &UdpSocket, level: libc::c_int, name: libc::c_int, val: libc::c_int) {
+    if let Err(e) = try_setsockopt_int(sock, level, name, val) {
+        panic!("setsockopt({level}, {name}, {val}): {e}");
+    }
+}
+
+/// `SOL_UDP` options of include/uapi/linux/udp.h that libc does not name on every target.
+pub mod udp_opt {
+    /// `SOL_UDP`.
+    pub const SOL_UDP: libc::c_int = 17;
+    /// `UDP_NO_CHECK6_TX`: send IPv6 UDP with a zero checksum (GSO then fails with `EINVAL`).
+    pub const UDP_NO_CHECK6_TX: libc::c_int = 101;
+    /// `UDP_NO_CHECK6_RX`: accept IPv6 UDP with a zero checksum.
+    pub const UDP_NO_CHECK6_RX: libc::c_int = 102;
+}
+
+/// Makes every GSO send of `sock` fail with `EINVAL` while single datagrams still go: no UDP
+/// checksum (`SO_NO_CHECK` for IPv4, `UDP_NO_CHECK6_TX` for IPv6; `udp_send_skb` refuses GSO with
+/// `sk_no_check_tx`). A deterministic stand-in for a device or route that cannot segment. An IPv6
+/// receiver must then accept zero checksums (`UDP_NO_CHECK6_RX`, see [`accept_no_check6`]).
+pub fn refuse_gso(sock: &UdpSocket) {
+    match sock.local_addr().expect("local addr") {
+        SocketAddr::V4(_) => setsockopt_int(sock, libc::SOL_SOCKET, libc::SO_NO_CHECK, 1),
+        SocketAddr::V6(_) => setsockopt_int(sock, udp_opt::SOL_UDP, udp_opt::UDP_NO_CHECK6_TX, 1),
+    }
+}
+
+/// Lets an IPv6 receiver accept datagrams sent with a zero checksum.
+pub fn accept_no_check6(sock: &UdpSocket) {
+    setsockopt_int(sock, udp_opt::SOL_UDP, udp_opt::UDP_NO_CHECK6_RX, 1);
 }

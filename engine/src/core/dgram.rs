@@ -95,11 +95,13 @@ impl DgramQueue {
         let first = self.q.get(self.scan)?;
         let dest = first.dest;
         let gso = cfg.gso && self.gso && !first.solo;
+        // The first datagram always goes (alone if it is solo); others join only if eligible.
         let lens = self
             .q
             .range(self.scan..)
-            .take_while(|d| d.state == State::Queued && d.dest == dest && !d.solo)
-            .map(|d| d.data.len());
+            .enumerate()
+            .take_while(|(i, d)| *i == 0 || (d.state == State::Queued && d.dest == dest && !d.solo))
+            .map(|(_, d)| d.data.len());
         let cut = cut_dgram(lens, gso, cfg.gso_max_segments, cfg.gso_max_bytes)?;
         let start = self.scan;
         for d in self.q.range_mut(start..start + cut.count) {
@@ -198,6 +200,9 @@ impl Core {
         if res >= 0 {
             // UDP sends are all or nothing: a result means every datagram of the op left.
             q.mark(first_seq, count, State::Sent, &mut done);
+            if gso && count > 1 {
+                self.stats.gso_sends += 1;
+            }
             self.stats.bytes_sent += bytes as u64;
             s.acc.bytes += bytes as u64;
         } else {
@@ -206,10 +211,27 @@ impl Core {
                 q.requeue(first_seq, count, false);
                 self.stats.retries += 1;
                 again = errno == libc::EAGAIN;
+            } else if gso
+                && count > 1
+                && !matches!(
+                    errno,
+                    libc::EIO | libc::EINVAL | libc::EMSGSIZE | libc::ENOBUFS
+                )
+            {
+                // A pending socket error (a stale ICMP: ECONNREFUSED, EHOSTUNREACH, …) refuses the
+                // call before anything is sent and is consumed by it. As with a single datagram, the
+                // first datagram takes the error; the rest go again (FAILURES.md item 11). Re-split
+                // instead, and the error would be lost (on epoll also the next one: sendmmsg drops
+                // an error that follows a sent datagram).
+                let i = q.index(first_seq);
+                let dest = q.q[i].dest.or(peer);
+                q.mark(first_seq, 1, State::Failed, &mut done);
+                q.requeue(first_seq + 1, count - 1, false);
+                failed = Some(Error::socket(errno, id, dest));
             } else if gso && count > 1 {
                 // The group was refused as a whole. EIO/EINVAL: the device or route cannot segment,
-                // so GSO goes off for this socket. Anything else (EMSGSIZE, a stale ICMP error):
-                // re-split so every datagram gets its own outcome (FAILURES.md items 13, 14).
+                // so GSO goes off for this socket. EMSGSIZE, ENOBUFS: re-split so every datagram
+                // gets its own outcome (FAILURES.md items 13, 14).
                 if errno == libc::EIO || errno == libc::EINVAL {
                     q.gso = false;
                     q.requeue(first_seq, count, false);
