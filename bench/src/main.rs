@@ -1,1 +1,161 @@
-fn main() {}
+//! `volley`: send stdin through the engine, sink what arrives, or benchmark the engine against
+//! per-buffer system calls, tokio, tokio-uring and quinn-udp.
+
+mod addr;
+mod bench;
+mod net;
+mod perf;
+mod send;
+mod sink;
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "volley",
+    version,
+    about = "Batched socket writes through io_uring (epoll fallback)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// `--backend` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BackendArg {
+    Auto,
+    Uring,
+    Epoll,
+}
+
+impl From<BackendArg> for volley::Backend {
+    fn from(b: BackendArg) -> volley::Backend {
+        match b {
+            BackendArg::Auto => volley::Backend::Auto,
+            BackendArg::Uring => volley::Backend::Uring,
+            BackendArg::Epoll => volley::Backend::Epoll,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Read stdin (or --input), cut it into messages, send them through the engine.
+    Send {
+        /// tcp://HOST:PORT or udp://HOST:PORT
+        url: String,
+        /// Bytes per message (the last one may be shorter); for UDP, bytes per datagram.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// Messages per flush.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Backend (default: VOLLEY_BACKEND, else auto).
+        #[arg(long, value_enum)]
+        backend: Option<BackendArg>,
+        /// Read this file instead of stdin.
+        #[arg(long)]
+        input: Option<PathBuf>,
+    },
+    /// Receive and count: TCP connections (bytes each) or UDP datagrams (count and sizes).
+    Sink {
+        /// tcp://BIND[:PORT] or udp://BIND[:PORT] (no port or 0: any free port, printed)
+        url: String,
+        /// Write what arrives to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// TCP: exit after this many connections; UDP: after this many datagrams.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Exit after this many idle seconds (UDP default 2; TCP: waiting for a connection).
+        #[arg(long)]
+        idle_timeout: Option<f64>,
+    },
+    /// Compare send methods side by side (interleaved rounds, medians).
+    Bench {
+        /// Short run (under a minute).
+        #[arg(long)]
+        quick: bool,
+        /// Print a JSON array instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Scenario to run (repeatable; default all).
+        #[arg(long = "scenario", value_enum)]
+        scenarios: Vec<bench::ScenarioName>,
+        /// Method to run (repeatable; default all).
+        #[arg(long = "method", value_enum)]
+        methods: Vec<bench::MethodName>,
+        /// Timed rounds per method.
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Messages per flush for tcp-small and udp-gso (default 1024).
+        #[arg(long)]
+        batch: Option<usize>,
+    },
+}
+
+/// Writes a line to stdout and flushes it; a closed pipe is an error, not a panic.
+pub(crate) fn say(line: &str) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Send {
+            url,
+            size,
+            batch,
+            backend,
+            input,
+        } => {
+            return send::run(&send::SendOpts {
+                url,
+                size,
+                batch,
+                backend: backend.map(Into::into),
+                input,
+            })
+        }
+        Cmd::Sink {
+            url,
+            out,
+            count,
+            idle_timeout,
+        } => sink::run(&sink::SinkOpts {
+            url,
+            out,
+            count,
+            idle_timeout,
+        }),
+        Cmd::Bench {
+            quick,
+            json,
+            scenarios,
+            methods,
+            rounds,
+            batch,
+        } => bench::run(&bench::BenchOpts {
+            quick,
+            json,
+            scenarios,
+            methods,
+            rounds,
+            batch,
+        }),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("volley: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

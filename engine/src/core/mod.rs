@@ -319,67 +319,10 @@ impl Core {
 
     // ---- writes -----------------------------------------------------------------------------
 
-    fn admit(&mut self, id: SocketId, len: usize) -> Result<(), Error> {
-        let (total, max_total) = (self.queued_bytes, self.cfg.max_queued_bytes);
-        let (max_per, max_writes) = (
-            self.cfg.max_queued_bytes_per_socket,
-            self.cfg.max_queued_writes_per_socket,
-        );
-        let s = self.sock(id)?;
-        if let Some(e) = &s.poisoned {
-            return Err(e.clone());
-        }
-        if s.closing {
-            return Err(Error::UnknownSocket(id));
-        }
-        let max = max_per.min(max_total);
-        if len > max {
-            return Err(Error::BufferTooLarge {
-                socket: id,
-                len,
-                max,
-            });
-        }
-        if s.queued_bytes + len > max_per {
-            return Err(Error::Backpressure {
-                socket: id,
-                limit: Limit::QueuedBytesPerSocket,
-                max: max_per,
-            });
-        }
-        if total + len > max_total {
-            return Err(Error::Backpressure {
-                socket: id,
-                limit: Limit::QueuedBytesTotal,
-                max: max_total,
-            });
-        }
-        let queued_writes = match &s.queue {
-            Queue::Stream(q) => q.len(),
-            Queue::Dgram(q) => q.len(),
-        };
-        if queued_writes >= max_writes {
-            return Err(Error::Backpressure {
-                socket: id,
-                limit: Limit::QueuedWritesPerSocket,
-                max: max_writes,
-            });
-        }
-        Ok(())
-    }
-
-    fn accepted(&mut self, idx: u32, len: usize) {
-        self.queued_bytes += len;
-        self.pending_writes += 1;
-        let s = self.socks[idx as usize]
-            .sock
-            .as_mut()
-            .expect("admitted socket exists");
-        s.queued_bytes += len;
-        self.wake(idx);
-    }
-
     /// Queues a write: a stream write, or a datagram (`dest` for unconnected UDP sockets).
+    /// `queued_ns` is the caller's clock for a sampled write, 0 otherwise.
+    ///
+    /// One socket lookup: this is the per-buffer hot path.
     pub fn send(
         &mut self,
         id: SocketId,
@@ -387,46 +330,23 @@ impl Core {
         dest: Option<SocketAddr>,
         queued_ns: u64,
     ) -> Result<(), Error> {
-        match (&self.sock(id)?.queue, dest) {
-            (Queue::Stream(_), None) => self.send_stream(id, data, queued_ns),
-            (Queue::Stream(_), Some(_)) => Err(Error::WrongSocketKind {
+        let len = data.len();
+        let total = self.queued_bytes;
+        let cfg = &self.cfg;
+        let s = match self.socks.get_mut(id.index as usize) {
+            Some(SockSlot { gen, sock: Some(s) }) if *gen == id.gen => s,
+            _ => return Err(Error::UnknownSocket(id)),
+        };
+        if matches!(s.queue, Queue::Stream(_)) && dest.is_some() {
+            return Err(Error::WrongSocketKind {
                 socket: id,
                 expected: "an unconnected UDP socket",
-            }),
-            (Queue::Dgram(_), _) => self.send_dgram(id, data, dest, queued_ns),
+            });
         }
-    }
-
-    /// Queues a stream write. `queued_ns` is the caller's clock (0 when latency is not recorded).
-    pub fn send_stream(&mut self, id: SocketId, data: Bytes, queued_ns: u64) -> Result<(), Error> {
-        self.admit(id, data.len())?;
-        let len = data.len();
-        match &mut self.sock_mut(id)?.queue {
-            Queue::Stream(q) => q.push(data, queued_ns),
-            Queue::Dgram(_) => {
-                return Err(Error::WrongSocketKind {
-                    socket: id,
-                    expected: "a TCP stream",
-                })
-            }
-        }
-        self.accepted(id.index, len);
-        Ok(())
-    }
-
-    /// Queues a datagram; `dest` is required on unconnected sockets and refused on connected ones.
-    pub fn send_dgram(
-        &mut self,
-        id: SocketId,
-        data: Bytes,
-        dest: Option<SocketAddr>,
-        queued_ns: u64,
-    ) -> Result<(), Error> {
-        self.admit(id, data.len())?;
-        let len = data.len();
-        let s = self.sock_mut(id)?;
+        admit(s, cfg, total, id, len)?;
         let connected = s.peer.is_some();
         match &mut s.queue {
+            Queue::Stream(q) => q.push(data, queued_ns),
             Queue::Dgram(q) => match (connected, dest) {
                 (true, None) | (false, Some(_)) => q.push(data, dest, queued_ns),
                 (true, Some(_)) => {
@@ -442,14 +362,14 @@ impl Core {
                     })
                 }
             },
-            Queue::Stream(_) => {
-                return Err(Error::WrongSocketKind {
-                    socket: id,
-                    expected: "a UDP socket",
-                })
-            }
         }
-        self.accepted(id.index, len);
+        s.queued_bytes += len;
+        let in_ready = s.in_ready;
+        self.queued_bytes += len;
+        self.pending_writes += 1;
+        if !in_ready {
+            self.wake(id.index);
+        }
         Ok(())
     }
 
@@ -727,13 +647,6 @@ impl Core {
         }
     }
 
-    fn sent_bytes(&mut self, idx: u32, n: usize) {
-        self.stats.bytes_sent += n as u64;
-        if let Some(s) = self.socks[idx as usize].sock.as_mut() {
-            s.acc.bytes += n as u64;
-        }
-    }
-
     /// Fails every write of the socket that is not in flight.
     fn fail_unsent(&mut self, idx: u32, err: &Error, now_ns: u64) {
         let Some(s) = self.socks[idx as usize].sock.as_mut() else {
@@ -797,6 +710,51 @@ impl Core {
             }
         }
     }
+}
+
+/// Whether a socket may take `len` more bytes: not poisoned or closing, within every limit.
+fn admit(s: &Sock, cfg: &Config, total: usize, id: SocketId, len: usize) -> Result<(), Error> {
+    if let Some(e) = &s.poisoned {
+        return Err(e.clone());
+    }
+    if s.closing {
+        return Err(Error::UnknownSocket(id));
+    }
+    let (max_total, max_per) = (cfg.max_queued_bytes, cfg.max_queued_bytes_per_socket);
+    let max = max_per.min(max_total);
+    if len > max {
+        return Err(Error::BufferTooLarge {
+            socket: id,
+            len,
+            max,
+        });
+    }
+    if s.queued_bytes + len > max_per {
+        return Err(Error::Backpressure {
+            socket: id,
+            limit: Limit::QueuedBytesPerSocket,
+            max: max_per,
+        });
+    }
+    if total + len > max_total {
+        return Err(Error::Backpressure {
+            socket: id,
+            limit: Limit::QueuedBytesTotal,
+            max: max_total,
+        });
+    }
+    let queued_writes = match &s.queue {
+        Queue::Stream(q) => q.len(),
+        Queue::Dgram(q) => q.len(),
+    };
+    if queued_writes >= cfg.max_queued_writes_per_socket {
+        return Err(Error::Backpressure {
+            socket: id,
+            limit: Limit::QueuedWritesPerSocket,
+            max: cfg.max_queued_writes_per_socket,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

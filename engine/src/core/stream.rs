@@ -82,7 +82,16 @@ impl StreamQueue {
 
     /// Consumes `n` bytes taken by the kernel from the first `entries` entries; pushes the
     /// (length, queued time) of every entry that is now fully sent.
-    fn consume(&mut self, mut n: usize, entries: usize, out: &mut Vec<(usize, u64)>) {
+    ///
+    /// Only sampled entries (queued time ≠ 0) are pushed to `out`; returns the count and total
+    /// length of all completed entries, so the caller accounts for them in one step.
+    fn consume(
+        &mut self,
+        mut n: usize,
+        entries: usize,
+        out: &mut Vec<(usize, u64)>,
+    ) -> (u64, usize) {
+        let (mut count, mut total) = (0u64, 0usize);
         for _ in 0..entries {
             let Some((b, t)) = self.q.front() else { break };
             let rem = b.len() - self.head_off;
@@ -91,11 +100,16 @@ impl StreamQueue {
                 break;
             }
             n -= rem;
-            out.push((b.len(), *t));
+            count += 1;
+            total += b.len();
+            if *t != 0 {
+                out.push((b.len(), *t));
+            }
             self.q.pop_front();
             self.head_off = 0;
-            self.front_seq += 1;
         }
+        self.front_seq += count;
+        (count, total)
     }
 
     /// Removes every entry not covered by the op in flight.
@@ -128,7 +142,8 @@ impl Core {
         };
         q.unplan();
         if res < 0 {
-            let errno = -res;
+            // `wrapping_neg`: a corrupt `i32::MIN` result must not panic (it maps to `Other`).
+            let errno = res.wrapping_neg();
             if is_retry(errno) {
                 self.stats.retries += 1;
                 return errno == libc::EAGAIN;
@@ -142,17 +157,26 @@ impl Core {
             self.poison(idx, libc::EIO, now_ns);
             return false;
         }
-        let mut done = std::mem::take(&mut self.scratch);
-        q.consume(n, entries, &mut done);
-        self.sent_bytes(idx, n);
+        let mut sampled = std::mem::take(&mut self.scratch);
+        let (count, total) = q.consume(n, entries, &mut sampled);
+        // Hot path: account for the whole op at once; only sampled writes touch the histogram.
+        s.queued_bytes -= total;
+        s.acc.writes += count;
+        s.acc.bytes += n as u64;
+        self.queued_bytes -= total;
+        self.pending_writes -= count;
+        self.stats.writes_sent += count;
+        self.stats.bytes_sent += n as u64;
         if n < bytes {
             self.stats.short_sends += 1;
         }
-        for &(len, t) in &done {
-            self.terminal(idx, len, t, now_ns, None);
+        for &(_, t) in &sampled {
+            self.stats
+                .write_latency_ns
+                .saturating_record(now_ns.saturating_sub(t).max(1));
         }
-        done.clear();
-        self.scratch = done;
+        sampled.clear();
+        self.scratch = sampled;
         false
     }
 

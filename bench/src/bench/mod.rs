@@ -1,0 +1,573 @@
+//! `volley bench`: every method side by side in one process, rounds interleaved, medians
+//! reported.
+//!
+//! Round `r` runs every method once, starting at method `r mod n`, so drift (other load, CPU
+//! frequency, page cache) hits all methods alike. Each (scenario, method) has its own sockets
+//! and its own verifying receiver thread; the receiver runs outside the timed section, and
+//! after every round the harness waits (untimed) for it to confirm that exactly what was sent
+//! arrived — a method that lost, reordered or corrupted data is FAILED, not fast.
+//!
+//! What is timed: the whole send loop of a round (rates), and each batch — the writes a flush
+//! covers, plus the flush — for the latency histogram. Transitions are the kernel's own count of
+//! `sys_enter` events on the bench thread during the timed section ([`crate::perf`]).
+
+mod naive;
+mod quinn;
+mod receiver;
+mod report;
+mod scenario;
+mod tokio;
+mod tokio_uring;
+mod volley;
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use clap::ValueEnum;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::perf::SyscallCounter;
+use receiver::Receiver;
+pub use scenario::ScenarioName;
+use scenario::{Payload, Spec, Workload};
+
+/// A way of sending that the benchmark compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MethodName {
+    /// std, one `write`/`send`/`send_to` per buffer.
+    Naive,
+    /// volley on its epoll backend.
+    Epoll,
+    /// volley on its io_uring backend.
+    Uring,
+    /// tokio, one `write_all`/`send`/`send_to` per buffer, current-thread runtime.
+    Tokio,
+    /// tokio-uring, one owned-buffer future per buffer, joined per batch.
+    TokioUring,
+    /// quinn-udp with GSO `Transmit`s (udp-gso only).
+    QuinnUdp,
+}
+
+impl MethodName {
+    /// All methods in report order.
+    pub const ALL: [MethodName; 6] = [
+        MethodName::Naive,
+        MethodName::Epoll,
+        MethodName::Uring,
+        MethodName::Tokio,
+        MethodName::TokioUring,
+        MethodName::QuinnUdp,
+    ];
+
+    /// The CLI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            MethodName::Naive => "naive",
+            MethodName::Epoll => "epoll",
+            MethodName::Uring => "uring",
+            MethodName::Tokio => "tokio",
+            MethodName::TokioUring => "tokio-uring",
+            MethodName::QuinnUdp => "quinn-udp",
+        }
+    }
+}
+
+/// Options of `volley bench`.
+#[derive(Debug, Clone)]
+pub struct BenchOpts {
+    /// Few short rounds (under a minute in all).
+    pub quick: bool,
+    /// JSON on stdout instead of tables.
+    pub json: bool,
+    /// Scenarios to run (empty: all).
+    pub scenarios: Vec<ScenarioName>,
+    /// Methods to run (empty: all).
+    pub methods: Vec<MethodName>,
+    /// Timed rounds per method (default 9 quick, 31 full).
+    pub rounds: Option<usize>,
+    /// Messages per flush for tcp-small and udp-gso.
+    pub batch: Option<usize>,
+}
+
+/// One method's send loop over its own sockets.
+pub trait Method {
+    /// Sends `batches` batches of the workload, recording each batch's duration (the writes a
+    /// flush covers plus the flush) in `hist`, in nanoseconds.
+    ///
+    /// # Errors
+    /// The first send error, as text.
+    fn run(
+        &mut self,
+        w: &mut Workload,
+        batches: usize,
+        hist: &mut Histogram<u64>,
+    ) -> Result<(), String>;
+
+    /// Transitions the method counted itself so far (volley's `Stats::kernel_transitions`),
+    /// to cross-check with the kernel's count; `None` for methods that do not count.
+    fn own_transitions(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Records the time since `start` (ns) in `hist`.
+#[inline]
+fn record(hist: &mut Histogram<u64>, start: Instant) {
+    let ns = u64::try_from(start.elapsed().as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    hist.saturating_record(ns);
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("static histogram bounds are valid")
+}
+
+/// Timing knobs of a run.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    rounds: usize,
+    /// Aim for rounds this long (capped by the scenario's message limit).
+    round_target: Duration,
+    /// Warm-up (and calibration) runs at least this long per method.
+    warm_min: Duration,
+}
+
+/// How a row ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Every round verified.
+    Ok,
+    /// The combination does not apply or cannot run here (with why).
+    NotApplicable(String),
+    /// A send failed or the receiver did not get exactly what was sent.
+    Failed(String),
+}
+
+/// One timed round of one method.
+#[derive(Debug, Clone, Copy)]
+struct RoundStat {
+    messages: u64,
+    bytes: u64,
+    ns: u64,
+    transitions: Option<u64>,
+    /// The method's own count of its transitions, where it keeps one.
+    own_transitions: Option<u64>,
+}
+
+/// The sockets, workload and receiver of a method; the method (its sender sockets) drops first.
+struct Runner {
+    method: Box<dyn Method>,
+    work: Workload,
+    rx: Receiver,
+}
+
+struct Entry {
+    name: MethodName,
+    runner: Option<Runner>,
+    outcome: Outcome,
+    rounds: Vec<RoundStat>,
+    hist: Histogram<u64>,
+    batches_per_round: usize,
+}
+
+impl Entry {
+    fn fail(&mut self, why: String) {
+        self.outcome = Outcome::Failed(why);
+        self.runner = None;
+    }
+}
+
+/// A finished row, also the JSON record.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Row {
+    /// Scenario name.
+    pub scenario: &'static str,
+    /// Method name.
+    pub method: &'static str,
+    /// Median over rounds.
+    pub messages_per_sec: Option<f64>,
+    /// Median over rounds (payload bytes).
+    pub bytes_per_sec: Option<f64>,
+    /// Median over rounds, counted by the kernel; `None` where it refused the counter.
+    pub transitions_per_message: Option<f64>,
+    /// The engine's own count of its transitions per message (volley methods), median.
+    pub engine_transitions_per_message: Option<f64>,
+    /// Batch (flush) latency percentiles over all timed batches, µs.
+    pub p50_us: Option<f64>,
+    /// 99th percentile, µs.
+    pub p99_us: Option<f64>,
+    /// 99.9th percentile, µs.
+    pub p999_us: Option<f64>,
+    /// messages/s ÷ naive's messages/s in the same scenario.
+    pub ratio_to_naive: Option<f64>,
+    /// Whether every round ran and verified.
+    pub ok: bool,
+    /// "ok", "n/a" or "failed".
+    pub status: &'static str,
+    /// Why n/a or failed.
+    pub error: Option<String>,
+    /// Timed rounds that went into the medians.
+    pub rounds: usize,
+    /// Messages per timed round.
+    pub messages_per_round: u64,
+    /// Messages per flush.
+    pub batch: usize,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    })
+}
+
+fn build(name: MethodName, spec: Spec, payload: &Payload) -> Result<Runner, Outcome> {
+    if name == MethodName::QuinnUdp && spec.name != ScenarioName::UdpGso {
+        return Err(Outcome::NotApplicable(if spec.is_tcp() {
+            "quinn-udp is UDP only".into()
+        } else {
+            "quinn-udp is measured on udp-gso only".into()
+        }));
+    }
+    let (conns, rx, work) = scenario::setup(spec, payload).map_err(Outcome::Failed)?;
+    let method: Box<dyn Method> = match name {
+        MethodName::Naive => Box::new(naive::Naive::new(conns)),
+        MethodName::Epoll | MethodName::Uring => {
+            let backend = if name == MethodName::Epoll {
+                ::volley::Backend::Epoll
+            } else {
+                ::volley::Backend::Uring
+            };
+            Box::new(volley::Volley::new(backend, conns).map_err(|e| match e {
+                ::volley::Error::UringUnavailable { .. } => Outcome::NotApplicable(e.to_string()),
+                e => Outcome::Failed(e.to_string()),
+            })?)
+        }
+        MethodName::Tokio => Box::new(tokio::Tokio::new(conns).map_err(Outcome::Failed)?),
+        MethodName::TokioUring => {
+            Box::new(tokio_uring::TokioUring::new(conns).map_err(Outcome::NotApplicable)?)
+        }
+        MethodName::QuinnUdp => {
+            let dest = work.dests[0];
+            Box::new(quinn::Quinn::new(conns, dest, spec.msg_size).map_err(Outcome::Failed)?)
+        }
+    };
+    Ok(Runner { method, work, rx })
+}
+
+/// Runs `batches` batches and verifies them with the receiver (untimed part included).
+fn run_verified(
+    r: &mut Runner,
+    spec: Spec,
+    batches: usize,
+    hist: &mut Histogram<u64>,
+    counter: Option<&mut SyscallCounter>,
+) -> Result<RoundStat, String> {
+    let mut counter = counter;
+    if let Some(c) = counter.as_deref_mut() {
+        c.start().map_err(|e| format!("perf counter: {e}"))?;
+    }
+    let own_before = r.method.own_transitions();
+    let t0 = Instant::now();
+    let res = r.method.run(&mut r.work, batches, hist);
+    let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let own_transitions = r
+        .method
+        .own_transitions()
+        .zip(own_before)
+        .map(|(after, before)| after - before);
+    let transitions = match counter {
+        Some(c) => Some(c.stop().map_err(|e| format!("perf counter: {e}"))?),
+        None => None,
+    };
+    res?;
+    let per_peer = (batches * spec.per_peer) as u64;
+    r.rx.expect(spec.peers, per_peer, spec.msg_size as u64);
+    r.rx.verify().map_err(|e| format!("verification: {e}"))?;
+    let messages = per_peer * spec.peers as u64;
+    Ok(RoundStat {
+        messages,
+        bytes: messages * spec.msg_size as u64,
+        ns: ns.max(1),
+        transitions,
+        own_transitions,
+    })
+}
+
+fn run_scenario(
+    spec: Spec,
+    methods: &[MethodName],
+    plan: Plan,
+    counter: &mut Option<SyscallCounter>,
+    pb: &ProgressBar,
+) -> Vec<Row> {
+    let payload = Payload::new(spec.msg_size);
+    let max_batches = (spec.max_round_messages / spec.batch_messages()).max(1);
+    let mut entries: Vec<Entry> = methods
+        .iter()
+        .map(|&name| {
+            let (runner, outcome) = match build(name, spec, &payload) {
+                Ok(r) => (Some(r), Outcome::Ok),
+                Err(o) => (None, o),
+            };
+            Entry {
+                name,
+                runner,
+                outcome,
+                rounds: Vec::new(),
+                hist: histogram(),
+                batches_per_round: 1,
+            }
+        })
+        .collect();
+
+    // Warm up and calibrate: double the batch count until a run takes `warm_min`, then size
+    // rounds for `round_target`.
+    for e in &mut entries {
+        pb.set_message(format!("{} {} warm-up", spec.name.name(), e.name.name()));
+        let Some(r) = e.runner.as_mut() else {
+            pb.inc(1 + plan.rounds as u64);
+            continue;
+        };
+        let mut scratch = histogram();
+        let mut k = 1usize;
+        // (nanoseconds, batches) of the last warm-up run.
+        let measured = loop {
+            match run_verified(r, spec, k, &mut scratch, None) {
+                Ok(s) => {
+                    if Duration::from_nanos(s.ns) >= plan.warm_min || k >= max_batches {
+                        break Some((s.ns, k));
+                    }
+                    k = (k * 2).min(max_batches);
+                }
+                Err(why) => {
+                    e.fail(format!("warm-up: {why}"));
+                    pb.inc(plan.rounds as u64);
+                    break None;
+                }
+            }
+        };
+        pb.inc(1);
+        if let Some((ns, k)) = measured {
+            let want = plan.round_target.as_nanos() * k as u128 / u128::from(ns.max(1));
+            e.batches_per_round = usize::try_from(want)
+                .unwrap_or(max_batches)
+                .clamp(1, max_batches);
+        }
+    }
+
+    let n = entries.len();
+    for round in 0..plan.rounds {
+        for i in 0..n {
+            let e = &mut entries[(round + i) % n];
+            let Some(r) = e.runner.as_mut() else {
+                continue;
+            };
+            pb.set_message(format!(
+                "{} {} round {}/{}",
+                spec.name.name(),
+                e.name.name(),
+                round + 1,
+                plan.rounds
+            ));
+            match run_verified(r, spec, e.batches_per_round, &mut e.hist, counter.as_mut()) {
+                Ok(s) => e.rounds.push(s),
+                Err(why) => {
+                    let left = plan.rounds - round - 1;
+                    e.fail(format!("round {}: {why}", round + 1));
+                    pb.inc(left as u64);
+                }
+            }
+            pb.inc(1);
+        }
+    }
+
+    let mut rows: Vec<Row> = entries.into_iter().map(|e| row(spec, e)).collect();
+    let naive = rows
+        .iter()
+        .find(|r| r.method == MethodName::Naive.name() && r.ok)
+        .and_then(|r| r.messages_per_sec);
+    for r in &mut rows {
+        r.ratio_to_naive = match (r.messages_per_sec, naive) {
+            (Some(m), Some(n)) if r.ok && n > 0.0 => Some(m / n),
+            _ => None,
+        };
+    }
+    rows
+}
+
+fn row(spec: Spec, e: Entry) -> Row {
+    let ok = matches!(e.outcome, Outcome::Ok) && !e.rounds.is_empty();
+    let (status, error) = match &e.outcome {
+        Outcome::Ok if ok => ("ok", None),
+        Outcome::Ok => ("failed", Some("no timed round ran".to_string())),
+        Outcome::NotApplicable(w) => ("n/a", Some(w.clone())),
+        Outcome::Failed(w) => ("failed", Some(w.clone())),
+    };
+    let per_sec = |f: fn(&RoundStat) -> u64| {
+        median(
+            e.rounds
+                .iter()
+                .map(|s| f(s) as f64 * 1e9 / s.ns as f64)
+                .collect(),
+        )
+    };
+    let transitions = if e.rounds.iter().all(|s| s.transitions.is_some()) {
+        median(
+            e.rounds
+                .iter()
+                .filter_map(|s| s.transitions.map(|t| t as f64 / s.messages as f64))
+                .collect(),
+        )
+    } else {
+        None
+    };
+    let own = if ok && e.rounds.iter().all(|s| s.own_transitions.is_some()) {
+        median(
+            e.rounds
+                .iter()
+                .filter_map(|s| s.own_transitions.map(|t| t as f64 / s.messages as f64))
+                .collect(),
+        )
+    } else {
+        None
+    };
+    let q =
+        |p: f64| (ok && !e.hist.is_empty()).then(|| e.hist.value_at_quantile(p) as f64 / 1000.0);
+    Row {
+        scenario: spec.name.name(),
+        method: e.name.name(),
+        messages_per_sec: if ok { per_sec(|s| s.messages) } else { None },
+        bytes_per_sec: if ok { per_sec(|s| s.bytes) } else { None },
+        transitions_per_message: if ok { transitions } else { None },
+        engine_transitions_per_message: own,
+        p50_us: q(0.5),
+        p99_us: q(0.99),
+        p999_us: q(0.999),
+        ratio_to_naive: None,
+        ok,
+        status,
+        error,
+        rounds: e.rounds.len(),
+        messages_per_round: (e.batches_per_round * spec.batch_messages()) as u64,
+        batch: spec.batch_messages(),
+    }
+}
+
+/// Runs `volley bench`.
+///
+/// # Errors
+/// Only for unusable options or output failures; per-method failures are rows, not errors.
+pub fn run(opts: &BenchOpts) -> Result<(), String> {
+    let say = |line: &str| crate::say(line).map_err(|e| format!("cannot write to stdout: {e}"));
+    if opts.batch == Some(0) {
+        return Err("--batch must be at least 1".into());
+    }
+    let plan = if opts.quick {
+        Plan {
+            rounds: opts.rounds.unwrap_or(9),
+            round_target: Duration::from_millis(40),
+            warm_min: Duration::from_millis(10),
+        }
+    } else {
+        Plan {
+            rounds: opts.rounds.unwrap_or(31),
+            round_target: Duration::from_millis(250),
+            warm_min: Duration::from_millis(50),
+        }
+    };
+    if plan.rounds == 0 {
+        return Err("--rounds must be at least 1".into());
+    }
+    let scenarios = if opts.scenarios.is_empty() {
+        ScenarioName::ALL.to_vec()
+    } else {
+        dedup(&opts.scenarios)
+    };
+    let methods = if opts.methods.is_empty() {
+        MethodName::ALL.to_vec()
+    } else {
+        dedup(&opts.methods)
+    };
+    let (mut counter, counter_note) = match SyscallCounter::new() {
+        Ok(c) => (
+            Some(c),
+            "kernel-counted (perf raw_syscalls:sys_enter, bench thread)".to_string(),
+        ),
+        Err(e) => (None, format!("n/a ({e})")),
+    };
+    let header = report::header(&plan_text(opts, plan), &counter_note);
+    if opts.json {
+        eprintln!("{header}");
+    } else {
+        say(&header)?;
+    }
+
+    let total = (scenarios.len() * methods.len() * (plan.rounds + 1)) as u64;
+    let pb = if std::io::stderr().is_terminal() {
+        let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        if let Ok(style) =
+            ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed_precise} {msg}")
+        {
+            pb.set_style(style);
+        }
+        pb
+    } else {
+        ProgressBar::hidden()
+    };
+
+    let mut all = Vec::new();
+    for &name in &scenarios {
+        let spec = Spec::new(name, opts.batch, opts.quick);
+        let rows = run_scenario(spec, &methods, plan, &mut counter, &pb);
+        if !opts.json {
+            pb.suspend(|| say(&format!("\n{}", report::table(spec, plan.rounds, &rows))))?;
+        }
+        all.extend(rows);
+    }
+    pb.finish_and_clear();
+
+    let targets = report::targets(&all);
+    if opts.json {
+        let text = serde_json::to_string_pretty(&all).map_err(|e| format!("json: {e}"))?;
+        say(&text)?;
+        for line in targets {
+            eprintln!("{line}");
+        }
+    } else {
+        if !targets.is_empty() {
+            say("")?;
+        }
+        for line in targets {
+            say(&line)?;
+        }
+    }
+    Ok(())
+}
+
+fn plan_text(opts: &BenchOpts, plan: Plan) -> String {
+    format!(
+        "{} run: {} timed rounds per method (interleaved, rotating order), ~{} ms per round, medians",
+        if opts.quick { "quick" } else { "full" },
+        plan.rounds,
+        plan.round_target.as_millis()
+    )
+}
+
+fn dedup<T: PartialEq + Copy>(v: &[T]) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(v.len());
+    for x in v {
+        if !out.contains(x) {
+            out.push(*x);
+        }
+    }
+    out
+}

@@ -1,0 +1,331 @@
+//! Receivers on their own thread, outside the timed sections, that verify what arrives.
+//!
+//! TCP: every byte of every stream is compared with the payload pattern (a lost, repeated or
+//! reordered message breaks it). UDP: datagrams are counted per peer and their sizes checked.
+//! After each round the harness calls [`Receiver::verify`], which waits (untimed) until what was
+//! sent has arrived, or until arrivals stall, and then compares.
+
+use std::io::{self, Read};
+use std::net::{TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+#[derive(Debug, Default)]
+struct Shared {
+    stop: AtomicBool,
+    bytes: AtomicU64,
+    datagrams: AtomicU64,
+    /// Datagrams of the wrong size.
+    bad_size: AtomicU64,
+    per_peer: Vec<AtomicU64>,
+    error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn fail(&self, msg: String) {
+        let mut e = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        if e.is_none() {
+            *e = Some(msg);
+        }
+    }
+
+    fn error(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A verifying receiver thread and what it is expected to have received so far.
+#[derive(Debug)]
+pub struct Receiver {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    tcp: bool,
+    msg_size: u64,
+    expect_bytes: u64,
+    expect_datagrams: u64,
+    expect_per_peer: Vec<u64>,
+}
+
+/// Waits on `fds` for input for up to 50 ms (so the stop flag is seen).
+fn poll_in(fds: &mut [libc::pollfd]) -> io::Result<usize> {
+    let n = libc::nfds_t::try_from(fds.len()).map_err(|_| io::Error::other("too many fds"))?;
+    // SAFETY: `fds` is a live, exclusively borrowed array of `n` pollfd structs.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), n, 50) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(0);
+        }
+        return Err(e);
+    }
+    Ok(usize::try_from(r).unwrap_or(0))
+}
+
+fn pollfds(fds: impl Iterator<Item = i32>) -> Vec<libc::pollfd> {
+    fds.map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    })
+    .collect()
+}
+
+/// Whether `data` equals the payload repeated, starting at stream offset `off`.
+fn matches_pattern(big: &[u8], off: u64, data: &[u8]) -> bool {
+    let len = big.len();
+    let mut o = usize::try_from(off % len as u64).unwrap_or(0);
+    let mut rest = data;
+    while !rest.is_empty() {
+        let take = rest.len().min(len - o);
+        if rest[..take] != big[o..o + take] {
+            return false;
+        }
+        rest = &rest[take..];
+        o = 0;
+    }
+    true
+}
+
+impl Receiver {
+    /// Starts a receiver reading `streams` and checking every byte against `big` repeated.
+    ///
+    /// # Errors
+    /// When a socket cannot be made non-blocking or the thread cannot start.
+    pub fn tcp(streams: Vec<TcpStream>, big: Bytes) -> Result<Receiver, String> {
+        for s in &streams {
+            s.set_nonblocking(true)
+                .map_err(|e| format!("set_nonblocking: {e}"))?;
+        }
+        let shared = Arc::new(Shared::default());
+        let sh = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("tcp-receiver".into())
+            .spawn(move || tcp_loop(&sh, streams, &big))
+            .map_err(|e| format!("spawn: {e}"))?;
+        Ok(Receiver {
+            shared,
+            thread: Some(thread),
+            tcp: true,
+            msg_size: 0,
+            expect_bytes: 0,
+            expect_datagrams: 0,
+            expect_per_peer: Vec::new(),
+        })
+    }
+
+    /// Starts a receiver counting datagrams on `socks`; each should be `size` bytes.
+    ///
+    /// # Errors
+    /// As [`Receiver::tcp`].
+    pub fn udp(socks: Vec<UdpSocket>, size: usize) -> Result<Receiver, String> {
+        for s in &socks {
+            s.set_nonblocking(true)
+                .map_err(|e| format!("set_nonblocking: {e}"))?;
+        }
+        let peers = socks.len();
+        let shared = Arc::new(Shared {
+            per_peer: (0..peers).map(|_| AtomicU64::new(0)).collect(),
+            ..Shared::default()
+        });
+        let sh = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("udp-receiver".into())
+            .spawn(move || udp_loop(&sh, socks, size))
+            .map_err(|e| format!("spawn: {e}"))?;
+        Ok(Receiver {
+            shared,
+            thread: Some(thread),
+            tcp: false,
+            msg_size: size as u64,
+            expect_bytes: 0,
+            expect_datagrams: 0,
+            expect_per_peer: vec![0; peers],
+        })
+    }
+
+    /// Records that `per_peer` messages of `size` bytes were sent to every peer.
+    pub fn expect(&mut self, peers: usize, per_peer: u64, size: u64) {
+        let n = per_peer * peers as u64;
+        self.expect_bytes += n * size;
+        self.expect_datagrams += n;
+        for e in &mut self.expect_per_peer {
+            *e += per_peer;
+        }
+    }
+
+    /// Waits until everything expected has arrived (or arrivals stall) and compares.
+    ///
+    /// # Errors
+    /// What is missing, extra or wrong.
+    pub fn verify(&self) -> Result<(), String> {
+        let sh = &self.shared;
+        let (stall, target) = if self.tcp {
+            (Duration::from_secs(5), self.expect_bytes)
+        } else {
+            (Duration::from_secs(1), self.expect_datagrams)
+        };
+        let current = || {
+            if self.tcp {
+                sh.bytes.load(Ordering::Acquire)
+            } else {
+                sh.datagrams.load(Ordering::Acquire)
+            }
+        };
+        let mut last = current();
+        let mut since = Instant::now();
+        while last < target {
+            if let Some(e) = sh.error() {
+                return Err(e);
+            }
+            std::thread::sleep(Duration::from_micros(200));
+            let now = current();
+            if now != last {
+                last = now;
+                since = Instant::now();
+            } else if since.elapsed() > stall {
+                break;
+            }
+        }
+        if let Some(e) = sh.error() {
+            return Err(e);
+        }
+        if self.tcp {
+            let got = sh.bytes.load(Ordering::Acquire);
+            if got != self.expect_bytes {
+                return Err(format!(
+                    "receiver got {got} bytes, {} were sent",
+                    self.expect_bytes
+                ));
+            }
+            return Ok(());
+        }
+        let got = sh.datagrams.load(Ordering::Acquire);
+        if got != self.expect_datagrams {
+            let lost = self.expect_datagrams.saturating_sub(got);
+            return Err(format!(
+                "receiver got {got} of {} datagrams ({lost} lost)",
+                self.expect_datagrams
+            ));
+        }
+        let bad = sh.bad_size.load(Ordering::Acquire);
+        if bad > 0 {
+            return Err(format!(
+                "{bad} datagrams were not {} bytes long",
+                self.msg_size
+            ));
+        }
+        for (i, (want, got)) in self.expect_per_peer.iter().zip(&sh.per_peer).enumerate() {
+            let got = got.load(Ordering::Acquire);
+            if got != *want {
+                return Err(format!("peer {i} got {got} datagrams, {want} were sent"));
+            }
+        }
+        let bytes = sh.bytes.load(Ordering::Acquire);
+        if bytes != self.expect_bytes {
+            return Err(format!(
+                "receiver got {bytes} bytes, {} were sent",
+                self.expect_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn tcp_loop(sh: &Shared, mut streams: Vec<TcpStream>, big: &[u8]) {
+    let mut fds = pollfds(streams.iter().map(AsRawFd::as_raw_fd));
+    let mut offsets = vec![0u64; streams.len()];
+    let mut buf = vec![0u8; 256 * 1024];
+    while !sh.stop.load(Ordering::Acquire) {
+        match poll_in(&mut fds) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(e) => return sh.fail(format!("receiver poll failed: {e}")),
+        }
+        for (i, pfd) in fds.iter_mut().enumerate() {
+            if pfd.revents == 0 || pfd.fd < 0 {
+                continue;
+            }
+            pfd.revents = 0;
+            loop {
+                match streams[i].read(&mut buf) {
+                    Ok(0) => {
+                        if !sh.stop.load(Ordering::Acquire) {
+                            sh.fail(format!("connection {i} closed by the sender"));
+                        }
+                        pfd.fd = -1;
+                        break;
+                    }
+                    Ok(n) => {
+                        if !matches_pattern(big, offsets[i], &buf[..n]) {
+                            sh.fail(format!(
+                                "connection {i}: data corrupt or reordered within bytes {}..{}",
+                                offsets[i],
+                                offsets[i] + n as u64
+                            ));
+                        }
+                        offsets[i] += n as u64;
+                        sh.bytes.fetch_add(n as u64, Ordering::Release);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        sh.fail(format!("connection {i}: read failed: {e}"));
+                        pfd.fd = -1;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    streams.clear();
+}
+
+fn udp_loop(sh: &Shared, socks: Vec<UdpSocket>, size: usize) {
+    let mut fds = pollfds(socks.iter().map(AsRawFd::as_raw_fd));
+    let mut buf = vec![0u8; 65536];
+    while !sh.stop.load(Ordering::Acquire) {
+        match poll_in(&mut fds) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(e) => return sh.fail(format!("receiver poll failed: {e}")),
+        }
+        for (i, pfd) in fds.iter_mut().enumerate() {
+            if pfd.revents == 0 {
+                continue;
+            }
+            pfd.revents = 0;
+            loop {
+                match socks[i].recv(&mut buf) {
+                    Ok(n) => {
+                        if n != size {
+                            sh.bad_size.fetch_add(1, Ordering::Relaxed);
+                        }
+                        sh.per_peer[i].fetch_add(1, Ordering::Relaxed);
+                        sh.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                        sh.datagrams.fetch_add(1, Ordering::Release);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        sh.fail(format!("peer {i}: recv failed: {e}"));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}

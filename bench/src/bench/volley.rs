@@ -1,0 +1,130 @@
+//! `epoll` and `uring`: volley's two backends. Every message is queued with `Engine::send` (or
+//! `send_to`) as a `Bytes` slice; each batch ends with one flush barrier.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use volley::{Backend, Engine, Error, FlushReport, SocketId};
+
+use super::scenario::{Conns, Kind, Workload};
+use super::{record, Method};
+
+/// One engine per method per scenario, built outside the timed sections.
+#[derive(Debug)]
+pub struct Volley {
+    engine: Engine,
+    ids: Vec<SocketId>,
+}
+
+impl Volley {
+    /// Builds an engine on `backend` and registers the sender sockets.
+    ///
+    /// # Errors
+    /// The engine's error (e.g. io_uring unavailable).
+    pub fn new(backend: Backend, conns: Conns) -> Result<Volley, Error> {
+        let mut engine = Engine::builder()
+            .backend(backend)
+            // No clock reads per message in the hot path: the bench times batches itself.
+            .write_latency_every(0)
+            .build()?;
+        let ids = match conns {
+            Conns::Tcp(streams) => streams
+                .into_iter()
+                .map(|s| engine.register_tcp(s))
+                .collect::<Result<Vec<_>, _>>(),
+            Conns::Udp(u) => engine.register_udp(u).map(|id| vec![id]),
+        }?;
+        Ok(Volley { engine, ids })
+    }
+}
+
+/// Queues the next message for `peer`; on backpressure flushes everything and sends the same
+/// message again.
+#[inline]
+fn send(
+    engine: &mut Engine,
+    id: SocketId,
+    w: &mut Workload,
+    peer: usize,
+    dest: Option<SocketAddr>,
+) -> Result<(), String> {
+    let queue = |engine: &mut Engine, b: Bytes| match dest {
+        None => engine.send(id, b),
+        Some(d) => engine.send_to(id, b, d),
+    };
+    match queue(engine, w.next(peer)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_backpressure() => {
+            check_udp(engine.flush_all())?;
+            queue(engine, w.again(peer)).map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A flush that failed, or reported failed datagrams, is a failed round.
+fn check_udp(r: Result<FlushReport, Error>) -> Result<(), String> {
+    let r = r.map_err(|e| e.to_string())?;
+    if r.failed > 0 {
+        let by: Vec<String> = r
+            .failures_by_status()
+            .map(|(s, n)| format!("{s}: {n}"))
+            .collect();
+        return Err(format!("{} datagrams failed ({})", r.failed, by.join(", ")));
+    }
+    Ok(())
+}
+
+impl Method for Volley {
+    fn run(
+        &mut self,
+        w: &mut Workload,
+        batches: usize,
+        hist: &mut Histogram<u64>,
+    ) -> Result<(), String> {
+        let spec = w.spec;
+        let engine = &mut self.engine;
+        for _ in 0..batches {
+            let start = Instant::now();
+            match spec.kind {
+                Kind::Tcp => {
+                    for (peer, &id) in self.ids.iter().enumerate() {
+                        for _ in 0..spec.per_peer {
+                            send(engine, id, w, peer, None)?;
+                        }
+                    }
+                    if let [id] = self.ids[..] {
+                        engine.flush(id).map_err(|e| e.to_string())?;
+                    } else {
+                        engine.flush_all().map_err(|e| e.to_string())?;
+                    }
+                }
+                Kind::UdpConnected => {
+                    let id = self.ids[0];
+                    for _ in 0..spec.per_peer {
+                        send(engine, id, w, 0, None)?;
+                    }
+                    check_udp(engine.flush(id))?;
+                }
+                Kind::UdpUnconnected => {
+                    let id = self.ids[0];
+                    for peer in 0..spec.peers {
+                        let dest = Some(w.dests[peer]);
+                        for _ in 0..spec.per_peer {
+                            send(engine, id, w, peer, dest)?;
+                        }
+                    }
+                    check_udp(engine.flush(id))?;
+                }
+            }
+            record(hist, start);
+        }
+        Ok(())
+    }
+
+    fn own_transitions(&self) -> Option<u64> {
+        Some(self.engine.stats().kernel_transitions)
+    }
+}
