@@ -44,7 +44,7 @@ mod report;
 mod stats;
 mod sys;
 
-#[cfg(any(fuzzing, feature = "sim"))]
+#[cfg(any(test, fuzzing, feature = "sim"))]
 pub mod sim;
 
 pub use bytes::Bytes;

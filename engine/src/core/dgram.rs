@@ -145,6 +145,9 @@ impl DgramQueue {
         for d in self.q.range_mut(i..i + count) {
             d.state = state;
             out.push((d.data.len(), d.queued_ns));
+            // Terminal: the kernel is done with it. Release it now, not when it reaches the front
+            // (an older datagram still in flight would keep it beyond the queued-bytes limit).
+            d.data = Bytes::new();
         }
     }
 
@@ -206,7 +209,8 @@ impl Core {
             self.stats.bytes_sent += bytes as u64;
             s.acc.bytes += bytes as u64;
         } else {
-            let errno = -res;
+            // `wrapping_neg`: a corrupt `i32::MIN` result must not panic (it maps to `Other`).
+            let errno = res.wrapping_neg();
             if is_retry(errno) {
                 q.requeue(first_seq, count, false);
                 self.stats.retries += 1;
