@@ -25,7 +25,9 @@ fn sink() -> (std::net::SocketAddr, std::thread::JoinHandle<u64>) {
 }
 
 fn main() {
-    let total = 20_000_000usize;
+    let total: usize = std::env::var("N")
+        .map(|s| s.parse().unwrap())
+        .unwrap_or(5_000_000);
     let batch: usize = std::env::args()
         .nth(1)
         .map(|s| s.parse().unwrap())
@@ -46,7 +48,7 @@ fn main() {
         h.join().unwrap();
         println!("naive: {:.0} msg/s", n as f64 / el.as_secs_f64());
     }
-    for b in [Backend::Uring] {
+    for b in [Backend::Epoll, Backend::Uring] {
         for lat in [true] {
             let (a, h) = sink();
             let mut e = Engine::builder()

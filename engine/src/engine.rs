@@ -157,6 +157,14 @@ impl EngineBuilder {
         self
     }
 
+    /// Stream writes of at most `n` bytes are copied into one contiguous run per op (up to 256 KiB
+    /// per op), so the kernel sees one iovec for a run of small writes instead of one each: the
+    /// kernel's per-iovec cost is far above a short memcpy. 0 turns copying off. Default 512.
+    pub fn coalesce_below(mut self, n: usize) -> Self {
+        self.cfg.coalesce_below_bytes = n;
+        self
+    }
+
     /// UDP GSO. Default: on where the kernel supports it, unless `VOLLEY_GSO=0`. An explicit call
     /// wins over the environment (but cannot turn GSO on where the kernel lacks it).
     pub fn gso(mut self, on: bool) -> Self {

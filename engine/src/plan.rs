@@ -51,6 +51,71 @@ pub fn cut_stream(
     (cut.entries > 0).then_some(cut)
 }
 
+/// Limits for [`cut_stream_staged`].
+#[derive(Debug, Clone, Copy)]
+pub struct StageLimits {
+    /// iovecs per op (clamped to `1..=IOV_MAX`).
+    pub max_iovecs: usize,
+    /// Bytes per op (clamped to `1..=MAX_RW_COUNT`).
+    pub max_bytes: usize,
+    /// Entries whose (remaining) length is at most this are copied into the staging run; 0: none.
+    pub stage_below: usize,
+    /// Most bytes staged per op.
+    pub stage_max: usize,
+}
+
+/// One entry of a staged stream cut: queue index, bytes taken, and whether they are copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StagedItem {
+    /// Index in the queue (0 is the front).
+    pub idx: usize,
+    /// Bytes of it the op carries.
+    pub len: usize,
+    /// Copied into the staging run (consecutive staged items share one iovec).
+    pub staged: bool,
+}
+
+/// Like [`cut_stream`], but small entries are copied into a contiguous staging run, so that a
+/// run of consecutive small entries costs one iovec: the op may then cover more than `max_iovecs`
+/// entries while its iovec count stays within the limit. `out` receives one item per entry.
+pub fn cut_stream_staged(
+    lens: impl IntoIterator<Item = usize>,
+    limits: &StageLimits,
+    out: &mut Vec<StagedItem>,
+) -> Option<StreamCut> {
+    let max_iovecs = limits.max_iovecs.clamp(1, IOV_MAX);
+    let max_bytes = limits.max_bytes.clamp(1, MAX_RW_COUNT);
+    out.clear();
+    let (mut bytes, mut iovecs, mut staged_bytes) = (0usize, 0usize, 0usize);
+    let mut prev_staged = false;
+    for (idx, len) in lens.into_iter().enumerate() {
+        if bytes == max_bytes {
+            break;
+        }
+        let take = len.min(max_bytes - bytes);
+        let staged = take <= limits.stage_below && staged_bytes + take <= limits.stage_max;
+        let new_iovec = !(staged && prev_staged);
+        if new_iovec && iovecs == max_iovecs {
+            break;
+        }
+        iovecs += usize::from(new_iovec);
+        if staged {
+            staged_bytes += take;
+        }
+        prev_staged = staged;
+        bytes += take;
+        out.push(StagedItem {
+            idx,
+            len: take,
+            staged,
+        });
+    }
+    (!out.is_empty()).then_some(StreamCut {
+        entries: out.len(),
+        bytes,
+    })
+}
+
 /// How one datagram op is cut: `count` datagrams; `segment_size` is `Some` only for a GSO send of
 /// at least two segments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -154,6 +154,7 @@ fuzz_target!(|input: Input| {
         max_in_flight_ops: usize::from(c.in_flight % 16),
         max_iovecs_per_op: usize::from(c.iovecs % 8),
         max_bytes_per_op: usize::from(c.bytes_per_op),
+        coalesce_below_bytes: c.seed as usize % 600,
         gso: c.gso,
         gso_max_segments: usize::from(c.gso_segments % 70),
         nobufs_retries: c.nobufs_retries % 6,

@@ -129,6 +129,9 @@ fuzz_target!(|input: Input| {
         max_in_flight_per_socket: usize::from(c.in_flight_per_socket % 8),
         max_iovecs_per_op: usize::from(c.iovecs % 8),
         max_bytes_per_op: usize::from(c.bytes_per_op),
+        // Staging of small stream writes: off, or on with a bounded run, chosen by the seed.
+        coalesce_below_bytes: usize::from(c.seed % 4 != 0) * (c.seed as usize % 600),
+        coalesce_max_bytes: usize::from(c.gso_bytes) % 4096,
         gso: c.gso,
         gso_max_segments: usize::from(c.gso_segments % 70),
         gso_max_bytes: usize::from(c.gso_bytes),

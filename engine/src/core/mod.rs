@@ -32,6 +32,10 @@ pub(crate) struct Config {
     pub max_in_flight_per_socket: usize,
     pub max_iovecs_per_op: usize,
     pub max_bytes_per_op: usize,
+    /// Stream writes of at most this many bytes are copied into one contiguous run (0: never).
+    pub coalesce_below_bytes: usize,
+    /// Most bytes copied per stream op.
+    pub coalesce_max_bytes: usize,
     pub gso: bool,
     pub gso_max_segments: usize,
     pub gso_max_bytes: usize,
@@ -49,6 +53,8 @@ impl Default for Config {
             max_in_flight_per_socket: 1024,
             max_iovecs_per_op: crate::plan::IOV_MAX,
             max_bytes_per_op: 8 << 20,
+            coalesce_below_bytes: 512,
+            coalesce_max_bytes: 256 << 10,
             gso: true,
             gso_max_segments: crate::plan::GSO_MAX_SEGMENTS,
             gso_max_bytes: crate::plan::UDP_MAX_PAYLOAD,
@@ -523,9 +529,7 @@ impl Core {
             return;
         };
         match (&s.queue, p.shape) {
-            (Queue::Stream(q), OpShape::Stream { entries, bytes }) => {
-                q.slices(entries, bytes, &mut f)
-            }
+            (Queue::Stream(q), OpShape::Stream { .. }) => q.slices(&mut f),
             (
                 Queue::Dgram(q),
                 OpShape::Dgram {

@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use super::{is_retry, Config, Core, OpShape, Queue};
 use crate::error::Error;
-use crate::plan::cut_stream;
+use crate::plan::{cut_stream_staged, StageLimits, StagedItem};
 
 /// Writes of one stream, oldest first. The front entry may be partly sent (`head_off`).
 #[derive(Debug, Default)]
@@ -19,6 +19,28 @@ pub(crate) struct StreamQueue {
     head_off: usize,
     /// Entries covered by the op in flight, if one is.
     planned: Option<usize>,
+    /// Copies of the small writes of the op in flight, contiguous, so a run of them costs the
+    /// kernel one iovec instead of one each (the kernel's per-iovec cost is far above a short
+    /// memcpy). Rebuilt at every plan; stable while the op is in flight (one op per stream).
+    stage: Vec<u8>,
+    /// The iovecs of the op in flight, in order.
+    segs: Vec<Seg>,
+    /// Reused planner output.
+    run: Vec<StagedItem>,
+}
+
+/// One iovec of a stream op: a run in the staging buffer, or a slice of one queued write.
+#[derive(Debug, Clone, Copy)]
+enum Seg {
+    Stage {
+        start: usize,
+        len: usize,
+    },
+    Entry {
+        idx: usize,
+        start: usize,
+        len: usize,
+    },
 }
 
 impl StreamQueue {
@@ -58,7 +80,42 @@ impl StreamQueue {
             .iter()
             .enumerate()
             .map(|(i, (b, _))| if i == 0 { b.len() - head_off } else { b.len() });
-        let cut = cut_stream(lens, cfg.max_iovecs_per_op, cfg.max_bytes_per_op)?;
+        let limits = StageLimits {
+            max_iovecs: cfg.max_iovecs_per_op,
+            max_bytes: cfg.max_bytes_per_op,
+            stage_below: cfg.coalesce_below_bytes,
+            stage_max: cfg.coalesce_max_bytes,
+        };
+        let mut run = std::mem::take(&mut self.run);
+        let cut = cut_stream_staged(lens, &limits, &mut run);
+        self.segs.clear();
+        self.stage.clear();
+        {
+            for item in &run {
+                let (b, _) = &self.q[item.idx];
+                let start = if item.idx == 0 { head_off } else { 0 };
+                let bytes = &b[start..start + item.len];
+                if item.staged {
+                    match self.segs.last_mut() {
+                        Some(Seg::Stage { len, .. }) => *len += item.len,
+                        _ => self.segs.push(Seg::Stage {
+                            start: self.stage.len(),
+                            len: item.len,
+                        }),
+                    }
+                    self.stage.extend_from_slice(bytes);
+                } else {
+                    self.segs.push(Seg::Entry {
+                        idx: item.idx,
+                        start,
+                        len: item.len,
+                    });
+                }
+            }
+        }
+        run.clear();
+        self.run = run;
+        let cut = cut?;
         self.planned = Some(cut.entries);
         Some(OpShape::Stream {
             entries: cut.entries,
@@ -70,13 +127,16 @@ impl StreamQueue {
         self.planned = None;
     }
 
-    pub fn slices(&self, entries: usize, bytes: usize, f: &mut impl FnMut(&[u8])) {
-        let mut left = bytes;
-        for (i, (b, _)) in self.q.iter().take(entries).enumerate() {
-            let start = if i == 0 { self.head_off } else { 0 };
-            let take = (b.len() - start).min(left);
-            f(&b[start..start + take]);
-            left -= take;
+    /// The iovecs of the op in flight (staged runs and whole writes, in order).
+    pub fn slices(&self, f: &mut impl FnMut(&[u8])) {
+        if self.planned.is_none() {
+            return;
+        }
+        for seg in &self.segs {
+            match *seg {
+                Seg::Stage { start, len } => f(&self.stage[start..start + len]),
+                Seg::Entry { idx, start, len } => f(&self.q[idx].0[start..start + len]),
+            }
         }
     }
 

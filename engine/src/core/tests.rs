@@ -106,7 +106,11 @@ fn fatal_stream_error_poisons_and_fails_pending_writes_with_the_same_status() {
 
 #[test]
 fn more_than_iov_max_buffers_are_split() {
-    let mut s = sim();
+    let cfg = SimConfig {
+        coalesce_below_bytes: 0,
+        ..SimConfig::default()
+    };
+    let mut s = Sim::new(&cfg, Model::Uring);
     let h = s.add_stream();
     for _ in 0..3000 {
         s.send(h, 3).unwrap();
@@ -118,6 +122,46 @@ fn more_than_iov_max_buffers_are_split() {
         s.complete(0, s.op(0).full());
     }
     assert_eq!(entries, [1024, 1024, 952]);
+    assert_eq!(s.stream_received(h), s.stream_accepted(h));
+}
+
+#[test]
+fn small_writes_are_staged_into_one_iovec() {
+    // Default staging: 3000 three-byte writes go as one op with one iovec.
+    let mut s = sim();
+    let h = s.add_stream();
+    for _ in 0..3000 {
+        s.send(h, 3).unwrap();
+    }
+    assert_eq!(s.submit(), 1);
+    let op = s.op(0);
+    assert_eq!((op.count, op.iovecs, op.bytes), (3000, 1, 9000));
+    s.complete(0, op.full());
+    assert_eq!(s.stream_received(h), s.stream_accepted(h));
+
+    // Mixed sizes: runs of small writes share an iovec, large ones keep their own; the iovec
+    // limit counts iovecs, not writes; a short send resumes exactly, re-staging the rest.
+    let cfg = SimConfig {
+        coalesce_below_bytes: 100,
+        max_iovecs_per_op: 4,
+        ..SimConfig::default()
+    };
+    let mut s = Sim::new(&cfg, Model::Uring);
+    let h = s.add_stream();
+    for len in [10, 20, 1000, 30, 40, 2000, 50, 3000, 60] {
+        s.send(h, len).unwrap();
+    }
+    assert_eq!(s.submit(), 1);
+    let op = s.op(0);
+    // [10,20] [1000] [30,40] [2000] — the fifth iovec would exceed the limit.
+    assert_eq!((op.count, op.iovecs, op.bytes), (6, 4, 3100));
+    s.complete(0, 1015);
+    while s.pending_writes() > 0 {
+        assert_eq!(s.submit(), 1);
+        let op = s.op(0);
+        assert!(op.iovecs <= 4);
+        s.complete(0, op.full());
+    }
     assert_eq!(s.stream_received(h), s.stream_accepted(h));
 }
 
@@ -562,6 +606,8 @@ fn random_traces_keep_every_invariant() {
             max_in_flight_per_socket: rng.gen_range(1..4),
             max_iovecs_per_op: rng.gen_range(1..5),
             max_bytes_per_op: rng.gen_range(1..4000),
+            coalesce_below_bytes: rng.gen_range(0..600),
+            coalesce_max_bytes: rng.gen_range(0..3000),
             gso: rng.gen(),
             gso_max_segments: rng.gen_range(1..6),
             gso_max_bytes: rng.gen_range(0..8000),
