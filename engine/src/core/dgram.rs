@@ -140,15 +140,28 @@ impl DgramQueue {
         self.scan = self.scan.min(i);
     }
 
-    fn mark(&mut self, first_seq: u64, count: usize, state: State, out: &mut Vec<(usize, u64)>) {
+    /// Marks datagrams terminal; pushes (length, queued time) of every one for a failure, of the
+    /// sampled ones for a success; returns their total length.
+    fn mark(
+        &mut self,
+        first_seq: u64,
+        count: usize,
+        state: State,
+        out: &mut Vec<(usize, u64)>,
+    ) -> usize {
         let i = self.index(first_seq);
+        let mut total = 0;
         for d in self.q.range_mut(i..i + count) {
             d.state = state;
-            out.push((d.data.len(), d.queued_ns));
+            total += d.data.len();
+            if state == State::Failed || d.queued_ns != 0 {
+                out.push((d.data.len(), d.queued_ns));
+            }
             // Terminal: the kernel is done with it. Release it now, not when it reaches the front
             // (an older datagram still in flight would keep it beyond the queued-bytes limit).
             d.data = Bytes::new();
         }
+        total
     }
 
     /// Drops terminal datagrams from the front, releasing their buffers.
@@ -202,12 +215,14 @@ impl Core {
         let mut again = false;
         if res >= 0 {
             // UDP sends are all or nothing: a result means every datagram of the op left.
-            q.mark(first_seq, count, State::Sent, &mut done);
+            let total = q.mark(first_seq, count, State::Sent, &mut done);
             if gso && count > 1 {
                 self.stats.gso_sends += 1;
             }
             self.stats.bytes_sent += bytes as u64;
             s.acc.bytes += bytes as u64;
+            self.ended_ok(idx, count as u64, total, &done, now_ns);
+            done.clear();
         } else {
             // `wrapping_neg`: a corrupt `i32::MIN` result must not panic (it maps to `Other`).
             let errno = res.wrapping_neg();

@@ -613,6 +613,30 @@ impl Core {
         }
     }
 
+    /// Accounts in one step for `count` writes of `total` bytes that completed whole; `sampled`
+    /// holds (length, queued time) of those whose latency is sampled (queued time ≠ 0).
+    fn ended_ok(
+        &mut self,
+        idx: u32,
+        count: u64,
+        total: usize,
+        sampled: &[(usize, u64)],
+        now_ns: u64,
+    ) {
+        if let Some(s) = self.socks[idx as usize].sock.as_mut() {
+            s.queued_bytes -= total;
+            s.acc.writes += count;
+        }
+        self.queued_bytes -= total;
+        self.pending_writes -= count;
+        self.stats.writes_sent += count;
+        for &(_, t) in sampled.iter().filter(|(_, t)| *t != 0) {
+            self.stats
+                .write_latency_ns
+                .saturating_record(now_ns.saturating_sub(t).max(1));
+        }
+    }
+
     /// Records writes that ended: counts, latency, queue accounting.
     fn terminal(
         &mut self,

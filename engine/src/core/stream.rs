@@ -219,22 +219,13 @@ impl Core {
         }
         let mut sampled = std::mem::take(&mut self.scratch);
         let (count, total) = q.consume(n, entries, &mut sampled);
-        // Hot path: account for the whole op at once; only sampled writes touch the histogram.
-        s.queued_bytes -= total;
-        s.acc.writes += count;
         s.acc.bytes += n as u64;
-        self.queued_bytes -= total;
-        self.pending_writes -= count;
-        self.stats.writes_sent += count;
         self.stats.bytes_sent += n as u64;
         if n < bytes {
             self.stats.short_sends += 1;
         }
-        for &(_, t) in &sampled {
-            self.stats
-                .write_latency_ns
-                .saturating_record(now_ns.saturating_sub(t).max(1));
-        }
+        // Hot path: the whole op in one step; only sampled writes touch the histogram.
+        self.ended_ok(idx, count, total, &sampled, now_ns);
         sampled.clear();
         self.scratch = sampled;
         false

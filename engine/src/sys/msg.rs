@@ -57,12 +57,7 @@ impl MsgMem {
     pub fn prepare(&mut self, core: &Core, p: &Planned) {
         self.iov.clear();
         let iov = &mut self.iov;
-        core.for_each_slice(p, |s| {
-            iov.push(libc::iovec {
-                iov_base: s.as_ptr().cast_mut().cast(),
-                iov_len: s.len(),
-            })
-        });
+        core.for_each_slice(p, |s| push_merged(iov, s));
         // SAFETY: as in `new`: an all-zero msghdr is valid.
         self.msg = unsafe { mem::zeroed() };
         self.msg.msg_iov = self.iov.as_mut_ptr();
@@ -98,6 +93,23 @@ impl MsgMem {
             ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
         }
     }
+}
+
+/// Appends `s` as an iovec, or extends the previous iovec when `s` starts where it ends: buffers
+/// cut from one allocation (`BytesMut::split_to`, `Bytes::slice`) then cost the kernel one iovec
+/// for the whole run, as a single contiguous buffer would (its per-iovec cost is far above ours).
+fn push_merged(iov: &mut Vec<libc::iovec>, s: &[u8]) {
+    let base: *mut libc::c_void = s.as_ptr().cast_mut().cast();
+    if let Some(last) = iov.last_mut() {
+        if last.iov_base.cast::<u8>().wrapping_add(last.iov_len) == base.cast::<u8>() {
+            last.iov_len += s.len();
+            return;
+        }
+    }
+    iov.push(libc::iovec {
+        iov_base: base,
+        iov_len: s.len(),
+    });
 }
 
 /// Wraps a prepared `msghdr` for `sendmmsg`.
