@@ -330,6 +330,7 @@ impl Engine {
     }
 
     /// The queue timestamp for the next write: the clock for a sampled write, 0 otherwise.
+    #[inline]
     fn stamp(&mut self) -> u64 {
         if self.write_latency == 0 {
             return 0;
@@ -354,6 +355,7 @@ impl Engine {
     /// [`Error::Backpressure`] at a queue limit (flush, then send again); the socket's fatal error
     /// if it is poisoned; [`Error::UnknownSocket`], [`Error::WrongSocketKind`],
     /// [`Error::BufferTooLarge`].
+    #[inline]
     pub fn send(&mut self, id: SocketId, data: Bytes) -> Result<(), Error> {
         let now = self.stamp();
         self.core.send(id, data, None, now)
@@ -363,6 +365,7 @@ impl Engine {
     ///
     /// # Errors
     /// As [`Engine::send`].
+    #[inline]
     pub fn send_to(&mut self, id: SocketId, data: Bytes, dest: SocketAddr) -> Result<(), Error> {
         let now = self.stamp();
         self.core.send(id, data, Some(dest), now)

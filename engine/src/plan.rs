@@ -77,16 +77,16 @@ pub struct StagedItem {
 
 /// Like [`cut_stream`], but small entries are copied into a contiguous staging run, so that a
 /// run of consecutive small entries costs one iovec: the op may then cover more than `max_iovecs`
-/// entries while its iovec count stays within the limit. `out` receives one item per entry.
+/// entries while its iovec count stays within the limit. `emit` receives one item per entry
+/// covered, in order, as it is decided.
 pub fn cut_stream_staged(
     lens: impl IntoIterator<Item = usize>,
     limits: &StageLimits,
-    out: &mut Vec<StagedItem>,
+    mut emit: impl FnMut(StagedItem),
 ) -> Option<StreamCut> {
     let max_iovecs = limits.max_iovecs.clamp(1, IOV_MAX);
     let max_bytes = limits.max_bytes.clamp(1, MAX_RW_COUNT);
-    out.clear();
-    let (mut bytes, mut iovecs, mut staged_bytes) = (0usize, 0usize, 0usize);
+    let (mut bytes, mut iovecs, mut staged_bytes, mut entries) = (0usize, 0usize, 0usize, 0usize);
     let mut prev_staged = false;
     for (idx, len) in lens.into_iter().enumerate() {
         if bytes == max_bytes {
@@ -104,16 +104,14 @@ pub fn cut_stream_staged(
         }
         prev_staged = staged;
         bytes += take;
-        out.push(StagedItem {
+        entries += 1;
+        emit(StagedItem {
             idx,
             len: take,
             staged,
         });
     }
-    (!out.is_empty()).then_some(StreamCut {
-        entries: out.len(),
-        bytes,
-    })
+    (entries > 0).then_some(StreamCut { entries, bytes })
 }
 
 /// How one datagram op is cut: `count` datagrams; `segment_size` is `Some` only for a GSO send of
@@ -216,6 +214,51 @@ mod tests {
         // a caller asking for more than IOV_MAX is clamped
         let c = cut_stream(std::iter::repeat_n(1, 5000), 99_999, 1 << 20).unwrap();
         assert_eq!(c.entries, IOV_MAX);
+    }
+
+    #[test]
+    fn staged_cut_groups_small_entries_into_runs() {
+        let limits = StageLimits {
+            max_iovecs: 3,
+            max_bytes: 1 << 20,
+            stage_below: 100,
+            stage_max: 1000,
+        };
+        let mut items = Vec::new();
+        // [10 20] [500] [30 40] | 50 would open a 4th iovec.
+        let cut =
+            cut_stream_staged([10, 20, 500, 30, 40, 600, 50], &limits, |i| items.push(i)).unwrap();
+        assert_eq!(
+            cut,
+            StreamCut {
+                entries: 5,
+                bytes: 600
+            }
+        );
+        let staged: Vec<bool> = items.iter().map(|i| i.staged).collect();
+        assert_eq!(staged, [true, true, false, true, true]);
+        // The staging budget ends a run: the third small entry is sent as its own iovec.
+        let limits = StageLimits {
+            max_iovecs: 8,
+            max_bytes: 1 << 20,
+            stage_below: 100,
+            stage_max: 150,
+        };
+        items.clear();
+        let cut = cut_stream_staged([60, 60, 60, 60], &limits, |i| items.push(i)).unwrap();
+        assert_eq!(cut.entries, 4);
+        assert_eq!(items.iter().filter(|i| i.staged).count(), 2);
+        // Staging off: the same cut as `cut_stream`.
+        let off = StageLimits {
+            stage_below: 0,
+            stage_max: 0,
+            ..limits
+        };
+        let lens = [5, 6, 7, 8, 9, 10, 11, 12, 13];
+        assert_eq!(
+            cut_stream_staged(lens, &off, |_| {}),
+            cut_stream(lens, 8, 1 << 20)
+        );
     }
 
     #[test]

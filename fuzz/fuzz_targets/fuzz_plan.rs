@@ -15,7 +15,8 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use volley::plan::{
-    cut_dgram, cut_stream, GSO_MAX_SEGMENTS, IOV_MAX, MAX_RW_COUNT, UDP_MAX_PAYLOAD,
+    cut_dgram, cut_stream, cut_stream_staged, StageLimits, StagedItem, GSO_MAX_SEGMENTS, IOV_MAX,
+    MAX_RW_COUNT, UDP_MAX_PAYLOAD,
 };
 use volley::sim::{Model, Sim, SimConfig};
 
@@ -30,6 +31,48 @@ struct Input {
     max_segments: u8,
     max_gso_bytes: u32,
     refuse: u8,
+}
+
+/// Staged cuts: items cover entries 0.. in order, all whole but the last; the bytes add up; runs
+/// of consecutive staged items count as one iovec and the iovec count stays within the limit;
+/// only entries ≤ `stage_below` are staged and staged bytes stay ≤ `stage_max`; without staging
+/// the cut equals `cut_stream`'s; a cut stops early only at a limit.
+fn check_stream_staged(lens: &[usize], limits: &StageLimits) {
+    let iov = limits.max_iovecs.clamp(1, IOV_MAX);
+    let cap = limits.max_bytes.clamp(1, MAX_RW_COUNT);
+    let mut items: Vec<StagedItem> = Vec::new();
+    let cut = cut_stream_staged(lens.iter().copied(), limits, |i| items.push(i));
+    let Some(cut) = cut else {
+        assert!(lens.is_empty() && items.is_empty());
+        return;
+    };
+    assert_eq!(cut.entries, items.len());
+    assert!(cut.entries >= 1 && cut.bytes <= cap);
+    assert_eq!(cut.bytes, items.iter().map(|i| i.len).sum::<usize>());
+    let (mut iovecs, mut staged, mut prev) = (0, 0, false);
+    for (k, it) in items.iter().enumerate() {
+        assert_eq!(it.idx, k, "items out of order");
+        assert!(it.len <= lens[k]);
+        if k + 1 < items.len() {
+            assert_eq!(it.len, lens[k], "an entry before the last is cut short");
+        }
+        if it.staged {
+            assert!(it.len <= limits.stage_below);
+            staged += it.len;
+        }
+        iovecs += usize::from(!(it.staged && prev));
+        prev = it.staged;
+    }
+    assert!(iovecs <= iov, "{iovecs} iovecs > {iov}");
+    assert!(staged <= limits.stage_max);
+    let last = items[items.len() - 1];
+    if items.len() < lens.len() || last.len < lens[last.idx] {
+        let at_iov = iovecs == iov;
+        assert!(cut.bytes == cap || at_iov, "stopped early without a limit: {cut:?}");
+    }
+    if limits.stage_below == 0 && lens.iter().all(|&l| l > 0) {
+        assert_eq!(Some(cut), cut_stream(lens.iter().copied(), limits.max_iovecs, limits.max_bytes));
+    }
 }
 
 fn check_stream(lens: &[usize], max_iovecs: usize, max_bytes: usize) {
@@ -168,6 +211,15 @@ fuzz_target!(|input: Input| {
         .unwrap_or(usize::MAX)
         .max(total / 4096);
     check_stream(&lens, usize::from(input.max_iovecs), max_bytes);
+    check_stream_staged(
+        &lens,
+        &StageLimits {
+            max_iovecs: usize::from(input.max_iovecs),
+            max_bytes,
+            stage_below: usize::from(input.refuse) * 8,
+            stage_max: usize::try_from(input.max_gso_bytes % 100_000).unwrap_or(0),
+        },
+    );
     let max_gso_bytes = usize::try_from(input.max_gso_bytes % 70_000).unwrap_or(0);
     check_dgram(
         &lens,

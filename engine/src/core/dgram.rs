@@ -55,6 +55,7 @@ impl DgramQueue {
         }
     }
 
+    #[inline]
     pub fn push(&mut self, data: Bytes, dest: Option<SocketAddr>, queued_ns: u64) {
         self.q.push_back(Dgram {
             data,

@@ -329,6 +329,7 @@ impl Core {
     /// `queued_ns` is the caller's clock for a sampled write, 0 otherwise.
     ///
     /// One socket lookup: this is the per-buffer hot path.
+    #[inline]
     pub fn send(
         &mut self,
         id: SocketId,

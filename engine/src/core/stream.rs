@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use super::{is_retry, Config, Core, OpShape, Queue};
 use crate::error::Error;
-use crate::plan::{cut_stream_staged, StageLimits, StagedItem};
+use crate::plan::{cut_stream_staged, StageLimits};
 
 /// Writes of one stream, oldest first. The front entry may be partly sent (`head_off`).
 #[derive(Debug, Default)]
@@ -25,8 +25,6 @@ pub(crate) struct StreamQueue {
     stage: Vec<u8>,
     /// The iovecs of the op in flight, in order.
     segs: Vec<Seg>,
-    /// Reused planner output.
-    run: Vec<StagedItem>,
 }
 
 /// One iovec of a stream op: a run in the staging buffer, or a slice of one queued write.
@@ -44,6 +42,7 @@ enum Seg {
 }
 
 impl StreamQueue {
+    #[inline]
     pub fn push(&mut self, data: Bytes, queued_ns: u64) {
         self.q.push_back((data, queued_ns));
         self.next_seq += 1;
@@ -75,46 +74,39 @@ impl StreamQueue {
             return None;
         }
         let head_off = self.head_off;
-        let lens = self
-            .q
-            .iter()
-            .enumerate()
-            .map(|(i, (b, _))| if i == 0 { b.len() - head_off } else { b.len() });
         let limits = StageLimits {
             max_iovecs: cfg.max_iovecs_per_op,
             max_bytes: cfg.max_bytes_per_op,
             stage_below: cfg.coalesce_below_bytes,
             stage_max: cfg.coalesce_max_bytes,
         };
-        let mut run = std::mem::take(&mut self.run);
-        let cut = cut_stream_staged(lens, &limits, &mut run);
         self.segs.clear();
         self.stage.clear();
-        {
-            for item in &run {
-                let (b, _) = &self.q[item.idx];
-                let start = if item.idx == 0 { head_off } else { 0 };
-                let bytes = &b[start..start + item.len];
-                if item.staged {
-                    match self.segs.last_mut() {
-                        Some(Seg::Stage { len, .. }) => *len += item.len,
-                        _ => self.segs.push(Seg::Stage {
-                            start: self.stage.len(),
-                            len: item.len,
-                        }),
-                    }
-                    self.stage.extend_from_slice(bytes);
-                } else {
-                    self.segs.push(Seg::Entry {
-                        idx: item.idx,
-                        start,
+        let (q, segs, stage) = (&self.q, &mut self.segs, &mut self.stage);
+        let lens = q
+            .iter()
+            .enumerate()
+            .map(|(i, (b, _))| if i == 0 { b.len() - head_off } else { b.len() });
+        // One pass: the planner decides, and each decision is carried out as it is made.
+        let cut = cut_stream_staged(lens, &limits, |item| {
+            let start = if item.idx == 0 { head_off } else { 0 };
+            if item.staged {
+                match segs.last_mut() {
+                    Some(Seg::Stage { len, .. }) => *len += item.len,
+                    _ => segs.push(Seg::Stage {
+                        start: stage.len(),
                         len: item.len,
-                    });
+                    }),
                 }
+                stage.extend_from_slice(&q[item.idx].0[start..start + item.len]);
+            } else {
+                segs.push(Seg::Entry {
+                    idx: item.idx,
+                    start,
+                    len: item.len,
+                });
             }
-        }
-        run.clear();
-        self.run = run;
+        });
         let cut = cut?;
         self.planned = Some(cut.entries);
         Some(OpShape::Stream {
