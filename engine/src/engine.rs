@@ -466,6 +466,25 @@ impl Engine {
         r.map(|report| (report, fd))
     }
 
+    /// Half-closes a TCP stream after its barrier: flushes, then `shutdown(SHUT_WR)`, so the peer
+    /// reads every accepted byte and then EOF (never a FIN ahead of queued data). The socket stays
+    /// registered (sends after it fail with `BrokenPipe`); `close` it when done.
+    ///
+    /// # Errors
+    /// As [`Engine::flush`] (no shutdown then); [`Error::WrongSocketKind`] for UDP;
+    /// [`Error::Io`] if `shutdown` fails.
+    pub fn shutdown_write(&mut self, id: SocketId) -> Result<FlushReport, Error> {
+        if !self.core.is_stream(id)? {
+            return Err(Error::WrongSocketKind {
+                socket: id,
+                expected: "a TCP stream",
+            });
+        }
+        let report = self.flush(id)?;
+        sys::shutdown_write(self.core.sock(id)?.fd)?;
+        Ok(report)
+    }
+
     /// Drops a socket at once: queued writes fail as cancelled, writes in flight are cancelled in
     /// the kernel and waited for (their buffers are never freed early), then the socket closes.
     ///

@@ -479,6 +479,33 @@ fn close_hands_back_the_fd() {
     }
 }
 
+/// Half-close after the barrier (FAILURES.md item 9): the peer reads every queued byte, then EOF
+/// while the engine still holds the socket; later sends fail as a broken pipe.
+#[test]
+fn shutdown_write_after_the_barrier() {
+    for b in BACKENDS {
+        let ctx = format!("{b:?}");
+        let sink = TcpSink::start();
+        let mut e = builder(b).build().expect("engine");
+        let id = e.register_tcp(sink.connect()).expect("register");
+        let data = payload(7, 300_000);
+        for chunk in data.chunks(1000) {
+            e.send(id, Bytes::copy_from_slice(chunk)).expect("send");
+        }
+        let r = e.shutdown_write(id).expect("shutdown_write");
+        assert_eq!((r.writes, r.bytes), (300, 300_000), "{ctx}");
+        // The sink returns at EOF: it must come after every byte, with the socket still open.
+        assert_bytes_eq(&sink.finish(), &data, &ctx);
+        e.send(id, Bytes::from_static(b"late")).expect("queued");
+        let err = e.flush(id).expect_err("a send after SHUT_WR fails");
+        assert_eq!(
+            err.status(),
+            Some(volley::Status::BrokenPipe),
+            "{ctx}: {err}"
+        );
+    }
+}
+
 /// After close (or abort), the id is dead for every call, even when its slot is reused.
 #[test]
 fn unknown_socket_after_close() {

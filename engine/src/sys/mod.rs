@@ -79,6 +79,18 @@ impl Driver {
     }
 }
 
+/// `shutdown(fd, SHUT_WR)`.
+pub(crate) fn shutdown_write(fd: RawFd) -> Result<(), Error> {
+    // SAFETY: a plain syscall on a descriptor the engine owns; no memory is passed.
+    if unsafe { libc::shutdown(fd, libc::SHUT_WR) } < 0 {
+        return Err(Error::io(
+            "shutdown(SHUT_WR)",
+            &std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
 /// Nanoseconds since `base` (the engine's clock for the core).
 pub(crate) fn nanos_since(base: Instant) -> u64 {
     u64::try_from(base.elapsed().as_nanos())
