@@ -96,6 +96,11 @@ enum Cmd {
         /// Messages per flush for tcp-small and udp-gso (default 1024).
         #[arg(long)]
         batch: Option<usize>,
+        /// UDP receivers enable UDP_GRO: GSO sends then reach them unsegmented, as with a NIC
+        /// doing UDP segmentation offload and a GRO peer (default off: the sender's CPU also pays
+        /// the per-datagram segmentation and receive work of loopback).
+        #[arg(long)]
+        udp_gro: bool,
     },
 }
 
@@ -142,6 +147,7 @@ fn main() -> ExitCode {
             methods,
             rounds,
             batch,
+            udp_gro,
         } => bench::run(&bench::BenchOpts {
             quick,
             json,
@@ -149,6 +155,7 @@ fn main() -> ExitCode {
             methods,
             rounds,
             batch,
+            udp_gro,
         }),
     };
     match r {

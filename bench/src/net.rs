@@ -3,7 +3,13 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 
-fn setsockopt_int(fd: &impl AsFd, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
+/// `setsockopt(fd, level, opt, &value)` for an int option.
+pub fn setsockopt_int(
+    fd: &impl AsFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>())
         .map_err(|_| io::Error::other("socklen overflow"))?;
     // SAFETY: `fd` is an open socket borrowed for the call; the option value is a live c_int
@@ -11,7 +17,7 @@ fn setsockopt_int(fd: &impl AsFd, opt: libc::c_int, value: libc::c_int) -> io::R
     let r = unsafe {
         libc::setsockopt(
             fd.as_fd().as_raw_fd(),
-            libc::SOL_SOCKET,
+            level,
             opt,
             (&value as *const libc::c_int).cast(),
             len,
@@ -27,7 +33,7 @@ fn setsockopt_int(fd: &impl AsFd, opt: libc::c_int, value: libc::c_int) -> io::R
 /// `SO_RCVBUF` (capped by `net.core.rmem_max`). Best effort.
 pub fn grow_rcvbuf(fd: &impl AsFd, bytes: usize) {
     let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    if setsockopt_int(fd, libc::SO_RCVBUFFORCE, v).is_err() {
-        let _ = setsockopt_int(fd, libc::SO_RCVBUF, v);
+    if setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, v).is_err() {
+        let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, v);
     }
 }

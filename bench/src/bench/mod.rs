@@ -88,6 +88,10 @@ pub struct BenchOpts {
     pub rounds: Option<usize>,
     /// Messages per flush for tcp-small and udp-gso.
     pub batch: Option<usize>,
+    /// UDP receivers enable `UDP_GRO`: on loopback a GSO send then reaches the receiver as one
+    /// buffer instead of being segmented in the sender's softirq — what a NIC with UDP
+    /// segmentation offload and a GRO peer give. Off by default.
+    pub udp_gro: bool,
 }
 
 /// One method's send loop over its own sockets.
@@ -526,7 +530,8 @@ pub fn run(opts: &BenchOpts) -> Result<(), String> {
 
     let mut all = Vec::new();
     for &name in &scenarios {
-        let spec = Spec::new(name, opts.batch, opts.quick);
+        let mut spec = Spec::new(name, opts.batch, opts.quick);
+        spec.udp_gro = opts.udp_gro;
         let rows = run_scenario(spec, &methods, plan, &mut counter, &pb);
         if !opts.json {
             pb.suspend(|| say(&format!("\n{}", report::table(spec, plan.rounds, &rows))))?;

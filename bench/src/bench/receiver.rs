@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::net::setsockopt_int;
+
 #[derive(Debug, Default)]
 struct Shared {
     stop: AtomicBool,
@@ -122,10 +124,13 @@ impl Receiver {
     ///
     /// # Errors
     /// As [`Receiver::tcp`].
-    pub fn udp(socks: Vec<UdpSocket>, size: usize) -> Result<Receiver, String> {
+    pub fn udp(socks: Vec<UdpSocket>, size: usize, gro: bool) -> Result<Receiver, String> {
         for s in &socks {
             s.set_nonblocking(true)
                 .map_err(|e| format!("set_nonblocking: {e}"))?;
+            if gro {
+                setsockopt_int(s, SOL_UDP, UDP_GRO, 1).map_err(|e| format!("UDP_GRO: {e}"))?;
+            }
         }
         let peers = socks.len();
         let shared = Arc::new(Shared {
@@ -135,7 +140,7 @@ impl Receiver {
         let sh = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("udp-receiver".into())
-            .spawn(move || udp_loop(&sh, socks, size))
+            .spawn(move || udp_loop(&sh, socks, size, gro))
             .map_err(|e| format!("spawn: {e}"))?;
         Ok(Receiver {
             shared,
@@ -294,7 +299,48 @@ fn tcp_loop(sh: &Shared, mut streams: Vec<TcpStream>, big: &[u8]) {
     streams.clear();
 }
 
-fn udp_loop(sh: &Shared, socks: Vec<UdpSocket>, size: usize) {
+/// `SOL_UDP` / `UDP_GRO` (include/uapi/linux/udp.h; UDP_GRO added in Linux 5.0).
+const SOL_UDP: libc::c_int = 17;
+const UDP_GRO: libc::c_int = 104;
+
+/// One `recvmsg`: the length received and, with GRO, the segment size the kernel reports (a GRO
+/// buffer holds `len / seg` datagrams, the last possibly shorter).
+fn recv_gro(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, Option<usize>)> {
+    #[repr(C, align(8))]
+    struct Cmsg([u8; 64]);
+    let mut cmsg = Cmsg([0; 64]);
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.0.as_mut_ptr().cast();
+    msg.msg_controllen = cmsg.0.len() as _;
+    // SAFETY: `msg` points at `buf` and `cmsg`, both live and writable for the call.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut seg = None;
+    // SAFETY: the kernel filled `msg_controllen` bytes of `cmsg`; CMSG_FIRSTHDR/NXTHDR stay within
+    // them and CMSG_DATA of a UDP_GRO header holds an int.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                seg = usize::try_from(v).ok().filter(|&s| s > 0);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((usize::try_from(n).unwrap_or(0), seg))
+}
+
+fn udp_loop(sh: &Shared, socks: Vec<UdpSocket>, size: usize, gro: bool) {
     let mut fds = pollfds(socks.iter().map(AsRawFd::as_raw_fd));
     let mut buf = vec![0u8; 65536];
     while !sh.stop.load(Ordering::Acquire) {
@@ -309,14 +355,22 @@ fn udp_loop(sh: &Shared, socks: Vec<UdpSocket>, size: usize) {
             }
             pfd.revents = 0;
             loop {
-                match socks[i].recv(&mut buf) {
-                    Ok(n) => {
-                        if n != size {
+                let got = if gro {
+                    recv_gro(&socks[i], &mut buf)
+                } else {
+                    socks[i].recv(&mut buf).map(|n| (n, None))
+                };
+                match got {
+                    Ok((n, seg)) => {
+                        // A GRO buffer is `n / seg` datagrams of `seg` bytes, the last shorter.
+                        let seg = seg.unwrap_or(n).max(1);
+                        let count = n.div_ceil(seg).max(1) as u64;
+                        if seg != size || n % size != 0 {
                             sh.bad_size.fetch_add(1, Ordering::Relaxed);
                         }
-                        sh.per_peer[i].fetch_add(1, Ordering::Relaxed);
+                        sh.per_peer[i].fetch_add(count, Ordering::Relaxed);
                         sh.bytes.fetch_add(n as u64, Ordering::Relaxed);
-                        sh.datagrams.fetch_add(1, Ordering::Release);
+                        sh.datagrams.fetch_add(count, Ordering::Release);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -67,6 +67,8 @@ pub struct Spec {
     pub per_peer: usize,
     /// Cap on messages per round (UDP: what the receive buffers hold with margin).
     pub max_round_messages: usize,
+    /// UDP receivers enable `UDP_GRO` (see `BenchOpts::udp_gro`).
+    pub udp_gro: bool,
 }
 
 impl Spec {
@@ -81,6 +83,7 @@ impl Spec {
                 peers: 1,
                 per_peer: batch.unwrap_or(1024),
                 max_round_messages: scale * 64 * 1024,
+                udp_gro: false,
             },
             ScenarioName::TcpFanout => Spec {
                 name,
@@ -89,6 +92,7 @@ impl Spec {
                 peers: 64,
                 per_peer: 16,
                 max_round_messages: scale * 64 * 1024,
+                udp_gro: false,
             },
             ScenarioName::UdpGso => Spec {
                 name,
@@ -99,6 +103,7 @@ impl Spec {
                 // 32 Ki × 1200 B (≈ 80 MB of skb truesize) fits the 128 MiB receive buffer
                 // even if the receiver drained nothing during the round.
                 max_round_messages: if quick { 16 * 1024 } else { 32 * 1024 },
+                udp_gro: false,
             },
             ScenarioName::UdpFanout => Spec {
                 name,
@@ -108,6 +113,7 @@ impl Spec {
                 per_peer: 16,
                 // Up to 512 per peer: well inside each peer's 4 MiB receive buffer.
                 max_round_messages: if quick { 64 * 1024 } else { 128 * 1024 },
+                udp_gro: false,
             },
         }
     }
@@ -286,7 +292,7 @@ pub fn setup(spec: Spec, payload: &Payload) -> Result<(Conns, Receiver, Workload
             if spec.kind == Kind::UdpConnected {
                 tx.connect(dests[0]).map_err(|e| format!("connect: {e}"))?;
             }
-            let rx = Receiver::udp(socks, spec.msg_size)?;
+            let rx = Receiver::udp(socks, spec.msg_size, spec.udp_gro)?;
             Ok((
                 Conns::Udp(tx),
                 rx,
