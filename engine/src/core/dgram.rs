@@ -158,9 +158,12 @@ impl DgramQueue {
             if state == State::Failed || d.queued_ns != 0 {
                 out.push((d.data.len(), d.queued_ns));
             }
-            // Terminal: the kernel is done with it. Release it now, not when it reaches the front
-            // (an older datagram still in flight would keep it beyond the queued-bytes limit).
-            d.data = Bytes::new();
+            // Terminal: the kernel is done with it. Behind an older datagram still in flight it
+            // is released now (else it would outlive the queued-bytes limit); at the front,
+            // `pop_terminal` drops it right after.
+            if i > 0 {
+                d.data = Bytes::new();
+            }
         }
         total
     }
