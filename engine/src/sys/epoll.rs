@@ -163,8 +163,13 @@ impl Epoll {
         core.stats.kernel_transitions += 1;
         core.stats.batches += 1;
         core.stats.sqes += 1;
-        // SAFETY: the msghdr points at iovecs/buffers that live until this call returns.
-        let rc = unsafe { libc::sendmsg(p.fd, &m.msg, libc::MSG_NOSIGNAL) };
+        let rc = match m.single_buffer() {
+            // SAFETY: the buffer is a live slice of the core's queue (or the staging run) for
+            // the duration of the call.
+            Some((ptr, len)) => unsafe { libc::send(p.fd, ptr.cast(), len, libc::MSG_NOSIGNAL) },
+            // SAFETY: the msghdr points at iovecs/buffers that live until this call returns.
+            None => unsafe { libc::sendmsg(p.fd, &m.msg, libc::MSG_NOSIGNAL) },
+        };
         let res = if rc < 0 {
             -errno()
         } else {

@@ -95,6 +95,19 @@ impl MsgMem {
     }
 }
 
+impl MsgMem {
+    /// The op's one buffer, when a plain `send` carries it: one iovec, no address, no cmsg
+    /// (`IORING_OP_SEND` / `send(2)` skip the msghdr and iovec import a `sendmsg` pays for).
+    pub fn single_buffer(&self) -> Option<(*const u8, usize)> {
+        match self.iov[..] {
+            [iov] if self.msg.msg_name.is_null() && self.msg.msg_control.is_null() => {
+                Some((iov.iov_base.cast_const().cast(), iov.iov_len))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Appends `s` as an iovec, or extends the previous iovec when `s` starts where it ends: buffers
 /// cut from one allocation (`BytesMut::split_to`, `Bytes::slice`) then cost the kernel one iovec
 /// for the whole run, as a single contiguous buffer would (its per-iovec cost is far above ours).

@@ -91,11 +91,21 @@ impl Uring {
             let Some(p) = core.next_op() else { break };
             let mut m = self.pool.pop().unwrap_or_else(|| Box::new(MsgMem::new()));
             m.prepare(core, &p);
-            let sqe = opcode::SendMsg::new(types::Fd(p.fd), &m.msg)
-                .flags(libc::MSG_NOSIGNAL as u32)
-                .build()
-                .user_data(p.token);
-            // SAFETY: the msghdr, its iovecs, address and cmsg live in the boxed `m`, kept in
+            let flags = libc::MSG_NOSIGNAL;
+            let sqe = match m
+                .single_buffer()
+                .and_then(|(ptr, len)| Some((ptr, u32::try_from(len).ok()?)))
+            {
+                Some((ptr, len)) => opcode::Send::new(types::Fd(p.fd), ptr, len)
+                    .flags(flags)
+                    .build(),
+                None => opcode::SendMsg::new(types::Fd(p.fd), &m.msg)
+                    .flags(flags as u32)
+                    .build(),
+            }
+            .user_data(p.token);
+            // SAFETY: the buffer (Send) or the msghdr with its iovecs, address and cmsg (SendMsg)
+            // live in the boxed `m` or the core, kept in
             // `self.mem` until this op's completion (or leaked on a failed shutdown); the payload
             // is owned by the core until `Core::complete` for this token.
             match unsafe { self.ring.submission().push(&sqe) } {
