@@ -267,10 +267,19 @@ fn send_udp_datagrams_to_sink() {
 /// Nothing listens: a non-zero exit whose message says the connection was refused.
 #[test]
 fn send_to_closed_port_fails_naming_it() {
-    let port = {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    // Bound but not listening: connecting is refused, and the port stays ours for the whole
+    // test (a closed port could be handed to a parallel test's listener).
+    let holder =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    holder
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    let port = holder
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("inet")
+        .port();
     for (backend, _) in BACKENDS {
         let o = run(
             send_cmd(&format!("tcp://127.0.0.1:{port}"), &["--backend", backend]),
@@ -378,10 +387,19 @@ fn send_under_seccomp_falls_back_or_fails_clearly() {
     );
 
     // Nothing needs to listen: the engine is built before connecting, and must refuse.
-    let port = {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    // Bound but not listening: connecting is refused, and the port stays ours for the whole
+    // test (a closed port could be handed to a parallel test's listener).
+    let holder =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    holder
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    let port = holder
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("inet")
+        .port();
     let o = send_under_seccomp(&format!("tcp://127.0.0.1:{port}"), "uring", b"x".to_vec());
     let err = stderr_of(&o);
     assert!(!o.status.success(), "uring under seccomp must fail: {err}");

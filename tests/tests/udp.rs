@@ -19,6 +19,15 @@ const V4: &str = "127.0.0.1:0";
 const V6: &str = "[::1]:0";
 
 /// Kernel GSO support as the engine sees it; `false` prints a SKIP line for the GSO-on checks.
+/// The tests in this file run one at a time: two of them send to ports where nothing listens
+/// (`closed_udp_port`), and a port closed by one test can be handed to another test's receiver by
+/// the kernel's ephemeral allocator, which would then see foreign datagrams.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn gso_supported(e: &Engine, ctx: &str) -> bool {
     if !e.gso_enabled() {
         eprintln!("SKIP: {ctx}: the kernel has no UDP GSO (UDP_SEGMENT); GSO-on checks skipped");
@@ -60,6 +69,7 @@ fn check_clean(r: &FlushReport, sent: &[Bytes], ctx: &str) {
 /// (`send_to`), GSO on and off; `gso_sends` moves only with GSO on.
 #[test]
 fn datagrams_arrive_whole_v4_v6_gso_on_off() {
+    let _serial = serial();
     let mut seed = 0;
     for b in BACKENDS {
         for bind in [V4, V6] {
@@ -250,6 +260,7 @@ fn boundary_table() -> Vec<Case> {
 /// exactly the expected number of GSO sends, and only the impossible datagram failing.
 #[test]
 fn gso_boundary_table() {
+    let _serial = serial();
     for b in BACKENDS {
         for gso in [true, false] {
             for (k, case) in boundary_table().into_iter().enumerate() {
@@ -294,6 +305,7 @@ fn gso_boundary_table() {
 /// Environment variables are process-wide, so each setting runs in a re-exec'd child.
 #[test]
 fn gso_env_kill_switch() {
+    let _serial = serial();
     if is_child() {
         let want = std::env::var("VOLLEY_GSO").expect("VOLLEY_GSO set by the parent") != "0";
         for b in BACKENDS {
@@ -342,6 +354,7 @@ fn gso_env_kill_switch() {
 /// receives exactly its own datagrams, from one flush, in few kernel transitions.
 #[test]
 fn one_batch_to_64_ports() {
+    let _serial = serial();
     const PORTS: usize = 64;
     const PER_PORT: usize = 6;
     for b in BACKENDS {
@@ -415,6 +428,7 @@ fn send_n(e: &mut Engine, id: SocketId, tag: u64, n: usize, len: usize) -> Vec<B
 /// once a receiver binds that port, later datagrams arrive.
 #[test]
 fn closed_port_refused_then_usable() {
+    let _serial = serial();
     for b in BACKENDS {
         for bind in [V4, V6] {
             for gso in [true, false] {
@@ -499,6 +513,7 @@ fn closed_port_refused_then_usable() {
 /// the same batch (some of them in GSO groups) fails with `MessageTooLong`, the others arrive.
 #[test]
 fn oversized_datagram_fails_alone() {
+    let _serial = serial();
     for b in BACKENDS {
         for bind in [V4, V6] {
             for gso in [true, false] {
@@ -546,6 +561,7 @@ fn oversized_datagram_fails_alone() {
 /// Without `IP_RECVERR` the kernel reports nothing for an unconnected socket, so nothing fails.
 #[test]
 fn live_and_dead_destinations_in_one_batch() {
+    let _serial = serial();
     for b in BACKENDS {
         for bind in [V4, V6] {
             for gso in [true, false] {
@@ -602,6 +618,7 @@ fn live_and_dead_destinations_in_one_batch() {
 /// Other sockets of the same engine keep GSO.
 #[test]
 fn gso_refused_turns_gso_off_for_the_socket() {
+    let _serial = serial();
     for b in BACKENDS {
         for bind in [V4, V6] {
             let ctx = format!("{b:?} {bind} GSO refused (EINVAL)");
