@@ -130,6 +130,19 @@ impl DgramQueue {
         }
     }
 
+    /// For an ENOBUFS result on the datagram at `first_seq`: counts it and returns the backoff
+    /// before the next try (1, 2, 4, 8 ms: ≤ 16 ms in all), or `None` once `retries` are used up
+    /// (the datagram then counts as dropped) or for any other errno.
+    fn nobufs_backoff_ns(&mut self, errno: i32, first_seq: u64, retries: u8) -> Option<u64> {
+        if errno != libc::ENOBUFS {
+            return None;
+        }
+        let i = self.index(first_seq);
+        let d = &mut self.q[i];
+        d.nobufs += 1;
+        (d.nobufs <= retries).then(|| 1_000_000u64 << (d.nobufs - 1))
+    }
+
     /// Datagrams in flight from `first_seq` go back to the queue; `solo` keeps them out of groups.
     pub fn requeue(&mut self, first_seq: u64, count: usize, solo: bool) {
         let i = self.index(first_seq);
@@ -236,22 +249,11 @@ impl Core {
                 again = errno == libc::EAGAIN;
             } else if gso
                 && count > 1
-                && !matches!(
+                && matches!(
                     errno,
                     libc::EIO | libc::EINVAL | libc::EMSGSIZE | libc::ENOBUFS
                 )
             {
-                // A pending socket error (a stale ICMP: ECONNREFUSED, EHOSTUNREACH, …) refuses the
-                // call before anything is sent and is consumed by it. As with a single datagram, the
-                // first datagram takes the error; the rest go again (FAILURES.md item 11). Re-split
-                // instead, and the error would be lost (on epoll also the next one: sendmmsg drops
-                // an error that follows a sent datagram).
-                let i = q.index(first_seq);
-                let dest = q.q[i].dest.or(peer);
-                q.mark(first_seq, 1, State::Failed, &mut done);
-                q.requeue(first_seq + 1, count - 1, false);
-                failed = Some(Error::socket(errno, id, dest));
-            } else if gso && count > 1 {
                 // The group was refused as a whole. EIO/EINVAL: the device or route cannot segment,
                 // so GSO goes off for this socket. EMSGSIZE, ENOBUFS: re-split so every datagram
                 // gets its own outcome (FAILURES.md items 13, 14).
@@ -262,27 +264,31 @@ impl Core {
                     q.requeue(first_seq, count, true);
                 }
                 self.stats.gso_fallbacks += 1;
-            } else if errno == libc::ENOBUFS && {
-                let i = q.index(first_seq);
-                q.q[i].nobufs += 1;
-                q.q[i].nobufs <= nobufs_retries
-            } {
-                // Bounded backoff: 1, 2, 4, 8 ms, then the datagram counts as dropped.
-                let i = q.index(first_seq);
-                let n = q.q[i].nobufs;
+            } else if let Some(delay_ns) = q.nobufs_backoff_ns(errno, first_seq, nobufs_retries) {
                 q.requeue(first_seq, count, false);
-                s.retry_at_ns = Some(now_ns + (1_000_000u64 << (n - 1)));
+                s.retry_at_ns = Some(now_ns + delay_ns);
                 self.backoff.push(idx);
                 self.stats.retries += 1;
             } else {
+                // The first datagram takes the error. For a single datagram that is all of it; for
+                // a GSO group it is a pending socket error (a stale ICMP: ECONNREFUSED,
+                // EHOSTUNREACH, …) that refused the call before anything was sent and was consumed
+                // by it, so the rest go again (FAILURES.md item 11). Re-splitting instead would lose
+                // the error (on epoll also the next one: sendmmsg drops an error that follows a
+                // sent datagram).
                 let i = q.index(first_seq);
                 let dest = q.q[i].dest.or(peer);
-                q.mark(first_seq, count, State::Failed, &mut done);
+                q.mark(first_seq, 1, State::Failed, &mut done);
+                if count > 1 {
+                    q.requeue(first_seq + 1, count - 1, false);
+                }
                 failed = Some(Error::socket(errno, id, dest));
             }
         }
-        for &(len, t) in &done {
-            self.terminal(idx, len, t, now_ns, failed.as_ref());
+        if let Some(err) = &failed {
+            for &(len, t) in &done {
+                self.ended_failed(idx, len, t, now_ns, err);
+            }
         }
         if let Some(Queue::Dgram(q)) = self.socks[idx as usize].sock.as_mut().map(|s| &mut s.queue)
         {

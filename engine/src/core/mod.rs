@@ -631,44 +631,32 @@ impl Core {
         self.queued_bytes -= total;
         self.pending_writes -= count;
         self.stats.writes_sent += count;
-        for &(_, t) in sampled.iter().filter(|(_, t)| *t != 0) {
-            self.stats
-                .write_latency_ns
-                .saturating_record(now_ns.saturating_sub(t).max(1));
+        for &(_, t) in sampled {
+            self.record_latency(t, now_ns);
         }
     }
 
-    /// Records writes that ended: counts, latency, queue accounting.
-    fn terminal(
-        &mut self,
-        idx: u32,
-        len: usize,
-        queued_ns: u64,
-        now_ns: u64,
-        failed: Option<&Error>,
-    ) {
+    /// Accounts for one write of `len` bytes that failed with `err`.
+    fn ended_failed(&mut self, idx: u32, len: usize, queued_ns: u64, now_ns: u64, err: &Error) {
         self.queued_bytes -= len;
         self.pending_writes -= 1;
         let s = self.socks[idx as usize]
             .sock
             .as_mut()
-            .expect("terminal on a live socket");
+            .expect("a failed write on a live socket");
         s.queued_bytes -= len;
-        match failed {
-            None => {
-                s.acc.writes += 1;
-                self.stats.writes_sent += 1;
-            }
-            Some(e) => {
-                let status = e.status().unwrap_or(Status::Other);
-                s.acc.failed += 1;
-                s.acc.failures[status.index()] += 1;
-                if s.acc.first_error.is_none() {
-                    s.acc.first_error = Some(e.clone());
-                }
-                self.stats.record_failure(status, 1);
-            }
+        let status = err.status().unwrap_or(Status::Other);
+        s.acc.failed += 1;
+        s.acc.failures[status.index()] += 1;
+        if s.acc.first_error.is_none() {
+            s.acc.first_error = Some(err.clone());
         }
+        self.stats.record_failure(status, 1);
+        self.record_latency(queued_ns, now_ns);
+    }
+
+    /// Records a write's queued → terminal latency, if it was sampled (queued time ≠ 0).
+    fn record_latency(&mut self, queued_ns: u64, now_ns: u64) {
         if queued_ns != 0 {
             self.stats
                 .write_latency_ns
@@ -687,7 +675,7 @@ impl Core {
             Queue::Dgram(q) => q.drain_queued(&mut dropped),
         }
         for &(len, queued_ns) in &dropped {
-            self.terminal(idx, len, queued_ns, now_ns, Some(err));
+            self.ended_failed(idx, len, queued_ns, now_ns, err);
         }
         dropped.clear();
         self.scratch = dropped;
