@@ -26,11 +26,6 @@ use volley::{Backend, SocketId};
 const DATAGRAM_BYTES: usize = 1200;
 const BATCHES: [usize; 2] = [64, 1024];
 
-/// `SOL_UDP` from `<netinet/udp.h>` (= `IPPROTO_UDP`).
-const SOL_UDP: libc::c_int = 17;
-/// `UDP_SEGMENT` from `<linux/udp.h>`, added in Linux 4.18 (commit bec1f6f69736, "udp: generate
-/// gso with UDP_SEGMENT").
-const UDP_SEGMENT: libc::c_int = 103;
 /// `UDP_MAX_SEGMENTS` in `<linux/udp.h>`: the kernel rejects a GSO send with more segments.
 const GSO_MAX_SEGMENTS: usize = 64;
 /// Largest IPv4 UDP payload (65535 − 20 IP − 8 UDP); a GSO send's total length is bounded by it.
@@ -178,8 +173,9 @@ impl Gso {
                 unsafe {
                     let cmsg = libc::CMSG_FIRSTHDR(&hdr);
                     assert!(!cmsg.is_null(), "control buffer holds one cmsghdr");
-                    (*cmsg).cmsg_level = SOL_UDP;
-                    (*cmsg).cmsg_type = UDP_SEGMENT;
+                    // UDP_SEGMENT: <linux/udp.h>, added in Linux 4.18 (commit bec1f6f69736).
+                    (*cmsg).cmsg_level = libc::SOL_UDP;
+                    (*cmsg).cmsg_type = libc::UDP_SEGMENT;
                     (*cmsg).cmsg_len = libc::CMSG_LEN(seg_len).try_into().expect("cmsg len fits");
                     std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), seg);
                 }

@@ -525,16 +525,6 @@ pub fn setsockopt_int(sock: &UdpSocket, level: libc::c_int, name: libc::c_int, v
     }
 }
 
-/// `SOL_UDP` options of include/uapi/linux/udp.h that libc does not name on every target.
-pub mod udp_opt {
-    /// `SOL_UDP`.
-    pub const SOL_UDP: libc::c_int = 17;
-    /// `UDP_NO_CHECK6_TX`: send IPv6 UDP with a zero checksum (GSO then fails with `EINVAL`).
-    pub const UDP_NO_CHECK6_TX: libc::c_int = 101;
-    /// `UDP_NO_CHECK6_RX`: accept IPv6 UDP with a zero checksum.
-    pub const UDP_NO_CHECK6_RX: libc::c_int = 102;
-}
-
 /// Makes every GSO send of `sock` fail with `EINVAL` while single datagrams still go: no UDP
 /// checksum (`SO_NO_CHECK` for IPv4, `UDP_NO_CHECK6_TX` for IPv6; `udp_send_skb` refuses GSO with
 /// `sk_no_check_tx`). A deterministic stand-in for a device or route that cannot segment. An IPv6
@@ -542,11 +532,11 @@ pub mod udp_opt {
 pub fn refuse_gso(sock: &UdpSocket) {
     match sock.local_addr().expect("local addr") {
         SocketAddr::V4(_) => setsockopt_int(sock, libc::SOL_SOCKET, libc::SO_NO_CHECK, 1),
-        SocketAddr::V6(_) => setsockopt_int(sock, udp_opt::SOL_UDP, udp_opt::UDP_NO_CHECK6_TX, 1),
+        SocketAddr::V6(_) => setsockopt_int(sock, libc::SOL_UDP, libc::UDP_NO_CHECK6_TX, 1),
     }
 }
 
 /// Lets an IPv6 receiver accept datagrams sent with a zero checksum.
 pub fn accept_no_check6(sock: &UdpSocket) {
-    setsockopt_int(sock, udp_opt::SOL_UDP, udp_opt::UDP_NO_CHECK6_RX, 1);
+    setsockopt_int(sock, libc::SOL_UDP, libc::UDP_NO_CHECK6_RX, 1);
 }

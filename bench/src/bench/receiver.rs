@@ -129,7 +129,8 @@ impl Receiver {
             s.set_nonblocking(true)
                 .map_err(|e| format!("set_nonblocking: {e}"))?;
             if gro {
-                setsockopt_int(s, SOL_UDP, UDP_GRO, 1).map_err(|e| format!("UDP_GRO: {e}"))?;
+                setsockopt_int(s, libc::SOL_UDP, libc::UDP_GRO, 1)
+                    .map_err(|e| format!("UDP_GRO: {e}"))?;
             }
         }
         let peers = socks.len();
@@ -299,10 +300,6 @@ fn tcp_loop(sh: &Shared, mut streams: Vec<TcpStream>, big: &[u8]) {
     streams.clear();
 }
 
-/// `SOL_UDP` / `UDP_GRO` (include/uapi/linux/udp.h; UDP_GRO added in Linux 5.0).
-const SOL_UDP: libc::c_int = 17;
-const UDP_GRO: libc::c_int = 104;
-
 /// One `recvmsg`: the length received and, with GRO, the segment size the kernel reports (a GRO
 /// buffer holds `len / seg` datagrams, the last possibly shorter).
 fn recv_gro(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, Option<usize>)> {
@@ -330,7 +327,7 @@ fn recv_gro(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, Option<usize
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(&msg);
         while !c.is_null() {
-            if (*c).cmsg_level == SOL_UDP && (*c).cmsg_type == UDP_GRO {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
                 let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
                 seg = usize::try_from(v).ok().filter(|&s| s > 0);
             }

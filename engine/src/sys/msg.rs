@@ -34,11 +34,8 @@ impl std::fmt::Debug for MsgMem {
 // alive; nothing is shared between threads through them.
 unsafe impl Send for MsgMem {}
 
-/// `SOL_UDP` / `UDP_SEGMENT` (include/uapi/linux/udp.h, added in Linux 4.18, commit bec1f6f697362).
-const SOL_UDP: libc::c_int = 17;
 /// `size_of::<u16>()`, the `UDP_SEGMENT` payload, as the `u32` the CMSG macros take.
 const U16_LEN: u32 = 2;
-const UDP_SEGMENT: libc::c_int = 103;
 
 impl MsgMem {
     pub fn new() -> MsgMem {
@@ -87,8 +84,9 @@ impl MsgMem {
         // a valid, aligned header inside them and CMSG_DATA has room for the u16.
         unsafe {
             let c = libc::CMSG_FIRSTHDR(&self.msg);
-            (*c).cmsg_level = SOL_UDP;
-            (*c).cmsg_type = UDP_SEGMENT;
+            // UDP_SEGMENT: include/uapi/linux/udp.h, added in Linux 4.18 (commit bec1f6f697362).
+            (*c).cmsg_level = libc::SOL_UDP;
+            (*c).cmsg_type = libc::UDP_SEGMENT;
             (*c).cmsg_len = libc::CMSG_LEN(U16_LEN) as _;
             ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
         }

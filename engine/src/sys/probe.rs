@@ -71,8 +71,8 @@ pub(crate) fn udp_gso() -> bool {
     let rc = unsafe {
         libc::getsockopt(
             std::os::fd::AsRawFd::as_raw_fd(&sock),
-            17,  // SOL_UDP
-            103, // UDP_SEGMENT
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
             (&mut val as *mut libc::c_int).cast(),
             &mut len,
         )
