@@ -178,6 +178,19 @@ impl EngineBuilder {
         self
     }
 
+    /// `IP_RECVERR` (`IPV6_RECVERR`) on registered UDP sockets. Default on (as quinn-udp does).
+    ///
+    /// On: a datagram the local qdisc or device drops fails with `NoBufferSpace` (after a bounded
+    /// backoff) instead of counting as sent — without it Linux swallows that `ENOBUFS` for UDP
+    /// and the loss is silent; ICMP errors about sent datagrams are read from the error queue and
+    /// reported with their destination ([`Engine::take_peer_errors`]); on an unconnected socket a
+    /// datagram whose send picked up such an error about an earlier datagram is sent again
+    /// rather than failed. Off: the kernel's default UDP behaviour.
+    pub fn udp_recverr(mut self, on: bool) -> Self {
+        self.cfg.recverr = on;
+        self
+    }
+
     /// A flush that takes longer returns [`Error::FlushTimeout`] (writes stay queued). Default: none.
     pub fn flush_timeout(mut self, t: Duration) -> Self {
         self.flush_timeout = Some(t);
@@ -326,7 +339,23 @@ impl Engine {
     pub fn register_udp(&mut self, socket: UdpSocket) -> Result<SocketId, Error> {
         let peer = socket.peer_addr().ok();
         let gso = self.core.cfg.gso;
-        self.add(socket.into(), peer, Queue::Dgram(DgramQueue::new(gso)))
+        let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
+        let recverr = self.core.cfg.recverr && sys::msg::set_recverr(socket.as_raw_fd(), v6);
+        let id = self.add(socket.into(), peer, Queue::Dgram(DgramQueue::new(gso)))?;
+        self.core.set_recverr(id, recverr)?;
+        Ok(id)
+    }
+
+    /// Takes the errors the kernel reported since the last call about datagrams this UDP socket
+    /// already sent — ICMP port, host or network unreachable, each naming the destination it
+    /// concerns (`Error::peer`). They come from the socket's error queue (`IP_RECVERR`, on unless
+    /// `EngineBuilder::udp_recverr(false)`), which the engine reads when the kernel signals an
+    /// error; [`Stats::peer_errors`] counts them all, the socket keeps the latest 4096.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSocket`].
+    pub fn take_peer_errors(&mut self, id: SocketId) -> Result<Vec<Error>, Error> {
+        self.core.take_peer_errors(id)
     }
 
     /// The queue timestamp for the next write: the clock for a sampled write, 0 otherwise.

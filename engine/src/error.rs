@@ -227,6 +227,14 @@ impl Error {
         }
     }
 
+    /// The peer or destination an [`Error::Socket`] concerns, when known.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        match self {
+            Error::Socket { peer, .. } => *peer,
+            _ => None,
+        }
+    }
+
     /// Whether the error is backpressure (retry after a flush).
     pub fn is_backpressure(&self) -> bool {
         matches!(self, Error::Backpressure { .. })

@@ -143,6 +143,9 @@ impl SimConfig {
             gso_max_bytes: self.gso_max_bytes,
             // The backoff doubles per retry; the engine never configures more than 4.
             nobufs_retries: self.nobufs_retries.min(4),
+            // The simulated kernel models sockets without IP_RECVERR (the core never sees
+            // `set_recverr`); the error-queue path is covered by core unit tests and real sockets.
+            recverr: false,
         }
     }
 }

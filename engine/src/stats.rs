@@ -33,6 +33,13 @@ pub struct Stats {
     pub gso_sends: u64,
     /// GSO groups re-split into single datagrams after the kernel refused them.
     pub gso_fallbacks: u64,
+    /// Errors the kernel reported about datagrams already sent (ICMP port/host/network
+    /// unreachable, read from the error queue with `IP_RECVERR`); see
+    /// `Engine::take_peer_errors`.
+    pub peer_errors: u64,
+    /// Datagrams sent again because the send that carried them picked up a pending error about
+    /// an earlier datagram to another destination (unconnected sockets with `IP_RECVERR`).
+    pub stale_error_resends: u64,
     /// Latency of writes, queued → terminal, in nanoseconds: a 1-in-N systematic sample (see
     /// `EngineBuilder::write_latency_every`, default N = 16).
     pub write_latency_ns: Histogram<u64>,
@@ -59,6 +66,8 @@ impl Default for Stats {
             retries: 0,
             gso_sends: 0,
             gso_fallbacks: 0,
+            peer_errors: 0,
+            stale_error_resends: 0,
             write_latency_ns: histogram(),
             flush_latency_ns: histogram(),
         }

@@ -1,7 +1,8 @@
 //! Receivers on their own thread, outside the timed sections, that verify what arrives.
 //!
 //! TCP: every byte of every stream is compared with the payload pattern (a lost, repeated or
-//! reordered message breaks it). UDP: datagrams are counted per peer and their sizes checked.
+//! reordered message breaks it). UDP: datagrams are drained with `recvmmsg` (64 per call, as a
+//! relay or QUIC endpoint drains), counted per peer, and their sizes checked.
 //! After each round the harness calls [`Receiver::verify`], which waits (untimed) until what was
 //! sent has arrived, or until arrivals stall, and then compares.
 
@@ -300,46 +301,105 @@ fn tcp_loop(sh: &Shared, mut streams: Vec<TcpStream>, big: &[u8]) {
     streams.clear();
 }
 
-/// One `recvmsg`: the length received and, with GRO, the segment size the kernel reports (a GRO
-/// buffer holds `len / seg` datagrams, the last possibly shorter).
-fn recv_gro(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, Option<usize>)> {
-    #[repr(C, align(8))]
-    struct Cmsg([u8; 64]);
-    let mut cmsg = Cmsg([0; 64]);
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cmsg.0.as_mut_ptr().cast();
-    msg.msg_controllen = cmsg.0.len() as _;
-    // SAFETY: `msg` points at `buf` and `cmsg`, both live and writable for the call.
-    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut seg = None;
-    // SAFETY: the kernel filled `msg_controllen` bytes of `cmsg`; CMSG_FIRSTHDR/NXTHDR stay within
-    // them and CMSG_DATA of a UDP_GRO header holds an int.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
-                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
-                seg = usize::try_from(v).ok().filter(|&s| s > 0);
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
+/// Datagrams (or GRO buffers) taken per `recvmmsg`, as a high-rate relay or QUIC endpoint
+/// drains its socket.
+const RECV_BATCH: usize = 64;
+
+/// The arrays of one `recvmmsg` call: `RECV_BATCH` buffers, iovecs, control buffers (for the
+/// `UDP_GRO` segment size) and headers, built once. The headers point into the other vectors,
+/// which are never resized, so the pointers stay valid for the life of the struct.
+struct RecvBatch {
+    bufs: Vec<u8>,
+    buf_len: usize,
+    iovs: Vec<libc::iovec>,
+    cmsgs: Vec<[u64; 8]>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+impl RecvBatch {
+    fn new(buf_len: usize) -> Box<RecvBatch> {
+        let mut b = Box::new(RecvBatch {
+            bufs: vec![0; buf_len * RECV_BATCH],
+            buf_len,
+            iovs: Vec::with_capacity(RECV_BATCH),
+            cmsgs: vec![[0; 8]; RECV_BATCH],
+            // SAFETY: an all-zero mmsghdr is a valid (empty) value.
+            hdrs: vec![unsafe { std::mem::zeroed() }; RECV_BATCH],
+        });
+        let base = b.bufs.as_mut_ptr();
+        for i in 0..RECV_BATCH {
+            b.iovs.push(libc::iovec {
+                // SAFETY: `i * buf_len` is inside `bufs` (RECV_BATCH × buf_len bytes).
+                iov_base: unsafe { base.add(i * buf_len) }.cast(),
+                iov_len: buf_len,
+            });
         }
+        b
     }
-    Ok((usize::try_from(n).unwrap_or(0), seg))
+
+    /// One `recvmmsg` (non-blocking); returns, per datagram or GRO buffer received, its length
+    /// and the segment size the kernel reports with `UDP_GRO` (a GRO buffer holds
+    /// `len / seg` datagrams, the last possibly shorter).
+    fn recv(&mut self, fd: i32, out: &mut Vec<(usize, Option<usize>)>) -> io::Result<()> {
+        out.clear();
+        for i in 0..RECV_BATCH {
+            let h = &mut self.hdrs[i].msg_hdr;
+            h.msg_iov = &mut self.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = self.cmsgs[i].as_mut_ptr().cast();
+            h.msg_controllen = std::mem::size_of::<[u64; 8]>() as _;
+            h.msg_name = std::ptr::null_mut();
+            h.msg_namelen = 0;
+            h.msg_flags = 0;
+        }
+        let n = libc::c_uint::try_from(RECV_BATCH).unwrap_or(1);
+        // SAFETY: every header points at its own live iovec (into `bufs`) and control buffer,
+        // all owned by `self` and exclusively borrowed for the call; the kernel writes at most
+        // `n` entries and within the lengths given.
+        let r = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                n,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        for m in &self.hdrs[..usize::try_from(r).unwrap_or(0)] {
+            let mut seg = None;
+            // SAFETY: the kernel filled `msg_controllen` bytes of this entry's control buffer;
+            // CMSG_FIRSTHDR/NXTHDR stay within them and CMSG_DATA of a UDP_GRO header holds an
+            // int.
+            unsafe {
+                let mut c = libc::CMSG_FIRSTHDR(&m.msg_hdr);
+                while !c.is_null() {
+                    if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
+                        let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                        seg = usize::try_from(v).ok().filter(|&s| s > 0);
+                    }
+                    c = libc::CMSG_NXTHDR(&m.msg_hdr, c);
+                }
+            }
+            let len = m.msg_len as usize;
+            if m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len > self.buf_len {
+                return Err(io::Error::other(format!(
+                    "datagram longer than the {} B receive buffer",
+                    self.buf_len
+                )));
+            }
+            out.push((len, seg));
+        }
+        Ok(())
+    }
 }
 
 fn udp_loop(sh: &Shared, socks: Vec<UdpSocket>, size: usize, gro: bool) {
     let mut fds = pollfds(socks.iter().map(AsRawFd::as_raw_fd));
-    let mut buf = vec![0u8; 65536];
+    let mut batch = RecvBatch::new(if gro { 65536 } else { 2048 });
+    let mut got = Vec::with_capacity(RECV_BATCH);
     while !sh.stop.load(Ordering::Acquire) {
         match poll_in(&mut fds) {
             Ok(0) => continue,
@@ -352,22 +412,24 @@ fn udp_loop(sh: &Shared, socks: Vec<UdpSocket>, size: usize, gro: bool) {
             }
             pfd.revents = 0;
             loop {
-                let got = if gro {
-                    recv_gro(&socks[i], &mut buf)
-                } else {
-                    socks[i].recv(&mut buf).map(|n| (n, None))
-                };
-                match got {
-                    Ok((n, seg)) => {
-                        // A GRO buffer is `n / seg` datagrams of `seg` bytes, the last shorter.
-                        let seg = seg.unwrap_or(n).max(1);
-                        let count = n.div_ceil(seg).max(1) as u64;
-                        if seg != size || n % size != 0 {
-                            sh.bad_size.fetch_add(1, Ordering::Relaxed);
+                match batch.recv(pfd.fd, &mut got) {
+                    Ok(()) => {
+                        let (mut datagrams, mut bytes) = (0u64, 0u64);
+                        for &(n, seg) in &got {
+                            // A GRO buffer is `n / seg` datagrams of `seg` bytes, the last shorter.
+                            let seg = seg.unwrap_or(n).max(1);
+                            if seg != size || n % size != 0 {
+                                sh.bad_size.fetch_add(1, Ordering::Relaxed);
+                            }
+                            datagrams += n.div_ceil(seg).max(1) as u64;
+                            bytes += n as u64;
                         }
-                        sh.per_peer[i].fetch_add(count, Ordering::Relaxed);
-                        sh.bytes.fetch_add(n as u64, Ordering::Relaxed);
-                        sh.datagrams.fetch_add(count, Ordering::Release);
+                        sh.per_peer[i].fetch_add(datagrams, Ordering::Relaxed);
+                        sh.bytes.fetch_add(bytes, Ordering::Relaxed);
+                        sh.datagrams.fetch_add(datagrams, Ordering::Release);
+                        if got.len() < RECV_BATCH {
+                            break;
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

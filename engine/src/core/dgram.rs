@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
-use super::{is_retry, Config, Core, OpShape, Queue};
+use super::{is_icmp_errno, is_retry, Config, Core, OpShape, Queue};
 use crate::error::Error;
 use crate::plan::cut_dgram;
 
@@ -27,6 +27,8 @@ struct Dgram {
     solo: bool,
     /// ENOBUFS results so far.
     nobufs: u8,
+    /// Sends of it that picked up a pending error about an earlier datagram.
+    stale: u8,
 }
 
 /// Datagrams of one socket, oldest first; terminal ones leave from the front.
@@ -64,6 +66,7 @@ impl DgramQueue {
             state: State::Queued,
             solo: false,
             nobufs: 0,
+            stale: 0,
         });
         self.next_seq += 1;
         self.queued += 1;
@@ -141,6 +144,21 @@ impl DgramQueue {
         let d = &mut self.q[i];
         d.nobufs += 1;
         (d.nobufs <= retries).then(|| 1_000_000u64 << (d.nobufs - 1))
+    }
+
+    /// For a pending-error result (`is_icmp_errno`) on an unconnected socket with `IP_RECVERR`:
+    /// the error is about an earlier datagram and nothing of this op was sent, so it goes again —
+    /// at most `STALE_RESENDS` times per datagram. Each pending error is consumed by the one send
+    /// that picks it up and comes from an earlier datagram that was sent, so resends end by
+    /// themselves; the bound holds even against a stream of forged ICMP messages. It is high
+    /// because a batch mixing many dead and live destinations chains: a resent datagram can
+    /// pick up the error of a resent dead one ahead of it, round after round.
+    fn stale_resend(&mut self, first_seq: u64) -> bool {
+        const STALE_RESENDS: u8 = 32;
+        let i = self.index(first_seq);
+        let d = &mut self.q[i];
+        d.stale += 1;
+        d.stale <= STALE_RESENDS
     }
 
     /// Datagrams in flight from `first_seq` go back to the queue; `solo` keeps them out of groups.
@@ -230,6 +248,7 @@ impl Core {
         let mut done = std::mem::take(&mut self.scratch);
         let mut failed: Option<Error> = None;
         let mut again = false;
+        let mut errqueue = false;
         if res >= 0 {
             // UDP sends are all or nothing: a result means every datagram of the op left.
             let total = q.mark(first_seq, count, State::Sent, &mut done);
@@ -269,6 +288,17 @@ impl Core {
                 s.retry_at_ns = Some(now_ns + delay_ns);
                 self.backoff.push(idx);
                 self.stats.retries += 1;
+            } else if s.recverr
+                && is_icmp_errno(errno)
+                && peer.is_none()
+                && q.stale_resend(first_seq)
+            {
+                // An unconnected socket with IP_RECVERR: the error is an ICMP message about an
+                // earlier datagram (the error queue says which destination); this op sent
+                // nothing and goes again (FAILURES.md item 11).
+                q.requeue(first_seq, count, false);
+                self.stats.stale_error_resends += count as u64;
+                errqueue = true;
             } else {
                 // The first datagram takes the error. For a single datagram that is all of it; for
                 // a GSO group it is a pending socket error (a stale ICMP: ECONNREFUSED,
@@ -276,6 +306,7 @@ impl Core {
                 // by it, so the rest go again (FAILURES.md item 11). Re-splitting instead would lose
                 // the error (on epoll also the next one: sendmmsg drops an error that follows a
                 // sent datagram).
+                errqueue = is_icmp_errno(errno);
                 let i = q.index(first_seq);
                 let dest = q.q[i].dest.or(peer);
                 q.mark(first_seq, 1, State::Failed, &mut done);
@@ -296,6 +327,9 @@ impl Core {
         }
         done.clear();
         self.scratch = done;
+        if errqueue {
+            self.want_errqueue(idx);
+        }
         again
     }
 }

@@ -41,6 +41,9 @@ pub(crate) struct Config {
     pub gso_max_bytes: usize,
     /// ENOBUFS retries per datagram before it counts as dropped (backoff 1, 2, 4, 8 ms: ≤ 16 ms).
     pub nobufs_retries: u8,
+    /// Enable `IP_RECVERR`/`IPV6_RECVERR` on UDP sockets (qdisc drops surface as ENOBUFS; ICMP
+    /// errors are read from the error queue and attributed to their destination).
+    pub recverr: bool,
 }
 
 impl Default for Config {
@@ -59,6 +62,7 @@ impl Default for Config {
             gso_max_segments: crate::plan::GSO_MAX_SEGMENTS,
             gso_max_bytes: crate::plan::UDP_MAX_PAYLOAD,
             nobufs_retries: 4,
+            recverr: true,
         }
     }
 }
@@ -108,6 +112,30 @@ pub(crate) struct Sock {
     pub retry_at_ns: Option<u64>,
     /// Set by `abort`: no new ops; the socket is removed once nothing is in flight.
     pub closing: bool,
+    /// `IP_RECVERR` is on: the kernel queues ICMP errors on the socket's error queue.
+    pub recverr: bool,
+    /// The error queue holds entries the backend should read (see [`Core::take_errqueue`]).
+    errqueue: bool,
+    /// Errors the kernel reported for earlier datagrams, with their destinations, until
+    /// [`Core::take_peer_errors`] (at most [`PEER_ERRORS_KEPT`]; later ones are only counted).
+    peer_errors: Vec<Error>,
+}
+
+/// Peer errors kept per socket until taken.
+pub(crate) const PEER_ERRORS_KEPT: usize = 4096;
+
+/// Errors a pending socket error (`sk_err`) can carry from an ICMP message about an earlier
+/// datagram: with `IP_RECVERR` an unconnected socket gets them too, and the send that picks one
+/// up sends nothing.
+pub(crate) fn is_icmp_errno(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::ECONNREFUSED
+            | libc::EHOSTUNREACH
+            | libc::ENETUNREACH
+            | libc::EHOSTDOWN
+            | libc::EPROTO
+    )
 }
 
 #[derive(Debug)]
@@ -180,6 +208,8 @@ pub(crate) struct Core {
     in_flight: usize,
     /// Sockets waiting out an ENOBUFS backoff.
     backoff: Vec<u32>,
+    /// Sockets whose error queue the backend should read.
+    errqueue: Vec<u32>,
     /// Reused list of (length, queued time) of writes that just ended.
     scratch: Vec<(usize, u64)>,
     pub stats: Stats,
@@ -212,6 +242,7 @@ impl Core {
             pending_writes: 0,
             in_flight: 0,
             backoff: Vec::new(),
+            errqueue: Vec::new(),
             scratch: Vec::new(),
             stats: Stats::default(),
         }
@@ -232,6 +263,9 @@ impl Core {
             acc: Acc::default(),
             retry_at_ns: None,
             closing: false,
+            recverr: false,
+            errqueue: false,
+            peer_errors: Vec::new(),
         };
         if let Some(idx) = self.free_socks.pop() {
             let slot = &mut self.socks[idx as usize];
@@ -321,6 +355,62 @@ impl Core {
         if writable {
             self.wake(idx);
         }
+    }
+
+    /// Records that `IP_RECVERR` is on for the socket.
+    pub fn set_recverr(&mut self, id: SocketId, on: bool) -> Result<(), Error> {
+        self.sock_mut(id)?.recverr = on;
+        Ok(())
+    }
+
+    /// Asks the backend to read the socket's error queue (only where `IP_RECVERR` is on).
+    pub fn want_errqueue(&mut self, idx: u32) {
+        if let Some(s) = self
+            .socks
+            .get_mut(idx as usize)
+            .and_then(|s| s.sock.as_mut())
+        {
+            if s.recverr && !s.errqueue {
+                s.errqueue = true;
+                self.errqueue.push(idx);
+            }
+        }
+    }
+
+    /// The next socket whose error queue should be read: (index, fd).
+    pub fn take_errqueue(&mut self) -> Option<(u32, RawFd)> {
+        while let Some(idx) = self.errqueue.pop() {
+            if let Some(s) = self
+                .socks
+                .get_mut(idx as usize)
+                .and_then(|s| s.sock.as_mut())
+            {
+                s.errqueue = false;
+                return Some((idx, s.fd));
+            }
+        }
+        None
+    }
+
+    /// Records an error the kernel reported (error queue) for an earlier datagram to `dest`.
+    pub fn peer_error(&mut self, idx: u32, dest: Option<SocketAddr>, errno: i32) {
+        let id = self.id_of(idx);
+        self.stats.peer_errors += 1;
+        if let Some(s) = self
+            .socks
+            .get_mut(idx as usize)
+            .and_then(|s| s.sock.as_mut())
+        {
+            if s.peer_errors.len() < PEER_ERRORS_KEPT {
+                s.peer_errors
+                    .push(Error::socket(errno, id, dest.or(s.peer)));
+            }
+        }
+    }
+
+    /// Takes the peer errors recorded for the socket since the last call.
+    pub fn take_peer_errors(&mut self, id: SocketId) -> Result<Vec<Error>, Error> {
+        Ok(std::mem::take(&mut self.sock_mut(id)?.peer_errors))
     }
 
     // ---- writes -----------------------------------------------------------------------------

@@ -749,3 +749,106 @@ fn a_sent_datagram_is_released_even_behind_one_in_flight() {
     );
     core.complete(first.token, 100, 0);
 }
+
+/// A core with one unconnected UDP socket (fd 3), GSO off, `IP_RECVERR` as given.
+fn unconnected(recverr: bool) -> (super::Core, crate::SocketId) {
+    use super::{Config, Core, DgramQueue, Queue};
+    let mut core = Core::new(Config {
+        gso: false,
+        ..Config::default()
+    });
+    let id = core.add_socket(3, None, Queue::Dgram(DgramQueue::new(false)));
+    core.set_recverr(id, recverr).unwrap();
+    (core, id)
+}
+
+#[test]
+fn stale_icmp_error_on_unconnected_recverr_socket_resends_and_reads_the_error_queue() {
+    let (mut core, id) = unconnected(true);
+    let (dead, live) = (crate::sim::dest(1), crate::sim::dest(2));
+    core.send(id, bytes::Bytes::from_static(b"to-dead"), Some(dead), 0)
+        .unwrap();
+    core.send(id, bytes::Bytes::from_static(b"to-live"), Some(live), 0)
+        .unwrap();
+    let a = core.next_op().unwrap();
+    let b = core.next_op().unwrap();
+    assert_eq!((a.dest, b.dest), (Some(dead), Some(live)));
+    core.complete(a.token, 7, 0);
+    // The second send picked up the ICMP error about the first: nothing was sent.
+    core.complete(b.token, -libc::ECONNREFUSED, 0);
+    assert_eq!(core.stats.stale_error_resends, 1);
+    assert_eq!(core.take_errqueue(), Some((id.index(), 3)));
+    assert_eq!(core.take_errqueue(), None, "one request per socket");
+    core.peer_error(id.index(), Some(dead), libc::ECONNREFUSED);
+    let again = core.next_op().expect("the datagram goes again");
+    assert_eq!(again.dest, Some(live));
+    core.complete(again.token, 7, 0);
+    let r = core.take_report(id).unwrap();
+    assert_eq!((r.writes, r.failed), (2, 0), "{r:?}");
+    let pe = core.take_peer_errors(id).unwrap();
+    assert_eq!(pe.len(), 1);
+    assert_eq!(pe[0].status(), Some(Status::ConnectionRefused));
+    assert_eq!(pe[0].peer(), Some(dead));
+    assert!(core.take_peer_errors(id).unwrap().is_empty());
+    assert_eq!(core.stats.peer_errors, 1);
+}
+
+#[test]
+fn stale_icmp_resends_are_bounded_then_the_datagram_fails() {
+    let (mut core, id) = unconnected(true);
+    core.send(
+        id,
+        bytes::Bytes::from_static(b"x"),
+        Some(crate::sim::dest(5)),
+        0,
+    )
+    .unwrap();
+    let mut sends = 0;
+    while let Some(p) = core.next_op() {
+        sends += 1;
+        core.complete(p.token, -libc::EHOSTUNREACH, 0);
+        assert!(sends < 100, "resent without bound");
+    }
+    assert_eq!(sends, 33, "32 resends, then the error is the datagram's");
+    let r = core.take_report(id).unwrap();
+    assert_eq!((r.writes, r.failed), (0, 1));
+    assert_eq!(r.failed_with(Status::HostUnreachable), 1, "{r:?}");
+}
+
+#[test]
+fn without_recverr_an_icmp_error_fails_the_datagram_and_reads_no_error_queue() {
+    let (mut core, id) = unconnected(false);
+    core.send(
+        id,
+        bytes::Bytes::from_static(b"x"),
+        Some(crate::sim::dest(5)),
+        0,
+    )
+    .unwrap();
+    let p = core.next_op().unwrap();
+    core.complete(p.token, -libc::ECONNREFUSED, 0);
+    assert!(core.next_op().is_none());
+    assert_eq!(core.take_errqueue(), None);
+    let r = core.take_report(id).unwrap();
+    assert_eq!(r.failed_with(Status::ConnectionRefused), 1);
+}
+
+#[test]
+fn connected_recverr_socket_fails_the_datagram_and_reads_the_error_queue() {
+    use super::{Config, Core, DgramQueue, Queue};
+    let mut core = Core::new(Config::default());
+    let peer = crate::sim::dest(7);
+    let id = core.add_socket(4, Some(peer), Queue::Dgram(DgramQueue::new(false)));
+    core.set_recverr(id, true).unwrap();
+    core.send(id, bytes::Bytes::from_static(b"x"), None, 0)
+        .unwrap();
+    let p = core.next_op().unwrap();
+    core.complete(p.token, -libc::ECONNREFUSED, 0);
+    assert!(
+        core.next_op().is_none(),
+        "a connected peer refused: no resend"
+    );
+    assert_eq!(core.take_errqueue(), Some((id.index(), 4)));
+    let r = core.take_report(id).unwrap();
+    assert_eq!(r.failed_with(Status::ConnectionRefused), 1);
+}

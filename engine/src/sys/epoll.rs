@@ -232,7 +232,10 @@ impl Epoll {
             k += sent;
             if k < chunk_end {
                 // A partial count: the next call starts at the first unsent datagram and reports
-                // the error, if there was one (the kernel keeps it for the next call).
+                // its error, if it has one of its own. A pending error about an earlier datagram
+                // (an ICMP message) was consumed by the stopped call; with IP_RECVERR the error
+                // queue says what it was.
+                core.want_errqueue(self.batch[k].sock);
                 continue;
             }
         }

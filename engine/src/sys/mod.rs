@@ -59,9 +59,11 @@ impl Driver {
 
     pub fn submit(&mut self, core: &mut Core, wait: Wait) -> Result<(), Error> {
         match self {
-            Driver::Uring(d) => d.submit(core, wait),
-            Driver::Epoll(d) => d.submit(core, wait),
+            Driver::Uring(d) => d.submit(core, wait)?,
+            Driver::Epoll(d) => d.submit(core, wait)?,
         }
+        read_error_queues(core);
+        Ok(())
     }
 
     pub fn cancel(&mut self, core: &mut Core, fd: Option<RawFd>) -> Result<(), Error> {
@@ -75,6 +77,23 @@ impl Driver {
         match self {
             Driver::Uring(d) => d.leak(),
             Driver::Epoll(_) => {}
+        }
+    }
+}
+
+/// Entries read from one error queue per visit; the rest wait for the next error.
+const ERRQUEUE_BATCH: usize = 256;
+
+/// Reads the error queues the core asked for (`IP_RECVERR` sockets after an ICMP-class error or a
+/// partial `sendmmsg`) and hands each entry to the core as a peer error. Reading also releases
+/// the queue's receive-buffer charge and clears the pending socket error.
+fn read_error_queues(core: &mut Core) {
+    let mut entries = Vec::new();
+    while let Some((idx, fd)) = core.take_errqueue() {
+        entries.clear();
+        core.stats.kernel_transitions += msg::drain_errqueue(fd, ERRQUEUE_BATCH, &mut entries);
+        for &(dest, errno) in &entries {
+            core.peer_error(idx, dest, errno);
         }
     }
 }

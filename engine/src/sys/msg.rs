@@ -1,9 +1,11 @@
 //! `msghdr`/iovec/cmsg building: the memory a send op points the kernel at.
 
 use std::mem;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::ptr;
 
-use socket2::SockAddr;
+use socket2::{SockAddr, SockAddrStorage};
 
 use crate::core::{Core, OpShape, Planned};
 
@@ -129,4 +131,85 @@ pub(crate) fn mmsghdr(m: &MsgMem) -> libc::mmsghdr {
         msg_hdr: m.msg,
         msg_len: 0,
     }
+}
+
+/// Turns on `IP_RECVERR` (and `IPV6_RECVERR` on an IPv6 socket): the kernel then reports local
+/// drops (`ENOBUFS` from a full qdisc, which it otherwise swallows for UDP) and queues ICMP errors
+/// with the destination they concern. Returns whether it is on.
+pub(crate) fn set_recverr(fd: RawFd, v6: bool) -> bool {
+    let on: libc::c_int = 1;
+    // 4: the size of a c_int.
+    let len: libc::socklen_t = 4;
+    let set = |level, opt| {
+        // SAFETY: a plain setsockopt on a socket the engine owns, with a live c_int and its size.
+        unsafe { libc::setsockopt(fd, level, opt, (&on as *const libc::c_int).cast(), len) == 0 }
+    };
+    if v6 {
+        // A dual-stack socket also gets IPv4-mapped errors through IP_RECVERR; best effort.
+        let _ = set(libc::IPPROTO_IP, libc::IP_RECVERR);
+        set(libc::IPPROTO_IPV6, libc::IPV6_RECVERR)
+    } else {
+        set(libc::IPPROTO_IP, libc::IP_RECVERR)
+    }
+}
+
+/// Reads the socket's error queue (`MSG_ERRQUEUE`, non-blocking) until it is empty, at most
+/// `max` entries; pushes (destination of the datagram the error is about, errno) for each.
+/// Returns the number of system calls made.
+pub(crate) fn drain_errqueue(
+    fd: RawFd,
+    max: usize,
+    out: &mut Vec<(Option<SocketAddr>, i32)>,
+) -> u64 {
+    #[repr(C, align(8))]
+    struct Ctl([u8; 256]);
+    let mut calls = 0;
+    for _ in 0..max {
+        let mut ctl = Ctl([0; 256]);
+        let mut name = SockAddrStorage::zeroed();
+        let mut byte = 0u8;
+        let mut iov = libc::iovec {
+            iov_base: (&mut byte as *mut u8).cast(),
+            iov_len: 1,
+        };
+        // SAFETY: as in `MsgMem::new`: an all-zero msghdr is valid.
+        let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+        msg.msg_name = (&mut name as *mut SockAddrStorage).cast();
+        msg.msg_namelen = name.size_of();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = ctl.0.as_mut_ptr().cast();
+        msg.msg_controllen = ctl.0.len() as _;
+        calls += 1;
+        // SAFETY: every pointer in `msg` refers to a live local that outlives the call, with
+        // its length; the kernel writes within them.
+        let r = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
+        if r < 0 {
+            break;
+        }
+        let mut errno = 0;
+        // SAFETY: the kernel filled `msg_controllen` bytes of `ctl`; CMSG_FIRSTHDR/NXTHDR stay
+        // within them, and an IP_RECVERR/IPV6_RECVERR header carries a sock_extended_err.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                let (level, ty) = ((*c).cmsg_level, (*c).cmsg_type);
+                if (level == libc::IPPROTO_IP && ty == libc::IP_RECVERR)
+                    || (level == libc::IPPROTO_IPV6 && ty == libc::IPV6_RECVERR)
+                {
+                    let ee: libc::sock_extended_err =
+                        ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    errno = i32::try_from(ee.ee_errno).unwrap_or(libc::EIO);
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        if errno == 0 {
+            continue;
+        }
+        // SAFETY: the kernel wrote a sockaddr of `msg_namelen` bytes into `name`.
+        let dest = unsafe { SockAddr::new(name, msg.msg_namelen) }.as_socket();
+        out.push((dest, errno));
+    }
+    calls
 }
