@@ -430,3 +430,89 @@ fn gso_segment_above_mtu_resplits_and_ends() {
         }
     }
 }
+
+/// FAILURES.md item 12 on a real kernel: a token-bucket qdisc on `veth0` (1 MB/s, 16 KiB burst
+/// and queue) drops most of a 400-datagram burst at enqueue. With `IP_RECVERR` (the engine's
+/// default) every dropped datagram ends as `NoBufferSpace` after the bounded backoff (1+2+4+8
+/// ms), flush returns, and the receiver gets exactly the datagrams reported sent. Without it the
+/// kernel swallows the `ENOBUFS` (`udp_send_skb`) and reports the drops as sent — the silent loss
+/// the default avoids; the test asserts that too, so a kernel that changes it is noticed. With
+/// GSO the accounting holds for what the kernel reports, but tbf splits a GSO packet larger than
+/// its burst and reports success if any segment was queued, so some drops are invisible to any
+/// sender (README, "UDP").
+#[test]
+fn qdisc_drops_fail_as_no_buffer_space_with_recverr() {
+    let test = "qdisc_drops_fail_as_no_buffer_space_with_recverr";
+    let Some(ns) = netns_or_skip(test, 3, None, false) else {
+        return;
+    };
+    #[rustfmt::skip]
+    let tbf = ["netns", "exec", &ns.a, "tc", "qdisc", "replace", "dev", "veth0", "root",
+               "tbf", "rate", "8mbit", "burst", "16kb", "limit", "16kb"];
+    if let Err(reason) = run("ip", &tbf) {
+        if std::env::var("VOLLEY_REQUIRE_NETNS").is_ok_and(|v| v == "1") {
+            panic!("{test}: tbf qdisc required (VOLLEY_REQUIRE_NETNS=1): {reason}");
+        }
+        eprintln!("SKIP: {test}: {reason}");
+        return;
+    }
+    const N: usize = 400;
+    for b in BACKENDS {
+        for (gso, recverr) in [(false, true), (false, false), (true, true)] {
+            let ctx = format!("{b:?} tbf gso={gso} recverr={recverr}");
+            let sent = batch(3, &rep(N, 1200).collect::<Vec<_>>());
+            let sink = ns.sink(N);
+            let mut e = builder(b).gso(gso).udp_recverr(recverr).build().unwrap();
+            let id = e.register_udp(ns.sender(sink.addr)).unwrap();
+            for d in &sent {
+                e.send(id, d.clone()).unwrap();
+            }
+            let start = std::time::Instant::now();
+            let r = e
+                .flush(id)
+                .unwrap_or_else(|err| panic!("{ctx}: flush: {err}"));
+            let took = start.elapsed();
+            let got = sink.finish();
+            eprintln!(
+                "{ctx}: writes {} failed {:?} in {took:?}; received {}",
+                r.writes,
+                r.failures_by_status().collect::<Vec<_>>(),
+                got.len()
+            );
+            assert_eq!(r.writes + r.failed, N as u64, "{ctx}: every datagram ends");
+            assert_eq!(
+                r.failed_with(Status::NoBufferSpace),
+                r.failed,
+                "{ctx}: only NoBufferSpace failures: {r:?}"
+            );
+            assert!(took < Duration::from_secs(3), "{ctx}: flush took {took:?}");
+            // Whatever arrived was sent, whole and once.
+            let mut seen = std::collections::HashSet::new();
+            for g in &got {
+                assert!(
+                    sent.iter().any(|s| s[..] == g[..]),
+                    "{ctx}: a datagram that was not sent arrived"
+                );
+                assert!(seen.insert(g.clone()), "{ctx}: a datagram arrived twice");
+            }
+            match (gso, recverr) {
+                (false, true) => {
+                    assert!(r.failed > 0, "{ctx}: the qdisc dropped nothing?");
+                    assert_eq!(
+                        got.len() as u64,
+                        r.writes,
+                        "{ctx}: received exactly what was reported sent"
+                    );
+                }
+                (false, false) => {
+                    assert_eq!(r.failed, 0, "{ctx}: the kernel reported a drop");
+                    assert!(
+                        (got.len() as u64) < r.writes,
+                        "{ctx}: no silent drop without IP_RECVERR (kernel changed?)"
+                    );
+                }
+                _ => assert!(got.len() as u64 <= r.writes, "{ctx}"),
+            }
+        }
+    }
+}
