@@ -6,6 +6,8 @@
 //!   that socket and resend the group as single datagrams, all of which arrive.
 //! - `mtu 1280` and 1400-byte segments: the kernel refuses the GSO send (a segment larger than the
 //!   path MTU); the engine must re-split and end, never loop.
+//! - a `tbf` qdisc on `veth0` (`tc`, from iproute2): a burst overflows it and the kernel drops at
+//!   enqueue; with `IP_RECVERR` each drop must end as `NoBufferSpace` (FAILURES.md item 12).
 //!
 //! Needs root, `ip` (iproute2) and, for the first, `ethtool`. Where one is missing or a namespace
 //! cannot be made, the test prints a `SKIP:` line with the reason and passes, unless
