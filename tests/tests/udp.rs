@@ -475,6 +475,17 @@ fn closed_port_refused_then_usable() {
                     refused >= 1,
                     "{ctx}: no ConnectionRefused reported after 20 flushes to a closed port"
                 );
+                // IP_RECVERR (the default): the error queue was read when the error surfaced,
+                // and its entries name the closed port.
+                let pe = e.take_peer_errors(id).unwrap();
+                assert!(
+                    !pe.is_empty(),
+                    "{ctx}: no peer error read from the error queue"
+                );
+                for p in &pe {
+                    assert_eq!(p.status(), Some(Status::ConnectionRefused), "{ctx}: {p}");
+                    assert_eq!(p.peer(), Some(dead), "{ctx}: {p}");
+                }
                 // Now a receiver on that very port: the socket still works. The first flush may
                 // still meet one stale ICMP error (a datagram of the last round).
                 let sink = DgramSink::start(&dead.to_string(), 1000, Duration::from_millis(500));
