@@ -350,7 +350,7 @@ impl Engine {
     /// already sent — ICMP port, host or network unreachable, each naming the destination it
     /// concerns (`Error::peer`). They come from the socket's error queue (`IP_RECVERR`, on unless
     /// `EngineBuilder::udp_recverr(false)`), which the engine reads when the kernel signals an
-    /// error; [`Stats::peer_errors`] counts them all, the socket keeps the latest 4096.
+    /// error; [`Stats::peer_errors`] counts them all; the socket keeps the first 4096 since the last call.
     ///
     /// # Errors
     /// [`Error::UnknownSocket`].
