@@ -13,6 +13,7 @@
 
 mod naive;
 mod quinn;
+mod raw_gso;
 mod receiver;
 mod report;
 mod scenario;
@@ -47,17 +48,20 @@ pub enum MethodName {
     TokioUring,
     /// quinn-udp with GSO `Transmit`s (udp-gso only).
     QuinnUdp,
+    /// No library: one hand-built GSO `sendmsg` per group (udp-gso only), the floor.
+    RawGso,
 }
 
 impl MethodName {
     /// All methods in report order.
-    pub const ALL: [MethodName; 6] = [
+    pub const ALL: [MethodName; 7] = [
         MethodName::Naive,
         MethodName::Epoll,
         MethodName::Uring,
         MethodName::Tokio,
         MethodName::TokioUring,
         MethodName::QuinnUdp,
+        MethodName::RawGso,
     ];
 
     /// The CLI name.
@@ -69,6 +73,7 @@ impl MethodName {
             MethodName::Tokio => "tokio",
             MethodName::TokioUring => "tokio-uring",
             MethodName::QuinnUdp => "quinn-udp",
+            MethodName::RawGso => "raw-gso",
         }
     }
 }
@@ -96,17 +101,12 @@ pub struct BenchOpts {
 
 /// One method's send loop over its own sockets.
 pub trait Method {
-    /// Sends `batches` batches of the workload, recording each batch's duration (the writes a
-    /// flush covers plus the flush) in `hist`, in nanoseconds.
+    /// Sends one batch of the workload: the writes a flush covers plus the flush (the harness
+    /// times it).
     ///
     /// # Errors
     /// The first send error, as text.
-    fn run(
-        &mut self,
-        w: &mut Workload,
-        batches: usize,
-        hist: &mut Histogram<u64>,
-    ) -> Result<(), String>;
+    fn batch(&mut self, w: &mut Workload) -> Result<(), String>;
 
     /// Transitions the method counted itself so far (volley's `Stats::kernel_transitions`),
     /// to cross-check with the kernel's count; `None` for methods that do not count.
@@ -122,6 +122,22 @@ fn record(hist: &mut Histogram<u64>, start: Instant) {
         .unwrap_or(u64::MAX)
         .max(1);
     hist.saturating_record(ns);
+}
+
+/// Runs `batches` batches of `w` on `method`, recording each one's duration in `hist`, in
+/// nanoseconds.
+fn timed(
+    method: &mut dyn Method,
+    w: &mut Workload,
+    batches: usize,
+    hist: &mut Histogram<u64>,
+) -> Result<(), String> {
+    for _ in 0..batches {
+        let start = Instant::now();
+        method.batch(w)?;
+        record(hist, start);
+    }
+    Ok(())
 }
 
 fn histogram() -> Histogram<u64> {
@@ -234,11 +250,14 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 }
 
 fn build(name: MethodName, spec: Spec, payload: &Payload) -> Result<Runner, Outcome> {
-    if name == MethodName::QuinnUdp && spec.name != ScenarioName::UdpGso {
+    if matches!(name, MethodName::QuinnUdp | MethodName::RawGso)
+        && spec.name != ScenarioName::UdpGso
+    {
+        let what = name.name();
         return Err(Outcome::NotApplicable(if spec.is_tcp() {
-            "quinn-udp is UDP only".into()
+            format!("{what} is UDP only")
         } else {
-            "quinn-udp is measured on udp-gso only".into()
+            format!("{what} is measured on udp-gso only")
         }));
     }
     let (conns, rx, work) = scenario::setup(spec, payload).map_err(Outcome::Failed)?;
@@ -263,6 +282,9 @@ fn build(name: MethodName, spec: Spec, payload: &Payload) -> Result<Runner, Outc
             let dest = work.dests[0];
             Box::new(quinn::Quinn::new(conns, dest, spec.msg_size).map_err(Outcome::Failed)?)
         }
+        MethodName::RawGso => {
+            Box::new(raw_gso::RawGso::new(conns, spec.msg_size).map_err(Outcome::Failed)?)
+        }
     };
     Ok(Runner { method, work, rx })
 }
@@ -281,7 +303,7 @@ fn run_verified(
     }
     let own_before = r.method.own_transitions();
     let t0 = Instant::now();
-    let res = r.method.run(&mut r.work, batches, hist);
+    let res = timed(r.method.as_mut(), &mut r.work, batches, hist);
     let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
     let own_transitions = r
         .method

@@ -2,12 +2,9 @@
 
 use std::io::Write;
 use std::net::{TcpStream, UdpSocket};
-use std::time::Instant;
-
-use hdrhistogram::Histogram;
 
 use super::scenario::{Conns, Kind, Workload};
-use super::{record, Method};
+use super::Method;
 
 /// Blocking std sockets; a "batch" is the run of writes a volley flush would cover.
 #[derive(Debug)]
@@ -34,48 +31,39 @@ fn short(sent: usize, len: usize) -> String {
 }
 
 impl Method for Naive {
-    fn run(
-        &mut self,
-        w: &mut Workload,
-        batches: usize,
-        hist: &mut Histogram<u64>,
-    ) -> Result<(), String> {
+    fn batch(&mut self, w: &mut Workload) -> Result<(), String> {
         let spec = w.spec;
-        for _ in 0..batches {
-            let start = Instant::now();
-            match (spec.kind, &self.udp) {
-                (Kind::Tcp, _) => {
-                    for (peer, s) in self.tcp.iter_mut().enumerate() {
-                        for _ in 0..spec.per_peer {
-                            let b = w.next(peer);
-                            s.write_all(&b).map_err(|e| format!("write: {e}"))?;
-                        }
+        match (spec.kind, &self.udp) {
+            (Kind::Tcp, _) => {
+                for (peer, s) in self.tcp.iter_mut().enumerate() {
+                    for _ in 0..spec.per_peer {
+                        let b = w.next(peer);
+                        s.write_all(&b).map_err(|e| format!("write: {e}"))?;
                     }
                 }
-                (Kind::UdpConnected, Some(u)) => {
+            }
+            (Kind::UdpConnected, Some(u)) => {
+                for _ in 0..spec.per_peer {
+                    let b = w.next(0);
+                    let n = u.send(&b).map_err(|e| format!("send: {e}"))?;
+                    if n != b.len() {
+                        return Err(short(n, b.len()));
+                    }
+                }
+            }
+            (Kind::UdpUnconnected, Some(u)) => {
+                for peer in 0..spec.peers {
+                    let dest = w.dests[peer];
                     for _ in 0..spec.per_peer {
-                        let b = w.next(0);
-                        let n = u.send(&b).map_err(|e| format!("send: {e}"))?;
+                        let b = w.next(peer);
+                        let n = u.send_to(&b, dest).map_err(|e| format!("send_to: {e}"))?;
                         if n != b.len() {
                             return Err(short(n, b.len()));
                         }
                     }
                 }
-                (Kind::UdpUnconnected, Some(u)) => {
-                    for peer in 0..spec.peers {
-                        let dest = w.dests[peer];
-                        for _ in 0..spec.per_peer {
-                            let b = w.next(peer);
-                            let n = u.send_to(&b, dest).map_err(|e| format!("send_to: {e}"))?;
-                            if n != b.len() {
-                                return Err(short(n, b.len()));
-                            }
-                        }
-                    }
-                }
-                _ => return Err("UDP scenario without a UDP socket".into()),
             }
-            record(hist, start);
+            _ => return Err("UDP scenario without a UDP socket".into()),
         }
         Ok(())
     }

@@ -4,17 +4,12 @@
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::time::Instant;
 
-use hdrhistogram::Histogram;
 use quinn_udp::{Transmit, UdpSocketState};
 
+use super::raw_gso::MAX_UDP_PAYLOAD;
 use super::scenario::{Conns, Workload};
-use super::{record, Method};
-
-/// Largest UDP payload in one IPv4 packet: 65535 − 20 (IP) − 8 (UDP). A GSO send's whole
-/// payload must fit it.
-const MAX_UDP_PAYLOAD: usize = 65_507;
+use super::Method;
 
 /// quinn-udp's socket state over the (connected) sender socket.
 #[derive(Debug)]
@@ -65,37 +60,28 @@ fn wait_writable(sock: &UdpSocket) -> io::Result<()> {
 }
 
 impl Method for Quinn {
-    fn run(
-        &mut self,
-        w: &mut Workload,
-        batches: usize,
-        hist: &mut Histogram<u64>,
-    ) -> Result<(), String> {
+    fn batch(&mut self, w: &mut Workload) -> Result<(), String> {
         let spec = w.spec;
-        for _ in 0..batches {
-            let start = Instant::now();
-            let mut left = spec.per_peer;
-            while left > 0 {
-                let (b, n) = w.next_run(0, left.min(self.segments));
-                let t = Transmit {
-                    destination: self.dest,
-                    ecn: None,
-                    contents: &b,
-                    segment_size: Some(spec.msg_size),
-                    src_ip: None,
-                };
-                loop {
-                    match self.state.try_send((&self.sock).into(), &t) {
-                        Ok(()) => break,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            wait_writable(&self.sock).map_err(|e| format!("poll: {e}"))?;
-                        }
-                        Err(e) => return Err(format!("try_send: {e}")),
+        let mut left = spec.per_peer;
+        while left > 0 {
+            let (b, n) = w.next_run(0, left.min(self.segments));
+            let t = Transmit {
+                destination: self.dest,
+                ecn: None,
+                contents: &b,
+                segment_size: Some(spec.msg_size),
+                src_ip: None,
+            };
+            loop {
+                match self.state.try_send((&self.sock).into(), &t) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        wait_writable(&self.sock).map_err(|e| format!("poll: {e}"))?;
                     }
+                    Err(e) => return Err(format!("try_send: {e}")),
                 }
-                left -= n;
             }
-            record(hist, start);
+            left -= n;
         }
         Ok(())
     }

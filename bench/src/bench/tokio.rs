@@ -1,15 +1,12 @@
 //! `tokio`: `write_all` / `send` / `send_to` per buffer on a current-thread runtime that runs on
 //! the bench thread (so its system calls are counted like everyone else's).
 
-use std::time::Instant;
-
-use hdrhistogram::Histogram;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::runtime::{Builder, Runtime};
 
 use super::scenario::{Conns, Kind, Workload};
-use super::{record, Method};
+use super::Method;
 
 /// A current-thread runtime and the sender sockets converted to tokio's.
 #[derive(Debug)]
@@ -57,55 +54,46 @@ impl Tokio {
 }
 
 impl Method for Tokio {
-    fn run(
-        &mut self,
-        w: &mut Workload,
-        batches: usize,
-        hist: &mut Histogram<u64>,
-    ) -> Result<(), String> {
+    fn batch(&mut self, w: &mut Workload) -> Result<(), String> {
         let Tokio { tcp, udp, rt } = self;
         let spec = w.spec;
         rt.block_on(async {
-            for _ in 0..batches {
-                let start = Instant::now();
-                match (spec.kind, &*udp) {
-                    (Kind::Tcp, _) => {
-                        for (peer, s) in tcp.iter_mut().enumerate() {
-                            for _ in 0..spec.per_peer {
-                                let b = w.next(peer);
-                                s.write_all(&b)
-                                    .await
-                                    .map_err(|e| format!("write_all: {e}"))?;
-                            }
+            match (spec.kind, &*udp) {
+                (Kind::Tcp, _) => {
+                    for (peer, s) in tcp.iter_mut().enumerate() {
+                        for _ in 0..spec.per_peer {
+                            let b = w.next(peer);
+                            s.write_all(&b)
+                                .await
+                                .map_err(|e| format!("write_all: {e}"))?;
                         }
                     }
-                    (Kind::UdpConnected, Some(u)) => {
+                }
+                (Kind::UdpConnected, Some(u)) => {
+                    for _ in 0..spec.per_peer {
+                        let b = w.next(0);
+                        let n = u.send(&b).await.map_err(|e| format!("send: {e}"))?;
+                        if n != b.len() {
+                            return Err(format!("short send: {n} of {}", b.len()));
+                        }
+                    }
+                }
+                (Kind::UdpUnconnected, Some(u)) => {
+                    for peer in 0..spec.peers {
+                        let dest = w.dests[peer];
                         for _ in 0..spec.per_peer {
-                            let b = w.next(0);
-                            let n = u.send(&b).await.map_err(|e| format!("send: {e}"))?;
+                            let b = w.next(peer);
+                            let n = u
+                                .send_to(&b, dest)
+                                .await
+                                .map_err(|e| format!("send_to: {e}"))?;
                             if n != b.len() {
                                 return Err(format!("short send: {n} of {}", b.len()));
                             }
                         }
                     }
-                    (Kind::UdpUnconnected, Some(u)) => {
-                        for peer in 0..spec.peers {
-                            let dest = w.dests[peer];
-                            for _ in 0..spec.per_peer {
-                                let b = w.next(peer);
-                                let n = u
-                                    .send_to(&b, dest)
-                                    .await
-                                    .map_err(|e| format!("send_to: {e}"))?;
-                                if n != b.len() {
-                                    return Err(format!("short send: {n} of {}", b.len()));
-                                }
-                            }
-                        }
-                    }
-                    _ => return Err("UDP scenario without a UDP socket".to_string()),
                 }
-                record(hist, start);
+                _ => return Err("UDP scenario without a UDP socket".to_string()),
             }
             Ok(())
         })

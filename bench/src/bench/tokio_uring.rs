@@ -9,15 +9,13 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::Poll;
-use std::time::Instant;
 
 use bytes::Bytes;
-use hdrhistogram::Histogram;
 use tokio_uring::net::{TcpStream, UdpSocket};
 use tokio_uring::Runtime;
 
 use super::scenario::{Conns, Kind, Workload};
-use super::{record, Method};
+use super::Method;
 
 /// A tokio-uring runtime and the sender sockets converted to its types.
 pub struct TokioUring {
@@ -106,47 +104,38 @@ where
 }
 
 impl Method for TokioUring {
-    fn run(
-        &mut self,
-        w: &mut Workload,
-        batches: usize,
-        hist: &mut Histogram<u64>,
-    ) -> Result<(), String> {
+    fn batch(&mut self, w: &mut Workload) -> Result<(), String> {
         let TokioUring { tcp, udp, rt } = self;
         let spec = w.spec;
         rt.block_on(async {
-            for _ in 0..batches {
-                let start = Instant::now();
-                match (spec.kind, &*udp) {
-                    (Kind::Tcp, _) => {
-                        let mut futs = Vec::with_capacity(spec.batch_messages());
-                        for (peer, s) in tcp.iter().enumerate() {
-                            for _ in 0..spec.per_peer {
-                                futs.push(s.write(w.next(peer)).submit());
-                            }
-                        }
-                        join_all(futs).await?;
-                    }
-                    (Kind::UdpConnected, Some(u)) => {
-                        let mut futs = Vec::with_capacity(spec.per_peer);
+            match (spec.kind, &*udp) {
+                (Kind::Tcp, _) => {
+                    let mut futs = Vec::with_capacity(spec.batch_messages());
+                    for (peer, s) in tcp.iter().enumerate() {
                         for _ in 0..spec.per_peer {
-                            futs.push(u.send(w.next(0)));
+                            futs.push(s.write(w.next(peer)).submit());
                         }
-                        join_all(futs).await?;
                     }
-                    (Kind::UdpUnconnected, Some(u)) => {
-                        let mut futs = Vec::with_capacity(spec.batch_messages());
-                        for peer in 0..spec.peers {
-                            let dest = w.dests[peer];
-                            for _ in 0..spec.per_peer {
-                                futs.push(u.send_to(w.next(peer), dest));
-                            }
-                        }
-                        join_all(futs).await?;
-                    }
-                    _ => return Err("UDP scenario without a UDP socket".to_string()),
+                    join_all(futs).await?;
                 }
-                record(hist, start);
+                (Kind::UdpConnected, Some(u)) => {
+                    let mut futs = Vec::with_capacity(spec.per_peer);
+                    for _ in 0..spec.per_peer {
+                        futs.push(u.send(w.next(0)));
+                    }
+                    join_all(futs).await?;
+                }
+                (Kind::UdpUnconnected, Some(u)) => {
+                    let mut futs = Vec::with_capacity(spec.batch_messages());
+                    for peer in 0..spec.peers {
+                        let dest = w.dests[peer];
+                        for _ in 0..spec.per_peer {
+                            futs.push(u.send_to(w.next(peer), dest));
+                        }
+                    }
+                    join_all(futs).await?;
+                }
+                _ => return Err("UDP scenario without a UDP socket".to_string()),
             }
             Ok(())
         })

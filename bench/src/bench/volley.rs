@@ -2,14 +2,12 @@
 //! `send_to`) as a `Bytes` slice; each batch ends with one flush barrier.
 
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use bytes::Bytes;
-use hdrhistogram::Histogram;
 use volley::{Backend, Engine, Error, FlushReport, SocketId};
 
 use super::scenario::{Conns, Kind, Workload};
-use super::{record, Method};
+use super::Method;
 
 /// One engine per method per scenario, built outside the timed sections.
 #[derive(Debug)]
@@ -78,48 +76,40 @@ fn check_udp(r: Result<FlushReport, Error>) -> Result<(), String> {
 }
 
 impl Method for Volley {
-    fn run(
-        &mut self,
-        w: &mut Workload,
-        batches: usize,
-        hist: &mut Histogram<u64>,
-    ) -> Result<(), String> {
+    fn batch(&mut self, w: &mut Workload) -> Result<(), String> {
         let spec = w.spec;
         let engine = &mut self.engine;
-        for _ in 0..batches {
-            let start = Instant::now();
-            match spec.kind {
-                Kind::Tcp => {
-                    for (peer, &id) in self.ids.iter().enumerate() {
-                        for _ in 0..spec.per_peer {
-                            send(engine, id, w, peer, None)?;
-                        }
-                    }
-                    if let [id] = self.ids[..] {
-                        engine.flush(id).map_err(|e| e.to_string())?;
-                    } else {
-                        engine.flush_all().map_err(|e| e.to_string())?;
-                    }
-                }
-                Kind::UdpConnected => {
-                    let id = self.ids[0];
+        let ids = &self.ids;
+        match spec.kind {
+            Kind::Tcp => {
+                for (peer, &id) in ids.iter().enumerate() {
                     for _ in 0..spec.per_peer {
-                        send(engine, id, w, 0, None)?;
+                        send(engine, id, w, peer, None)?;
                     }
-                    check_udp(engine.flush(id))?;
                 }
-                Kind::UdpUnconnected => {
-                    let id = self.ids[0];
-                    for peer in 0..spec.peers {
-                        let dest = Some(w.dests[peer]);
-                        for _ in 0..spec.per_peer {
-                            send(engine, id, w, peer, dest)?;
-                        }
-                    }
-                    check_udp(engine.flush(id))?;
+                if let [id] = ids[..] {
+                    engine.flush(id).map_err(|e| e.to_string())?;
+                } else {
+                    engine.flush_all().map_err(|e| e.to_string())?;
                 }
             }
-            record(hist, start);
+            Kind::UdpConnected => {
+                let id = ids[0];
+                for _ in 0..spec.per_peer {
+                    send(engine, id, w, 0, None)?;
+                }
+                check_udp(engine.flush(id))?;
+            }
+            Kind::UdpUnconnected => {
+                let id = ids[0];
+                for peer in 0..spec.peers {
+                    let dest = Some(w.dests[peer]);
+                    for _ in 0..spec.per_peer {
+                        send(engine, id, w, peer, dest)?;
+                    }
+                }
+                check_udp(engine.flush(id))?;
+            }
         }
         Ok(())
     }

@@ -820,7 +820,28 @@ impl Core {
 }
 
 /// Whether a socket may take `len` more bytes: not poisoned or closing, within every limit.
+/// The per-buffer hot path: one branch when everything is fine, the error built out of line.
+#[inline]
 fn admit(s: &Sock, cfg: &Config, total: usize, id: SocketId, len: usize) -> Result<(), Error> {
+    let queued_writes = match &s.queue {
+        Queue::Stream(q) => q.len(),
+        Queue::Dgram(q) => q.len(),
+    };
+    if s.poisoned.is_none()
+        && !s.closing
+        && s.queued_bytes.saturating_add(len) <= cfg.max_queued_bytes_per_socket
+        && total.saturating_add(len) <= cfg.max_queued_bytes
+        && queued_writes < cfg.max_queued_writes_per_socket
+    {
+        return Ok(());
+    }
+    refuse(s, cfg, total, id, len)
+}
+
+/// Why [`admit`] refuses, in the order a caller should hear it.
+#[cold]
+#[inline(never)]
+fn refuse(s: &Sock, cfg: &Config, total: usize, id: SocketId, len: usize) -> Result<(), Error> {
     if let Some(e) = &s.poisoned {
         return Err(e.clone());
     }

@@ -1,0 +1,93 @@
+//! `raw-gso`: no library at all — one hand-built `sendmsg` per GSO group (one iovec over a
+//! contiguous run of datagrams, a `UDP_SEGMENT` cmsg), on a blocking socket. The floor for any
+//! GSO sender on this machine: what is left above it is the library's own cost. udp-gso only.
+
+use std::io;
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+
+use super::scenario::{Conns, Workload};
+use super::Method;
+
+/// Largest UDP payload in one IPv4 packet: 65535 − 20 (IP) − 8 (UDP). A GSO send's whole
+/// payload must fit it.
+pub const MAX_UDP_PAYLOAD: usize = 65_507;
+/// The kernel's cap on segments per GSO send (`UDP_MAX_SEGMENTS`).
+const MAX_SEGMENTS: usize = 64;
+
+/// Room for one `cmsghdr` with a `u16` (`CMSG_SPACE(2)` is 24 on 64-bit Linux), 8-aligned.
+#[repr(C, align(8))]
+struct Cmsg([u8; 32]);
+
+/// The connected sender socket and the group size.
+#[derive(Debug)]
+pub struct RawGso {
+    sock: UdpSocket,
+    segments: usize,
+}
+
+impl RawGso {
+    /// Takes the (connected, blocking) UDP socket.
+    ///
+    /// # Errors
+    /// When the scenario is not UDP.
+    pub fn new(conns: Conns, msg_size: usize) -> Result<RawGso, String> {
+        let Conns::Udp(sock) = conns else {
+            return Err("raw-gso needs a UDP socket".into());
+        };
+        let segments = (MAX_UDP_PAYLOAD / msg_size).clamp(1, MAX_SEGMENTS);
+        Ok(RawGso { sock, segments })
+    }
+
+    /// One `sendmsg` of `buf` as `buf.len() / seg` datagrams (a plain send when it is one).
+    fn send_group(&self, buf: &[u8], seg: usize) -> io::Result<()> {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_ptr().cast_mut().cast(),
+            iov_len: buf.len(),
+        };
+        let mut cmsg = Cmsg([0; 32]);
+        // SAFETY: msghdr is plain old data; all-zero is a valid (empty) value.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if buf.len() > seg {
+            let seg = u16::try_from(seg).map_err(|_| io::Error::other("segment over 64 KiB"))?;
+            msg.msg_control = cmsg.0.as_mut_ptr().cast();
+            // SAFETY: CMSG_SPACE is a pure computation.
+            msg.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as _;
+            // SAFETY: msg_control points at 32 writable, 8-aligned bytes (≥ CMSG_SPACE(2)), so
+            // CMSG_FIRSTHDR is a valid header inside them and CMSG_DATA has room for the u16.
+            unsafe {
+                let c = libc::CMSG_FIRSTHDR(&msg);
+                (*c).cmsg_level = libc::SOL_UDP;
+                (*c).cmsg_type = libc::UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
+            }
+        }
+        // SAFETY: `msg` points at `iov` (over `buf`) and `cmsg`, all live for the call.
+        let n = unsafe { libc::sendmsg(self.sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        match usize::try_from(n) {
+            Ok(n) if n == buf.len() => Ok(()),
+            Ok(n) => Err(io::Error::other(format!(
+                "short GSO send: {n} of {} bytes",
+                buf.len()
+            ))),
+            Err(_) => Err(io::Error::last_os_error()),
+        }
+    }
+}
+
+impl Method for RawGso {
+    fn batch(&mut self, w: &mut Workload) -> Result<(), String> {
+        let spec = w.spec;
+        let mut left = spec.per_peer;
+        while left > 0 {
+            let (b, n) = w.next_run(0, left.min(self.segments));
+            self.send_group(&b, spec.msg_size)
+                .map_err(|e| format!("sendmsg: {e}"))?;
+            left -= n;
+        }
+        Ok(())
+    }
+}
