@@ -128,32 +128,32 @@ impl EngineBuilder {
 
     /// Writes accepted and not yet terminal, per socket. Default 1 Mi.
     pub fn max_queued_writes_per_socket(mut self, n: usize) -> Self {
-        self.cfg.max_queued_writes_per_socket = n.max(1);
+        self.cfg.max_queued_writes_per_socket = n;
         self
     }
 
     /// Operations in flight over all sockets (io_uring additionally caps it at the CQ size).
     /// Default 1024.
     pub fn max_in_flight_ops(mut self, n: usize) -> Self {
-        self.cfg.max_in_flight_ops = n.max(1);
+        self.cfg.max_in_flight_ops = n;
         self
     }
 
     /// Operations in flight per socket (a stream never has more than one). Default 1024.
     pub fn max_in_flight_per_socket(mut self, n: usize) -> Self {
-        self.cfg.max_in_flight_per_socket = n.max(1);
+        self.cfg.max_in_flight_per_socket = n;
         self
     }
 
     /// iovecs per stream send, at most `IOV_MAX` (1024, the default).
     pub fn max_iovecs_per_op(mut self, n: usize) -> Self {
-        self.cfg.max_iovecs_per_op = n.clamp(1, crate::plan::IOV_MAX);
+        self.cfg.max_iovecs_per_op = n;
         self
     }
 
     /// Bytes per stream send. Default 8 MiB; at most `MAX_RW_COUNT`.
     pub fn max_bytes_per_op(mut self, n: usize) -> Self {
-        self.cfg.max_bytes_per_op = n.clamp(1, crate::plan::MAX_RW_COUNT);
+        self.cfg.max_bytes_per_op = n;
         self
     }
 
@@ -174,7 +174,7 @@ impl EngineBuilder {
 
     /// Most GSO segments per send (2..=64). Default 64.
     pub fn gso_max_segments(mut self, n: usize) -> Self {
-        self.cfg.gso_max_segments = n.clamp(1, crate::plan::GSO_MAX_SEGMENTS);
+        self.cfg.gso_max_segments = n;
         self
     }
 
@@ -216,7 +216,7 @@ impl EngineBuilder {
             None => Backend::from_env()?,
         };
         let base = Instant::now();
-        let mut cfg = self.cfg;
+        let mut cfg = self.cfg.clamped();
         let gso_wanted = self.gso.unwrap_or_else(|| {
             std::env::var("VOLLEY_GSO")
                 .map(|v| v.trim() != "0")

@@ -71,84 +71,10 @@ pub const ERRNOS: [i32; 16] = [
 /// One millisecond.
 const MS: u64 = 1_000_000;
 
-/// Limits and switches of the simulated engine (the core's `Config`, with the builder's clamps).
-#[derive(Debug, Clone)]
-pub struct SimConfig {
-    /// Bytes accepted and not terminal, per socket.
-    pub max_queued_bytes_per_socket: usize,
-    /// Bytes accepted and not terminal, over all sockets.
-    pub max_queued_bytes: usize,
-    /// Writes queued per socket.
-    pub max_queued_writes_per_socket: usize,
-    /// Ops in flight over all sockets.
-    pub max_in_flight_ops: usize,
-    /// Ops in flight per socket.
-    pub max_in_flight_per_socket: usize,
-    /// iovecs per stream op.
-    pub max_iovecs_per_op: usize,
-    /// Bytes per stream op.
-    pub max_bytes_per_op: usize,
-    /// Stream writes up to this size are copied into a contiguous run (0: never).
-    pub coalesce_below_bytes: usize,
-    /// Most bytes copied per stream op.
-    pub coalesce_max_bytes: usize,
-    /// UDP GSO.
-    pub gso: bool,
-    /// Segments per GSO group.
-    pub gso_max_segments: usize,
-    /// Payload bytes per GSO group.
-    pub gso_max_bytes: usize,
-    /// ENOBUFS retries per datagram (at most 4: 1 + 2 + 4 + 8 ms of backoff).
-    pub nobufs_retries: u8,
-}
-
-impl Default for SimConfig {
-    fn default() -> Self {
-        let c = Config::default();
-        SimConfig {
-            max_queued_bytes_per_socket: c.max_queued_bytes_per_socket,
-            max_queued_bytes: c.max_queued_bytes,
-            max_queued_writes_per_socket: c.max_queued_writes_per_socket,
-            max_in_flight_ops: c.max_in_flight_ops,
-            max_in_flight_per_socket: c.max_in_flight_per_socket,
-            max_iovecs_per_op: c.max_iovecs_per_op,
-            max_bytes_per_op: c.max_bytes_per_op,
-            coalesce_below_bytes: c.coalesce_below_bytes,
-            coalesce_max_bytes: c.coalesce_max_bytes,
-            gso: c.gso,
-            gso_max_segments: c.gso_max_segments,
-            gso_max_bytes: c.gso_max_bytes,
-            nobufs_retries: c.nobufs_retries,
-        }
-    }
-}
-
-impl SimConfig {
-    /// The core configuration, clamped as `EngineBuilder` clamps it.
-    fn core(&self) -> Config {
-        Config {
-            max_queued_bytes_per_socket: self.max_queued_bytes_per_socket,
-            max_queued_bytes: self.max_queued_bytes,
-            max_queued_writes_per_socket: self.max_queued_writes_per_socket.max(1),
-            max_in_flight_ops: self.max_in_flight_ops.max(1),
-            max_in_flight_per_socket: self.max_in_flight_per_socket.max(1),
-            max_iovecs_per_op: self.max_iovecs_per_op.clamp(1, crate::plan::IOV_MAX),
-            max_bytes_per_op: self.max_bytes_per_op.clamp(1, crate::plan::MAX_RW_COUNT),
-            coalesce_below_bytes: self.coalesce_below_bytes,
-            coalesce_max_bytes: self.coalesce_max_bytes,
-            gso: self.gso,
-            gso_max_segments: self
-                .gso_max_segments
-                .clamp(1, crate::plan::GSO_MAX_SEGMENTS),
-            gso_max_bytes: self.gso_max_bytes,
-            // The backoff doubles per retry; the engine never configures more than 4.
-            nobufs_retries: self.nobufs_retries.min(4),
-            // The simulated kernel models sockets without IP_RECVERR (the core never sees
-            // `set_recverr`); the error-queue path is covered by core unit tests and real sockets.
-            recverr: false,
-        }
-    }
-}
+/// Limits and switches of the simulated engine: the core's own configuration, clamped as
+/// `EngineBuilder` clamps it. `recverr` is ignored: the simulated kernel models sockets without
+/// `IP_RECVERR` (the error-queue path is covered by core unit tests and real sockets).
+pub use crate::core::Config as SimConfig;
 
 /// How completions arrive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -639,7 +565,10 @@ fn retry(errno: i32) -> bool {
 impl Sim {
     /// A simulated engine with completion model `model`.
     pub fn new(cfg: &SimConfig, model: Model) -> Sim {
-        let cfg = cfg.core();
+        let cfg = SimConfig {
+            recverr: false,
+            ..cfg.clone().clamped()
+        };
         Sim {
             core: Core::new(cfg.clone()),
             cfg,

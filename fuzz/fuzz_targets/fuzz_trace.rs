@@ -136,6 +136,7 @@ fuzz_target!(|input: Input| {
         gso_max_segments: usize::from(c.gso_segments % 70),
         gso_max_bytes: usize::from(c.gso_bytes),
         nobufs_retries: c.nobufs_retries % 6,
+        ..SimConfig::default()
     };
     let mut sim = Sim::new(&cfg, Model::Uring);
     sim.seed(c.seed);

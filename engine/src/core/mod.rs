@@ -22,28 +22,61 @@ use crate::SocketId;
 pub(crate) use dgram::DgramQueue;
 pub(crate) use stream::StreamQueue;
 
-/// Limits and switches the core enforces.
+/// Limits and switches the core enforces: what `EngineBuilder` sets, and (as `sim::SimConfig`)
+/// what the simulated engine runs with. [`Config::clamped`] brings any value into range.
 #[derive(Debug, Clone)]
-pub(crate) struct Config {
+pub struct Config {
+    /// Bytes accepted and not terminal, per socket.
     pub max_queued_bytes_per_socket: usize,
+    /// Bytes accepted and not terminal, over all sockets.
     pub max_queued_bytes: usize,
+    /// Writes queued per socket (at least 1).
     pub max_queued_writes_per_socket: usize,
+    /// Ops in flight over all sockets (at least 1).
     pub max_in_flight_ops: usize,
+    /// Ops in flight per socket (at least 1).
     pub max_in_flight_per_socket: usize,
+    /// iovecs per stream op (1..=`IOV_MAX`).
     pub max_iovecs_per_op: usize,
+    /// Bytes per stream op (1..=`MAX_RW_COUNT`).
     pub max_bytes_per_op: usize,
     /// Stream writes of at most this many bytes are copied into one contiguous run (0: never).
     pub coalesce_below_bytes: usize,
     /// Most bytes copied per stream op.
     pub coalesce_max_bytes: usize,
+    /// UDP GSO.
     pub gso: bool,
+    /// Segments per GSO group (1..=64).
     pub gso_max_segments: usize,
+    /// Payload bytes per GSO group.
     pub gso_max_bytes: usize,
-    /// ENOBUFS retries per datagram before it counts as dropped (backoff 1, 2, 4, 8 ms: ≤ 16 ms).
+    /// ENOBUFS retries per datagram before it counts as dropped (at most 4: backoff 1, 2, 4,
+    /// 8 ms, ≤ 16 ms in all).
     pub nobufs_retries: u8,
     /// Enable `IP_RECVERR`/`IPV6_RECVERR` on UDP sockets (qdisc drops surface as ENOBUFS; ICMP
     /// errors are read from the error queue and attributed to their destination).
     pub recverr: bool,
+}
+
+impl Config {
+    /// Every limit brought into the range the core and the kernel accept (the ranges on the
+    /// fields); the one place `EngineBuilder` and the simulated engine clamp.
+    #[must_use]
+    pub fn clamped(self) -> Config {
+        Config {
+            max_queued_writes_per_socket: self.max_queued_writes_per_socket.max(1),
+            max_in_flight_ops: self.max_in_flight_ops.max(1),
+            max_in_flight_per_socket: self.max_in_flight_per_socket.max(1),
+            max_iovecs_per_op: self.max_iovecs_per_op.clamp(1, crate::plan::IOV_MAX),
+            max_bytes_per_op: self.max_bytes_per_op.clamp(1, crate::plan::MAX_RW_COUNT),
+            gso_max_segments: self
+                .gso_max_segments
+                .clamp(1, crate::plan::GSO_MAX_SEGMENTS),
+            // The backoff doubles per retry; more than 4 would exceed the documented 16 ms.
+            nobufs_retries: self.nobufs_retries.min(4),
+            ..self
+        }
+    }
 }
 
 impl Default for Config {

@@ -612,6 +612,7 @@ fn random_traces_keep_every_invariant() {
             gso_max_segments: rng.gen_range(1..6),
             gso_max_bytes: rng.gen_range(0..8000),
             nobufs_retries: rng.gen_range(0..5),
+            ..SimConfig::default()
         };
         let mut s = Sim::new(&cfg, Model::Uring);
         s.seed(round);
