@@ -40,7 +40,7 @@ impl Volley {
 
 /// Queues the next message for `peer`; on backpressure flushes everything and sends the same
 /// message again.
-#[inline]
+#[inline(always)]
 fn send(
     engine: &mut Engine,
     id: SocketId,
@@ -48,18 +48,41 @@ fn send(
     peer: usize,
     dest: Option<SocketAddr>,
 ) -> Result<(), String> {
-    let queue = |engine: &mut Engine, b: Bytes| match dest {
+    match queue(engine, id, w.next(peer), dest) {
+        Ok(()) => Ok(()),
+        Err(e) => refused(engine, id, w, peer, dest, &e),
+    }
+}
+
+#[inline(always)]
+fn queue(
+    engine: &mut Engine,
+    id: SocketId,
+    b: Bytes,
+    dest: Option<SocketAddr>,
+) -> Result<(), Error> {
+    match dest {
         None => engine.send(id, b),
         Some(d) => engine.send_to(id, b, d),
-    };
-    match queue(engine, w.next(peer)) {
-        Ok(()) => Ok(()),
-        Err(e) if e.is_backpressure() => {
-            check_udp(engine.flush_all())?;
-            queue(engine, w.again(peer)).map_err(|e| e.to_string())
-        }
-        Err(e) => Err(e.to_string()),
     }
+}
+
+/// The rare path of [`send`]: backpressure (flush, then the same message again) or an error.
+#[cold]
+#[inline(never)]
+fn refused(
+    engine: &mut Engine,
+    id: SocketId,
+    w: &mut Workload,
+    peer: usize,
+    dest: Option<SocketAddr>,
+    e: &Error,
+) -> Result<(), String> {
+    if !e.is_backpressure() {
+        return Err(e.to_string());
+    }
+    check_udp(engine.flush_all())?;
+    queue(engine, id, w.again(peer), dest).map_err(|e| e.to_string())
 }
 
 /// A flush that failed, or reported failed datagrams, is a failed round.

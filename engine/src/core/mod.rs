@@ -451,8 +451,9 @@ impl Core {
     /// Queues a write: a stream write, or a datagram (`dest` for unconnected UDP sockets).
     /// `queued_ns` is the caller's clock for a sampled write, 0 otherwise.
     ///
-    /// One socket lookup: this is the per-buffer hot path.
-    #[inline]
+    /// One socket lookup: this is the per-buffer hot path (always inlined into
+    /// `Engine::send`/`send_to`, so the buffer is not passed through memory twice).
+    #[inline(always)]
     pub fn send(
         &mut self,
         id: SocketId,
