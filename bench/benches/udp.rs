@@ -21,15 +21,11 @@ use std::os::fd::AsRawFd;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Throughput};
+use volley::plan::{GSO_MAX_SEGMENTS, UDP_MAX_PAYLOAD};
 use volley::{Backend, SocketId};
 
 const DATAGRAM_BYTES: usize = 1200;
 const BATCHES: [usize; 2] = [64, 1024];
-
-/// `UDP_MAX_SEGMENTS` in `<linux/udp.h>`: the kernel rejects a GSO send with more segments.
-const GSO_MAX_SEGMENTS: usize = 64;
-/// Largest IPv4 UDP payload (65535 − 20 IP − 8 UDP); a GSO send's total length is bounded by it.
-const GSO_MAX_BYTES: usize = 65507;
 
 type Group<'a> = BenchmarkGroup<'a, criterion::measurement::WallTime>;
 
@@ -137,7 +133,7 @@ struct Gso {
 
 impl Gso {
     fn segments_per_call() -> usize {
-        GSO_MAX_SEGMENTS.min(GSO_MAX_BYTES / DATAGRAM_BYTES)
+        GSO_MAX_SEGMENTS.min(UDP_MAX_PAYLOAD / DATAGRAM_BYTES)
     }
 
     fn new(socket: &UdpSocket, count: usize) -> Gso {

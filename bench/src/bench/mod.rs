@@ -446,23 +446,18 @@ fn row(spec: Spec, e: Entry) -> Row {
                 .collect(),
         )
     };
-    let transitions = if e.rounds.iter().all(|s| s.transitions.is_some()) {
-        median(
-            e.rounds
-                .iter()
-                .filter_map(|s| s.transitions.map(|t| t as f64 / s.messages as f64))
-                .collect(),
-        )
-    } else {
-        None
+    // The median per message of a count every round has (`None` if any round lacks it).
+    let per_message = |f: fn(&RoundStat) -> Option<u64>| {
+        let per: Option<Vec<f64>> = e
+            .rounds
+            .iter()
+            .map(|s| f(s).map(|t| t as f64 / s.messages as f64))
+            .collect();
+        per.and_then(median)
     };
-    let own = if ok && e.rounds.iter().all(|s| s.own_transitions.is_some()) {
-        median(
-            e.rounds
-                .iter()
-                .filter_map(|s| s.own_transitions.map(|t| t as f64 / s.messages as f64))
-                .collect(),
-        )
+    let transitions = per_message(|s| s.transitions);
+    let own = if ok {
+        per_message(|s| s.own_transitions)
     } else {
         None
     };

@@ -7,9 +7,9 @@ use std::os::fd::AsRawFd;
 
 use quinn_udp::{Transmit, UdpSocketState};
 
-use super::raw_gso::MAX_UDP_PAYLOAD;
 use super::scenario::{Conns, Workload};
 use super::Method;
+use volley::plan::UDP_MAX_PAYLOAD;
 
 /// quinn-udp's socket state over the (connected) sender socket.
 #[derive(Debug)]
@@ -33,7 +33,7 @@ impl Quinn {
             UdpSocketState::new((&sock).into()).map_err(|e| format!("quinn-udp setup: {e}"))?;
         let segments = state
             .max_gso_segments()
-            .min(MAX_UDP_PAYLOAD / msg_size)
+            .min(UDP_MAX_PAYLOAD / msg_size)
             .max(1);
         Ok(Quinn {
             state,

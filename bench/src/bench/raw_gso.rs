@@ -6,14 +6,10 @@ use std::io;
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 
+use volley::plan::{GSO_MAX_SEGMENTS, UDP_MAX_PAYLOAD};
+
 use super::scenario::{Conns, Workload};
 use super::Method;
-
-/// Largest UDP payload in one IPv4 packet: 65535 − 20 (IP) − 8 (UDP). A GSO send's whole
-/// payload must fit it.
-pub const MAX_UDP_PAYLOAD: usize = 65_507;
-/// The kernel's cap on segments per GSO send (`UDP_MAX_SEGMENTS`).
-const MAX_SEGMENTS: usize = 64;
 
 /// Room for one `cmsghdr` with a `u16` (`CMSG_SPACE(2)` is 24 on 64-bit Linux), 8-aligned.
 #[repr(C, align(8))]
@@ -35,7 +31,7 @@ impl RawGso {
         let Conns::Udp(sock) = conns else {
             return Err("raw-gso needs a UDP socket".into());
         };
-        let segments = (MAX_UDP_PAYLOAD / msg_size).clamp(1, MAX_SEGMENTS);
+        let segments = (UDP_MAX_PAYLOAD / msg_size).clamp(1, GSO_MAX_SEGMENTS);
         Ok(RawGso { sock, segments })
     }
 
