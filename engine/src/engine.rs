@@ -2,16 +2,16 @@
 
 use std::fmt;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::core::{Config, Core, DgramQueue, Queue, StreamQueue};
-use crate::error::Error;
-use crate::report::FlushReport;
+use crate::core::{Config, Core, DgramQueue, Event, Planned, Queue, StreamQueue};
+use crate::error::{Error, SendError};
+use crate::report::{FlushAllReport, FlushReport};
 use crate::stats::Stats;
-use crate::sys::{self, nanos_since, Driver, Wait};
+use crate::sys::{self, AnyDriver, Driver, Wait};
 use crate::SocketId;
 
 /// Which backend to ask for.
@@ -191,7 +191,10 @@ impl EngineBuilder {
         self
     }
 
-    /// A flush that takes longer returns [`Error::FlushTimeout`] (writes stay queued). Default: none.
+    /// A blocking flush (and `close`, `abort`, `shutdown_write`) that takes longer returns
+    /// [`Error::FlushTimeout`] (writes stay queued). Default: none. `Duration::MAX` (or any
+    /// value too large to add to the clock) means none; `Duration::ZERO` means "submit, reap
+    /// once, then report": a flush succeeds if that was enough.
     pub fn flush_timeout(mut self, t: Duration) -> Self {
         self.flush_timeout = Some(t);
         self
@@ -226,20 +229,24 @@ impl EngineBuilder {
         cfg.gso = gso_wanted && gso_supported;
         let (driver, kind, reason) = match requested {
             Backend::Epoll => (
-                Driver::Epoll(sys::epoll::Epoll::new(base)?),
+                AnyDriver::Epoll(sys::epoll::Epoll::new(base)?),
                 BackendKind::Epoll,
                 None,
             ),
             Backend::Uring | Backend::Auto => match sys::probe::uring(self.ring_entries) {
                 Ok(ring) => {
+                    // The in-flight cap stays within the CQ; beyond it, each socket's one reserved
+                    // op may exceed it, which IORING_FEAT_NODROP (5.5) absorbs.
+                    let cq = ring.params().cq_entries() as usize;
+                    cfg.max_in_flight_ops = cfg.max_in_flight_ops.min(cq);
                     let u = sys::uring::Uring::new(ring, base);
-                    cfg.max_in_flight_ops = cfg.max_in_flight_ops.min(u.cq_entries());
-                    (Driver::Uring(Box::new(u)), BackendKind::Uring, None)
+                    (AnyDriver::Uring(Box::new(u)), BackendKind::Uring, None)
                 }
                 Err(reason) if requested == Backend::Auto => {
-                    eprintln!("volley: io_uring unavailable, using epoll: {reason}");
+                    // Reported through `Engine::fallback_reason`, not printed: the library
+                    // never writes to stderr.
                     (
-                        Driver::Epoll(sys::epoll::Epoll::new(base)?),
+                        AnyDriver::Epoll(sys::epoll::Epoll::new(base)?),
                         BackendKind::Epoll,
                         Some(reason),
                     )
@@ -247,30 +254,37 @@ impl EngineBuilder {
                 Err(reason) => return Err(Error::UringUnavailable { reason }),
             },
         };
-        Ok(Engine {
-            core: Core::new(cfg),
+        Ok(Engine::assemble(
+            cfg,
             driver,
             kind,
             reason,
-            base,
-            fds: Vec::new(),
-            flush_timeout: self.flush_timeout,
-            write_latency: self.write_latency,
-            latency_countdown: 0,
-        })
+            self.flush_timeout,
+            self.write_latency,
+        ))
     }
 }
 
 /// Batches owned buffers into few kernel transitions. See the crate docs for an example.
 ///
-/// Single-threaded: one thread drives it (`Send`, not `Sync`).
+/// One thread drives an engine at a time (`Send`, not `Sync`). Two ways to drive it:
+///
+/// - **Blocking**: [`Engine::flush`], [`Engine::flush_all`], [`Engine::close`] wait inside the
+///   engine (in `io_uring_enter` or `epoll_wait`) until their barrier resolves.
+/// - **From an event loop**: [`Engine::submit`] and [`Engine::try_flush`] never block. The
+///   engine's descriptor ([`AsFd`]) becomes readable when the engine can make progress (a
+///   completion arrived, a socket that hit EAGAIN became writable); call `submit` or
+///   `try_flush` then, and also once [`Engine::next_timeout`] has passed (an ENOBUFS backoff
+///   ended). See the README's "Driving the engine from an event loop".
+///
+/// A barrier on one socket never waits for another socket: a stalled, poisoned or
+/// backpressured neighbour does not delay it.
 #[derive(Debug)]
 pub struct Engine {
     core: Core,
-    driver: Driver,
+    driver: AnyDriver,
     kind: BackendKind,
     reason: Option<String>,
-    base: Instant,
     /// Owned sockets, by socket index.
     fds: Vec<Option<OwnedFd>>,
     flush_timeout: Option<Duration>,
@@ -278,7 +292,23 @@ pub struct Engine {
     write_latency: u32,
     /// Writes until the next sampled one.
     latency_countdown: u32,
+    /// Reused buffers: the ops planned for one `issue`, the events a driver reported, the
+    /// entries of one error-queue read.
+    batch: Vec<Planned>,
+    events: Vec<Event>,
+    errq: Vec<(Option<SocketAddr>, i32)>,
 }
+
+/// Error-queue entries read per visit; the rest wait for the next error.
+const ERRQUEUE_BATCH: usize = 256;
+
+/// How long `Drop` waits for cancelled ops before leaking their memory.
+const DROP_DRAIN_NS: u64 = 2_000_000_000;
+
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<Engine>();
+};
 
 impl Engine {
     /// A builder with the defaults.
@@ -286,12 +316,35 @@ impl Engine {
         EngineBuilder::new()
     }
 
+    pub(crate) fn assemble(
+        cfg: Config,
+        driver: AnyDriver,
+        kind: BackendKind,
+        reason: Option<String>,
+        flush_timeout: Option<Duration>,
+        write_latency: u32,
+    ) -> Engine {
+        Engine {
+            core: Core::new(cfg),
+            driver,
+            kind,
+            reason,
+            fds: Vec::new(),
+            flush_timeout,
+            write_latency,
+            latency_countdown: 0,
+            batch: Vec::new(),
+            events: Vec::new(),
+            errq: Vec::new(),
+        }
+    }
+
     /// The backend in use.
     pub fn backend(&self) -> BackendKind {
         self.kind
     }
 
-    /// Why `Auto` fell back to epoll, if it did.
+    /// Why `Auto` fell back to epoll, if it did (the library prints nothing).
     pub fn fallback_reason(&self) -> Option<&str> {
         self.reason.as_deref()
     }
@@ -326,7 +379,7 @@ impl Engine {
     /// backend) until [`Engine::close`] hands it back.
     ///
     /// # Errors
-    /// [`Error::Io`] when the socket cannot be registered (e.g. epoll_ctl fails).
+    /// [`Error::Io`] when the socket cannot be registered.
     pub fn register_tcp(&mut self, stream: TcpStream) -> Result<SocketId, Error> {
         let peer = stream.peer_addr().ok();
         self.add(stream.into(), peer, Queue::Stream(StreamQueue::default()))
@@ -350,7 +403,8 @@ impl Engine {
     /// already sent — ICMP port, host or network unreachable, each naming the destination it
     /// concerns (`Error::peer`). They come from the socket's error queue (`IP_RECVERR`, on unless
     /// `EngineBuilder::udp_recverr(false)`), which the engine reads when the kernel signals an
-    /// error; [`Stats::peer_errors`] counts them all; the socket keeps the first 4096 since the last call.
+    /// error; [`Stats::peer_errors`] counts them all; the socket keeps the first 4096 since the
+    /// last call.
     ///
     /// # Errors
     /// [`Error::UnknownSocket`].
@@ -366,26 +420,23 @@ impl Engine {
         }
         if self.latency_countdown == 0 {
             self.latency_countdown = self.write_latency - 1;
-            nanos_since(self.base)
+            self.driver.now_ns()
         } else {
             self.latency_countdown -= 1;
             0
         }
     }
 
-    fn now(&self) -> u64 {
-        nanos_since(self.base)
-    }
-
     /// Queues a write on a TCP stream or a connected UDP socket and returns at once. Nothing is
-    /// sent until [`Engine::submit`] or a flush.
+    /// sent until [`Engine::submit`], [`Engine::try_flush`] or a flush.
     ///
     /// # Errors
-    /// [`Error::Backpressure`] at a queue limit (flush, then send again); the socket's fatal error
-    /// if it is poisoned; [`Error::UnknownSocket`], [`Error::WrongSocketKind`],
-    /// [`Error::BufferTooLarge`].
+    /// A refused write hands the buffer back ([`SendError::into_inner`]), unsent:
+    /// [`Error::Backpressure`] at a queue limit (flush, then send the same buffer again); the
+    /// socket's fatal error if it is poisoned; [`Error::UnknownSocket`],
+    /// [`Error::WrongSocketKind`], [`Error::BufferTooLarge`].
     #[inline]
-    pub fn send(&mut self, id: SocketId, data: Bytes) -> Result<(), Error> {
+    pub fn send(&mut self, id: SocketId, data: Bytes) -> Result<(), SendError> {
         let now = self.stamp();
         self.core.send(id, data, None, now)
     }
@@ -395,37 +446,188 @@ impl Engine {
     /// # Errors
     /// As [`Engine::send`].
     #[inline]
-    pub fn send_to(&mut self, id: SocketId, data: Bytes, dest: SocketAddr) -> Result<(), Error> {
+    pub fn send_to(
+        &mut self,
+        id: SocketId,
+        data: Bytes,
+        dest: SocketAddr,
+    ) -> Result<(), SendError> {
         let now = self.stamp();
         self.core.send(id, data, Some(dest), now)
     }
 
+    // ---- the one orchestration, over any driver -------------------------------------------
+
+    /// Applies what the driver reported, then serves what the core asked for in turn
+    /// (writability watches, error-queue reads), and books the driver's transitions.
+    fn absorb(&mut self) -> Result<(), Error> {
+        let mut result = Ok(());
+        loop {
+            if !self.events.is_empty() {
+                let now = self.driver.now_ns();
+                for ev in self.events.drain(..) {
+                    self.core.apply(ev, now);
+                }
+            }
+            while let Some((idx, fd)) = self.core.take_errqueue() {
+                self.errq.clear();
+                self.driver.read_errqueue(fd, ERRQUEUE_BATCH, &mut self.errq);
+                for &(dest, errno) in &self.errq {
+                    self.core.peer_error(idx, dest, errno);
+                }
+            }
+            while let Some((idx, fd)) = self.core.take_watch() {
+                if let Err(e) = self.driver.watch_writable(idx, fd, &mut self.events) {
+                    result = result.and(Err(e));
+                }
+            }
+            if self.events.is_empty() {
+                break;
+            }
+        }
+        let t = self.driver.take_tally();
+        self.core.stats.kernel_transitions += t.transitions;
+        self.core.stats.batches += t.batches;
+        self.core.stats.sqes += t.sqes;
+        result
+    }
+
+    /// Hands every op that can go now to the driver (epoll: sent at once, and again while the
+    /// results make more ready; io_uring: into the SQ, for the next `enter`).
+    fn pump(&mut self) -> Result<(), Error> {
+        loop {
+            self.core.poll_timers(self.driver.now_ns());
+            self.batch.clear();
+            while let Some(p) = self.core.next_op() {
+                self.batch.push(p);
+            }
+            if self.batch.is_empty() {
+                return Ok(());
+            }
+            let issued = self
+                .driver
+                .issue(&self.core, &self.batch, &mut self.events);
+            self.absorb()?;
+            issued?;
+            if !self.driver.completes_inline() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn enter(&mut self, wait: Wait) -> Result<(), Error> {
+        let entered = self.driver.enter(wait, &mut self.events);
+        self.absorb()?;
+        entered
+    }
+
+    /// Submits and reaps until nothing more can go without waiting: on return nothing ready is
+    /// left unsubmitted, so a caller that waits on the engine's descriptor misses nothing.
+    fn progress(&mut self) -> Result<(), Error> {
+        loop {
+            self.pump()?;
+            self.enter(Wait::No)?;
+            if !self.core.has_ready() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The deadline of a blocking call that starts now (driver clock), if `flush_timeout` is set
+    /// and representable.
+    fn deadline(&self) -> Option<u64> {
+        let t = self.flush_timeout?;
+        let ns = u64::try_from(t.as_nanos()).ok()?;
+        self.driver.now_ns().checked_add(ns)
+    }
+
+    /// Drives the engine until `done`, blocking in the driver between steps; `Ok(false)` when
+    /// the deadline passed first (after one last non-blocking step).
+    fn drive_until(
+        &mut self,
+        deadline: Option<u64>,
+        done: impl Fn(&Core) -> bool,
+    ) -> Result<bool, Error> {
+        loop {
+            self.pump()?;
+            if done(&self.core) {
+                self.progress()?;
+                return Ok(true);
+            }
+            let now = self.driver.now_ns();
+            let wait = match deadline {
+                Some(d) if now >= d => Wait::No,
+                _ => Wait::Until(earliest(deadline, self.core.next_timer())),
+            };
+            self.enter(wait)?;
+            if done(&self.core) {
+                self.progress()?;
+                return Ok(true);
+            }
+            if wait == Wait::No {
+                return Ok(false);
+            }
+        }
+    }
+
     /// Hands everything pending on every socket to the kernel (one `io_uring_enter` on io_uring)
-    /// and collects whatever has completed, without waiting.
+    /// and collects whatever has completed, without waiting for anything. The step an event
+    /// loop takes when the engine's descriptor is readable or [`Engine::next_timeout`] passed.
     ///
     /// # Errors
     /// [`Error::Io`] when the backend's own system call fails.
     pub fn submit(&mut self) -> Result<(), Error> {
-        self.driver.submit(&mut self.core, Wait::No)
+        self.progress()
     }
 
-    fn wait_until(
-        &mut self,
-        done: impl Fn(&Core) -> bool,
-        socket: Option<SocketId>,
-    ) -> Result<(), Error> {
-        let deadline = self.flush_timeout.map(|t| Instant::now() + t);
-        while !done(&self.core) {
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(Error::FlushTimeout { socket });
-            }
-            self.driver.submit(&mut self.core, Wait::Until(deadline))?;
+    /// How long an event loop may wait on the engine's descriptor before calling
+    /// [`Engine::submit`] anyway: the time left until the earliest ENOBUFS backoff ends, or
+    /// `None` when no timer is pending.
+    pub fn next_timeout(&self) -> Option<Duration> {
+        let at = self.core.next_timer()?;
+        Some(Duration::from_nanos(at.saturating_sub(self.driver.now_ns())))
+    }
+
+    /// Takes the report of `id`'s barrier if it has resolved.
+    fn resolve(&mut self, id: SocketId) -> Result<Option<FlushReport>, Error> {
+        let Some(target) = self.core.sock(id)?.barrier else {
+            return Ok(None);
+        };
+        if !self.core.barrier_done(id, target)? {
+            return Ok(None);
         }
-        Ok(())
+        self.core.set_barrier(id, None)?;
+        let report = self.core.take_report(id)?;
+        if self.core.is_stream(id)? {
+            if let Some(e) = &report.first_error {
+                return Err(e.clone());
+            }
+        }
+        Ok(Some(report))
+    }
+
+    /// The flush barrier without blocking: submits what is pending, reaps what has completed,
+    /// and returns `Some` with the report once every write accepted on `id` before the barrier
+    /// is terminal. The barrier is set by the first call and kept by later ones until it
+    /// resolves (writes queued in between are not covered: the next barrier covers them).
+    ///
+    /// # Errors
+    /// As [`Engine::flush`] (never [`Error::FlushTimeout`]).
+    pub fn try_flush(&mut self, id: SocketId) -> Result<Option<FlushReport>, Error> {
+        if self.core.sock(id)?.barrier.is_none() {
+            let target = self.core.barrier(id)?;
+            self.core.set_barrier(id, Some(target))?;
+        }
+        if let Some(r) = self.resolve(id)? {
+            return Ok(Some(r));
+        }
+        self.progress()?;
+        self.resolve(id)
     }
 
     /// The flush barrier for one socket: returns when every write accepted on it before this
     /// call is terminal (sent or failed), with what happened to them since its previous flush.
+    /// Other sockets never delay it.
     ///
     /// # Errors
     /// For a TCP stream, the first error of a failed write (the socket is then poisoned, and
@@ -433,45 +635,53 @@ impl Engine {
     /// the report, not raised. [`Error::FlushTimeout`] if a `flush_timeout` expired.
     pub fn flush(&mut self, id: SocketId) -> Result<FlushReport, Error> {
         let start = Instant::now();
+        // Covers every write accepted so far, including any a pending `try_flush` left out.
         let target = self.core.barrier(id)?;
-        self.wait_until(|c| c.barrier_done(id, target).unwrap_or(true), Some(id))?;
-        self.record_flush(start);
-        let report = self.core.take_report(id)?;
-        if self.core.is_stream(id)? {
-            if let Some(e) = &report.first_error {
-                return Err(e.clone());
-            }
+        self.core.set_barrier(id, Some(target))?;
+        let deadline = self.deadline();
+        let done = self.drive_until(deadline, |c| c.barrier_done(id, target).unwrap_or(true))?;
+        if !done {
+            return Err(Error::FlushTimeout { socket: Some(id) });
         }
-        Ok(report)
+        self.record_flush(start);
+        match self.resolve(id)? {
+            Some(r) => Ok(r),
+            // Resolved by `drive_until`, so only an unknown socket lands here.
+            None => Err(Error::UnknownSocket(id)),
+        }
     }
 
     /// The flush barrier for the whole engine: every write accepted on any socket before this
-    /// call is terminal. The report sums all sockets.
+    /// call is terminal. The report has every socket's outcome, poisoned streams included: one
+    /// failing socket never hides another's.
     ///
     /// # Errors
-    /// The first stream error, as [`Engine::flush`].
-    pub fn flush_all(&mut self) -> Result<FlushReport, Error> {
+    /// Only engine-level failures: [`Error::FlushTimeout`], [`Error::Io`]. Stream errors are in
+    /// the report ([`FlushAllReport::errors`]; [`FlushAllReport::into_result`] raises the first).
+    pub fn flush_all(&mut self) -> Result<FlushAllReport, Error> {
         let start = Instant::now();
-        self.wait_until(|c| c.pending_writes() == 0, None)?;
-        self.record_flush(start);
-        let mut total = FlushReport::default();
-        let mut stream_error = None;
         let ids: Vec<SocketId> = self
             .core
             .socket_indices()
             .map(|i| self.core.id_of(i))
             .collect();
+        for &id in &ids {
+            let target = self.core.barrier(id)?;
+            self.core.set_barrier(id, Some(target))?;
+        }
+        let deadline = self.deadline();
+        if !self.drive_until(deadline, |c| c.pending_writes() == 0)? {
+            return Err(Error::FlushTimeout { socket: None });
+        }
+        self.record_flush(start);
+        let mut all = FlushAllReport::default();
         for id in ids {
+            self.core.set_barrier(id, None)?;
             let r = self.core.take_report(id)?;
-            if stream_error.is_none() && self.core.is_stream(id)? {
-                stream_error = r.first_error.clone();
-            }
-            total.merge(r);
+            let stream = self.core.is_stream(id)?;
+            all.push(id, stream, r);
         }
-        match stream_error {
-            Some(e) => Err(e),
-            None => Ok(total),
-        }
+        Ok(all)
     }
 
     fn record_flush(&mut self, start: Instant) {
@@ -510,7 +720,10 @@ impl Engine {
             });
         }
         let report = self.flush(id)?;
-        sys::shutdown_write(self.core.sock(id)?.fd)?;
+        let fd = self.core.sock(id)?.fd;
+        let r = self.driver.shutdown_write(fd);
+        self.absorb()?;
+        r?;
         Ok(report)
     }
 
@@ -518,7 +731,9 @@ impl Engine {
     /// the kernel and waited for (their buffers are never freed early), then the socket closes.
     ///
     /// # Errors
-    /// [`Error::UnknownSocket`]; [`Error::Io`] if the backend fails while draining.
+    /// [`Error::UnknownSocket`]; [`Error::FlushTimeout`] if the cancelled writes did not
+    /// complete within `flush_timeout` (the socket stays registered, closing);
+    /// [`Error::Io`] if the backend fails while draining.
     pub fn abort(&mut self, id: SocketId) -> Result<(), Error> {
         drop(self.remove(id)?);
         Ok(())
@@ -526,16 +741,20 @@ impl Engine {
 
     fn remove(&mut self, id: SocketId) -> Result<OwnedFd, Error> {
         let fd = self.core.sock(id)?.fd;
-        self.core.cancel_queued(id, self.now())?;
+        self.core.cancel_queued(id, self.driver.now_ns())?;
         if self.core.sock(id)?.in_flight > 0 {
-            self.driver.cancel(&mut self.core, Some(fd))?;
-            self.wait_until(
-                |c| c.sock(id).map(|s| s.in_flight == 0).unwrap_or(true),
-                Some(id),
-            )?;
+            let tokens = self.core.in_flight_tokens(Some(id.index));
+            let cancelled = self.driver.cancel(&tokens, &mut self.events);
+            self.absorb()?;
+            cancelled?;
+            let deadline = self.deadline();
+            let idle = |c: &Core| c.sock(id).map(|s| s.in_flight == 0).unwrap_or(true);
+            if !self.drive_until(deadline, idle)? {
+                return Err(Error::FlushTimeout { socket: Some(id) });
+            }
         }
-        self.core.remove_socket(id, self.now())?;
-        self.driver.deregister(fd);
+        self.core.remove_socket(id, self.driver.now_ns())?;
+        self.driver.deregister(id.index, fd);
         self.fds
             .get_mut(id.index as usize)
             .and_then(Option::take)
@@ -585,11 +804,91 @@ impl Engine {
     }
 }
 
+#[cfg(any(test, fuzzing, feature = "sim"))]
+impl Engine {
+    /// An engine over the simulated kernel: the real orchestration and core, with `kernel` as
+    /// the driver (tests and fuzz targets).
+    pub fn with_sim(cfg: Config, kernel: crate::sim::kernel::SimKernel) -> Engine {
+        let flush_timeout = None;
+        Engine::assemble(
+            cfg.clamped(),
+            AnyDriver::Sim(Box::new(kernel)),
+            BackendKind::Uring,
+            None,
+            flush_timeout,
+            1,
+        )
+    }
+
+    /// Registers a simulated socket: a stream, a connected datagram socket (`peer` set) or an
+    /// unconnected one. Its descriptor is a placeholder (`/dev/null`); the simulated kernel
+    /// knows the socket by its index.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the placeholder cannot be opened.
+    pub fn register_sim(
+        &mut self,
+        stream: bool,
+        peer: Option<SocketAddr>,
+        recverr: bool,
+    ) -> Result<SocketId, Error> {
+        let fd: OwnedFd = std::fs::File::open("/dev/null")
+            .map_err(|e| Error::io("open(/dev/null)", &e))?
+            .into();
+        let queue = if stream {
+            Queue::Stream(StreamQueue::default())
+        } else {
+            Queue::Dgram(DgramQueue::new(self.core.cfg.gso))
+        };
+        let id = self.add(fd, peer, queue)?;
+        self.core.set_recverr(id, recverr && !stream)?;
+        Ok(id)
+    }
+
+    /// Sets the flush timeout (simulated clock).
+    pub fn set_flush_timeout(&mut self, t: Option<Duration>) {
+        self.flush_timeout = t;
+    }
+
+    /// The simulated kernel.
+    ///
+    /// # Panics
+    /// If the engine does not run on the simulated kernel.
+    pub fn sim_kernel(&mut self) -> &mut crate::sim::kernel::SimKernel {
+        match &mut self.driver {
+            AnyDriver::Sim(k) => k,
+            _ => panic!("not a simulated engine"),
+        }
+    }
+}
+
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl AsFd for Engine {
+    /// Readable when the engine can make progress: io_uring's ring descriptor (a completion
+    /// is waiting), or the epoll descriptor (a socket that hit EAGAIN became writable).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.driver.fd()
+    }
+}
+
+impl AsRawFd for Engine {
+    fn as_raw_fd(&self) -> RawFd {
+        self.driver.fd().as_raw_fd()
+    }
+}
+
 impl Drop for Engine {
     /// Cancels queued writes, cancels and drains writes in flight (up to 2 s), and if the kernel
     /// still holds some, leaks their memory rather than freeing what it may read.
     fn drop(&mut self) {
-        let now = self.now();
+        let now = self.driver.now_ns();
         let ids: Vec<SocketId> = self
             .core
             .socket_indices()
@@ -601,14 +900,12 @@ impl Drop for Engine {
         if self.core.in_flight() == 0 {
             return;
         }
-        let _ = self.driver.cancel(&mut self.core, None);
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while self.core.in_flight() > 0 && Instant::now() < deadline {
-            if self
-                .driver
-                .submit(&mut self.core, Wait::Until(Some(deadline)))
-                .is_err()
-            {
+        let tokens = self.core.in_flight_tokens(None);
+        let _ = self.driver.cancel(&tokens, &mut self.events);
+        let _ = self.absorb();
+        let deadline = now.saturating_add(DROP_DRAIN_NS);
+        while self.core.in_flight() > 0 && self.driver.now_ns() < deadline {
+            if self.enter(Wait::Until(Some(deadline))).is_err() {
                 break;
             }
         }

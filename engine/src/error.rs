@@ -2,6 +2,8 @@
 
 use std::fmt;
 use std::io;
+
+use bytes::Bytes;
 use std::net::SocketAddr;
 
 use crate::SocketId;
@@ -273,7 +275,7 @@ impl fmt::Display for Error {
             }
             Error::Backpressure { socket, limit, max } => write!(
                 f,
-                "{socket}: queue full ({limit} = {max}); flush or wait for completions, then send again"
+                "{socket}: queue full ({limit} = {max}); flush (or submit and wait for the engine's descriptor), then send the returned buffer again"
             ),
             Error::BufferTooLarge { socket, len, max } => write!(
                 f,
@@ -312,6 +314,65 @@ impl From<Error> for io::Error {
             },
         };
         io::Error::new(kind, e)
+    }
+}
+
+/// A refused [`Engine::send`](crate::Engine::send) or `send_to`: the error, and the buffer
+/// handed back unsent (as compio's `BufResult` and tokio-uring's `(result, buf)` do), so the
+/// same frame can be sent again after a flush.
+#[derive(Debug, Clone)]
+pub struct SendError {
+    error: Error,
+    buf: Bytes,
+}
+
+impl SendError {
+    pub(crate) fn new(error: Error, buf: Bytes) -> SendError {
+        SendError { error, buf }
+    }
+
+    /// Why the buffer was refused.
+    pub fn error(&self) -> &Error {
+        &self.error
+    }
+
+    /// The refused buffer, unsent and unchanged.
+    pub fn into_inner(self) -> Bytes {
+        self.buf
+    }
+
+    /// The error and the buffer.
+    pub fn into_parts(self) -> (Error, Bytes) {
+        (self.error, self.buf)
+    }
+
+    /// Whether the refusal is backpressure (flush, then send the buffer again).
+    pub fn is_backpressure(&self) -> bool {
+        self.error.is_backpressure()
+    }
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}-byte buffer returned unsent)", self.error, self.buf.len())
+    }
+}
+
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl From<SendError> for Error {
+    fn from(e: SendError) -> Error {
+        e.error
+    }
+}
+
+impl From<SendError> for io::Error {
+    fn from(e: SendError) -> io::Error {
+        e.error.into()
     }
 }
 

@@ -39,19 +39,32 @@
 mod core;
 mod engine;
 mod error;
-pub mod plan;
 mod report;
 mod stats;
 mod sys;
 
+/// The batch planner (pure functions from queues to kernel ops): internal, reachable by fuzz
+/// targets and tests through the `sim` feature or `cfg(fuzzing)`.
+#[cfg(any(fuzzing, feature = "sim"))]
+pub mod plan;
+#[cfg(not(any(fuzzing, feature = "sim")))]
+mod plan;
+
+/// The simulated kernel and its reference model: internal, for tests and fuzz targets (the
+/// `sim` feature or `cfg(fuzzing)`).
 #[cfg(any(test, fuzzing, feature = "sim"))]
 pub mod sim;
 
 pub use bytes::Bytes;
 pub use engine::{Backend, BackendKind, Engine, EngineBuilder};
-pub use error::{Error, Limit, Status};
-pub use report::FlushReport;
+pub use error::{Error, Limit, SendError, Status};
+pub use report::{FlushAllReport, FlushReport};
 pub use stats::Stats;
+
+/// Kernel limits the engine plans with, for callers that size batches the same way.
+pub mod limits {
+    pub use crate::plan::{GSO_MAX_SEGMENTS, IOV_MAX, MAX_RW_COUNT, UDP_MAX_PAYLOAD};
+}
 
 /// A socket registered with an [`Engine`]. Generation-tagged: an id outlives its socket only as
 /// an [`Error::UnknownSocket`].

@@ -1,10 +1,12 @@
 //! What a flush reports.
 
 use crate::error::{Error, Status};
+use crate::SocketId;
 
 /// The outcome of the writes a flush covered: those that became terminal since the previous flush
-/// of the same socket (or, for `flush_all`, of every socket).
+/// of the same socket.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct FlushReport {
     /// Writes (stream buffers or datagrams) that completed whole.
     pub writes: u64,
@@ -42,6 +44,52 @@ impl FlushReport {
         }
         if self.first_error.is_none() {
             self.first_error = other.first_error;
+        }
+    }
+}
+
+/// What `Engine::flush_all` reports: every socket's outcome, whatever happened to the others.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct FlushAllReport {
+    /// The sum over every socket.
+    pub total: FlushReport,
+    /// Each socket's own report, in socket order.
+    pub sockets: Vec<(SocketId, FlushReport)>,
+    /// The error of every stream that failed (poisoned), in socket order.
+    pub errors: Vec<Error>,
+}
+
+impl FlushAllReport {
+    pub(crate) fn push(&mut self, id: SocketId, stream: bool, r: FlushReport) {
+        if stream {
+            if let Some(e) = &r.first_error {
+                self.errors.push(e.clone());
+            }
+        }
+        self.total.merge(r.clone());
+        self.sockets.push((id, r));
+    }
+
+    /// One socket's report.
+    pub fn socket(&self, id: SocketId) -> Option<&FlushReport> {
+        self.sockets.iter().find(|(s, _)| *s == id).map(|(_, r)| r)
+    }
+
+    /// The errors of failed streams (datagram failures are counted in the reports, not here).
+    pub fn errors(&self) -> &[Error] {
+        &self.errors
+    }
+
+    /// The total, or the first stream error (what `flush_all` returned before it reported
+    /// every socket): for callers that treat any failed stream as fatal.
+    ///
+    /// # Errors
+    /// The first failed stream's error.
+    pub fn into_result(self) -> Result<FlushReport, Error> {
+        match self.errors.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(self.total),
         }
     }
 }

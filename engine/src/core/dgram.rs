@@ -146,8 +146,7 @@ impl DgramQueue {
         (d.nobufs <= retries).then(|| 1_000_000u64 << (d.nobufs - 1))
     }
 
-    /// For a pending-error result (`is_icmp_errno`) on an unconnected socket with `IP_RECVERR`:
-    /// the error is about an earlier datagram and nothing of this op was sent, so it goes again —
+    /// For a pending-error result (`is_icmp_errno`): the error is about an earlier datagram and nothing of this op was sent, so it goes again —
     /// at most `STALE_RESENDS` times per datagram. Each pending error is consumed by the one send
     /// that picks it up and comes from an earlier datagram that was sent, so resends end by
     /// themselves; the bound holds even against a stream of forged ICMP messages. It is high
@@ -223,7 +222,7 @@ impl DgramQueue {
 }
 
 impl Core {
-    /// Applies a datagram op's result; returns true when the backend should wait for writability.
+    /// Applies a datagram op's result; returns true when the socket must wait for writability.
     #[expect(clippy::too_many_arguments, reason = "one op's shape, unpacked")]
     pub(super) fn complete_dgram(
         &mut self,
@@ -288,14 +287,15 @@ impl Core {
                 s.retry_at_ns = Some(now_ns + delay_ns);
                 self.backoff.push(idx);
                 self.stats.retries += 1;
-            } else if s.recverr
-                && is_icmp_errno(errno)
-                && peer.is_none()
-                && q.stale_resend(first_seq)
-            {
-                // An unconnected socket with IP_RECVERR: the error is an ICMP message about an
-                // earlier datagram (the error queue says which destination); this op sent
-                // nothing and goes again (FAILURES.md item 11).
+            } else if is_icmp_errno(errno) && q.stale_resend(first_seq) {
+                // A pending socket error set by an ICMP message about an earlier datagram (a
+                // connected socket always gets them; an unconnected one with IP_RECVERR). The
+                // send that picked it up sent nothing, so this op goes again (FAILURES.md item
+                // 11). Connected or not, with or without IP_RECVERR, on either backend, the
+                // outcome is the same: each datagram is reported as what happened to it (a
+                // `sendmmsg` consumes such an error silently on epoll, and resending is what
+                // io_uring must do to agree). With IP_RECVERR the error queue names the
+                // destination the error is about ([`Core::peer_error`]).
                 q.requeue(first_seq, count, false);
                 self.stats.stale_error_resends += count as u64;
                 errqueue = true;

@@ -6,6 +6,7 @@
 //! Time is passed in (`now_ns`), never read here, so a simulated kernel is fully deterministic.
 
 mod dgram;
+pub(crate) mod op;
 mod stream;
 
 use std::collections::VecDeque;
@@ -14,12 +15,13 @@ use std::os::fd::RawFd;
 
 use bytes::Bytes;
 
-use crate::error::{Error, Limit, Status};
+use crate::error::{Error, Limit, SendError, Status};
 use crate::report::FlushReport;
 use crate::stats::Stats;
 use crate::SocketId;
 
 pub(crate) use dgram::DgramQueue;
+pub(crate) use op::{Event, OpShape, Planned, Token};
 pub(crate) use stream::StreamQueue;
 
 /// Limits and switches the core enforces: what `EngineBuilder` sets, and (as `sim::SimConfig`)
@@ -134,9 +136,15 @@ pub(crate) struct Sock {
     pub fd: RawFd,
     pub peer: Option<SocketAddr>,
     pub queue: Queue,
-    /// False while the backend waits for writability (epoll after EAGAIN).
+    /// False after EAGAIN, until the driver reports the socket writable.
     pub writable: bool,
+    /// Asked the driver to watch for writability (queued in `Core::watch` or armed).
+    watching: bool,
     in_ready: bool,
+    /// Held back by `max_in_flight_ops` (queued in `Core::capped`).
+    capped: bool,
+    /// The pending barrier of `Engine::try_flush`: the sequence number it waits for.
+    pub barrier: Option<u64>,
     pub in_flight: usize,
     pub queued_bytes: usize,
     pub poisoned: Option<Error>,
@@ -177,20 +185,6 @@ struct SockSlot {
     sock: Option<Sock>,
 }
 
-/// One operation as the kernel will see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum OpShape {
-    /// A `sendmsg` with `entries` iovecs, `bytes` in all, from the front of a stream queue.
-    Stream { entries: usize, bytes: usize },
-    /// `count` datagrams starting at queue sequence `first_seq`; GSO when `segment_size` is set.
-    Dgram {
-        first_seq: u64,
-        count: usize,
-        segment_size: Option<u16>,
-        bytes: usize,
-    },
-}
-
 #[derive(Debug, Clone, Copy)]
 struct OpInfo {
     sock: u32,
@@ -201,29 +195,6 @@ struct OpInfo {
 struct OpSlot {
     gen: u32,
     op: Option<OpInfo>,
-}
-
-/// An operation for the backend to issue. `token` goes into `user_data` and comes back with the
-/// result; it is generation-tagged, so a stale or unknown token is ignored.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Planned {
-    pub token: u64,
-    pub sock: u32,
-    pub fd: RawFd,
-    pub shape: OpShape,
-    /// Destination for unconnected datagram sockets.
-    pub dest: Option<SocketAddr>,
-}
-
-/// What the backend should know about a completion.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Completed {
-    /// Taken into account.
-    Done { sock: u32 },
-    /// The kernel said "try again" (EAGAIN): an epoll backend should wait for writability.
-    Again { sock: u32 },
-    /// The token was unknown or stale; nothing changed.
-    Ignored,
 }
 
 /// The sans-IO engine state.
@@ -241,8 +212,12 @@ pub(crate) struct Core {
     in_flight: usize,
     /// Sockets waiting out an ENOBUFS backoff.
     backoff: Vec<u32>,
-    /// Sockets whose error queue the backend should read.
+    /// Sockets whose error queue the driver should read.
     errqueue: Vec<u32>,
+    /// Sockets the driver should watch for writability (after EAGAIN).
+    watch: Vec<u32>,
+    /// Sockets with work held back by `max_in_flight_ops`.
+    capped: Vec<u32>,
     /// Reused list of (length, queued time) of writes that just ended.
     scratch: Vec<(usize, u64)>,
     pub stats: Stats,
@@ -251,15 +226,6 @@ pub(crate) struct Core {
 pub(crate) fn is_retry(errno: i32) -> bool {
     // 512 is ERESTARTSYS, which io_uring may surface unchanged on some kernels (FAILURES.md item 6).
     errno == libc::EAGAIN || errno == libc::EINTR || errno == 512
-}
-
-fn token(idx: u32, gen: u32) -> u64 {
-    (u64::from(gen) << 32) | u64::from(idx)
-}
-
-fn split_token(t: u64) -> (u32, u32) {
-    // Both halves fit by construction: low 32 bits index, high 32 bits generation.
-    ((t & 0xffff_ffff) as u32, (t >> 32) as u32)
 }
 
 impl Core {
@@ -276,6 +242,8 @@ impl Core {
             in_flight: 0,
             backoff: Vec::new(),
             errqueue: Vec::new(),
+            watch: Vec::new(),
+            capped: Vec::new(),
             scratch: Vec::new(),
             stats: Stats::default(),
         }
@@ -289,7 +257,10 @@ impl Core {
             peer,
             queue,
             writable: true,
+            watching: false,
             in_ready: false,
+            capped: false,
+            barrier: None,
             in_flight: 0,
             queued_bytes: 0,
             poisoned: None,
@@ -384,6 +355,9 @@ impl Core {
             .and_then(|s| s.sock.as_mut())
         {
             s.writable = writable;
+            if writable {
+                s.watching = false;
+            }
         }
         if writable {
             self.wake(idx);
@@ -460,37 +434,48 @@ impl Core {
         data: Bytes,
         dest: Option<SocketAddr>,
         queued_ns: u64,
-    ) -> Result<(), Error> {
+    ) -> Result<(), SendError> {
         let len = data.len();
         let total = self.queued_bytes;
         let cfg = &self.cfg;
         let s = match self.socks.get_mut(id.index as usize) {
             Some(SockSlot { gen, sock: Some(s) }) if *gen == id.gen => s,
-            _ => return Err(Error::UnknownSocket(id)),
+            _ => return Err(SendError::new(Error::UnknownSocket(id), data)),
         };
         if matches!(s.queue, Queue::Stream(_)) && dest.is_some() {
-            return Err(Error::WrongSocketKind {
-                socket: id,
-                expected: "an unconnected UDP socket",
-            });
+            return Err(SendError::new(
+                Error::WrongSocketKind {
+                    socket: id,
+                    expected: "an unconnected UDP socket",
+                },
+                data,
+            ));
         }
-        admit(s, cfg, total, id, len)?;
+        if let Err(e) = admit(s, cfg, total, id, len) {
+            return Err(SendError::new(e, data));
+        }
         let connected = s.peer.is_some();
         match &mut s.queue {
             Queue::Stream(q) => q.push(data, queued_ns),
             Queue::Dgram(q) => match (connected, dest) {
                 (true, None) | (false, Some(_)) => q.push(data, dest, queued_ns),
                 (true, Some(_)) => {
-                    return Err(Error::WrongSocketKind {
-                        socket: id,
-                        expected: "an unconnected UDP socket (use send)",
-                    })
+                    return Err(SendError::new(
+                        Error::WrongSocketKind {
+                            socket: id,
+                            expected: "an unconnected UDP socket (use send)",
+                        },
+                        data,
+                    ))
                 }
                 (false, None) => {
-                    return Err(Error::WrongSocketKind {
-                        socket: id,
-                        expected: "a connected UDP socket (use send_to)",
-                    })
+                    return Err(SendError::new(
+                        Error::WrongSocketKind {
+                            socket: id,
+                            expected: "a connected UDP socket (use send_to)",
+                        },
+                        data,
+                    ))
                 }
             },
         }
@@ -539,6 +524,25 @@ impl Core {
         }
     }
 
+    /// Whether some socket may have an op to plan (the ready list is not empty).
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    /// The earliest ENOBUFS backoff deadline, if any.
+    pub fn next_timer(&self) -> Option<u64> {
+        self.backoff
+            .iter()
+            .filter_map(|&idx| self.sock_at(idx).and_then(|s| s.retry_at_ns))
+            .min()
+    }
+
+    /// Sets or clears the socket's pending barrier (`Engine::try_flush`).
+    pub fn set_barrier(&mut self, id: SocketId, target: Option<u64>) -> Result<(), Error> {
+        self.sock_mut(id)?.barrier = target;
+        Ok(())
+    }
+
     /// Ops in flight, over all sockets.
     pub fn in_flight(&self) -> usize {
         self.in_flight
@@ -579,9 +583,14 @@ impl Core {
     }
 
     /// The next operation to issue, round-robin over sockets with work, or `None` when nothing
-    /// can go out now (no work, or the in-flight limit is reached).
+    /// can go out now.
+    ///
+    /// `max_in_flight_ops` binds only the ops beyond each socket's first: a socket with nothing
+    /// in flight always gets one (its reservation), so stream sends parked on stalled peers
+    /// cannot take the slots a healthy socket needs. A socket held back by the cap waits in
+    /// `capped` until an op completes.
     pub fn next_op(&mut self) -> Option<Planned> {
-        while self.in_flight < self.cfg.max_in_flight_ops {
+        loop {
             let idx = self.ready.pop_front()?;
             if let Some(s) = self.socks[idx as usize].sock.as_mut() {
                 s.in_ready = false;
@@ -589,11 +598,19 @@ impl Core {
             if !self.has_work(idx) {
                 continue;
             }
+            let at_cap = self.in_flight >= self.cfg.max_in_flight_ops;
             let cfg = &self.cfg;
             let s = self.socks[idx as usize]
                 .sock
                 .as_mut()
                 .expect("has_work checked");
+            if at_cap && s.in_flight > 0 {
+                if !s.capped {
+                    s.capped = true;
+                    self.capped.push(idx);
+                }
+                continue;
+            }
             let (shape, dest) = match &mut s.queue {
                 Queue::Stream(q) => match q.plan(cfg) {
                     Some(shape) => (shape, None),
@@ -618,34 +635,46 @@ impl Core {
                 dest,
             });
         }
-        None
     }
 
-    fn alloc_op(&mut self, info: OpInfo) -> u64 {
+    fn alloc_op(&mut self, info: OpInfo) -> Token {
         if let Some(i) = self.free_ops.pop() {
             let slot = &mut self.ops[i as usize];
             slot.op = Some(info);
-            token(i, slot.gen)
+            Token::op(i, slot.gen)
         } else {
             let i = u32::try_from(self.ops.len()).expect("more than u32::MAX ops");
             self.ops.push(OpSlot {
                 gen: 0,
                 op: Some(info),
             });
-            token(i, 0)
+            Token::op(i, 0)
         }
     }
 
-    fn take_op(&mut self, t: u64) -> Option<OpInfo> {
-        let (i, gen) = split_token(t);
-        let slot = self.ops.get_mut(i as usize)?;
-        if slot.gen != gen {
+    fn take_op(&mut self, t: Token) -> Option<OpInfo> {
+        let i = t.slot();
+        let slot = self.ops.get_mut(i)?;
+        if slot.gen != t.gen() {
             return None;
         }
         let info = slot.op.take()?;
         slot.gen = slot.gen.wrapping_add(1);
-        self.free_ops.push(i);
+        // `i` came from a u32 slot index (`Token::op`).
+        self.free_ops.push(i as u32);
         Some(info)
+    }
+
+    /// Tokens of the ops in flight on socket `sock` (every socket with `None`): what a cancel
+    /// targets, op by op (not by file, which a `dup`ed descriptor would share).
+    pub fn in_flight_tokens(&self, sock: Option<u32>) -> Vec<Token> {
+        (0u32..)
+            .zip(&self.ops)
+            .filter_map(|(i, slot)| {
+                let op = slot.op?;
+                (sock.is_none() || sock == Some(op.sock)).then(|| Token::op(i, slot.gen))
+            })
+            .collect()
     }
 
     /// The payload slices of a planned op, in order (iovec building).
@@ -669,6 +698,14 @@ impl Core {
 
     fn finish_op(&mut self, sock: u32) -> bool {
         self.in_flight -= 1;
+        if self.in_flight < self.cfg.max_in_flight_ops {
+            while let Some(idx) = self.capped.pop() {
+                if let Some(s) = self.socks[idx as usize].sock.as_mut() {
+                    s.capped = false;
+                }
+                self.wake(idx);
+            }
+        }
         match self.socks[sock as usize].sock.as_mut() {
             Some(s) => {
                 s.in_flight -= 1;
@@ -678,11 +715,30 @@ impl Core {
         }
     }
 
-    /// Puts an op back unsent (an SQ push that failed, the tail of a partial `sendmmsg`).
-    pub fn requeue(&mut self, t: u64) {
-        let Some(info) = self.take_op(t) else { return };
+    /// Applies what a driver reported.
+    pub fn apply(&mut self, ev: Event, now_ns: u64) {
+        match ev {
+            Event::Done { token, res } => self.complete(token, res, now_ns),
+            Event::NotIssued { token } => {
+                self.requeue(token);
+            }
+            Event::Stopped { token } => {
+                // A partial `sendmmsg`: the call stopped at this datagram. If an ICMP error about
+                // an earlier datagram stopped it, that error was consumed; with `IP_RECVERR` the
+                // error queue says what it was.
+                if let Some(sock) = self.requeue(token) {
+                    self.want_errqueue(sock);
+                }
+            }
+            Event::Writable { sock } => self.set_writable(sock, true),
+        }
+    }
+
+    /// Puts an op back unsent; returns its socket.
+    fn requeue(&mut self, t: Token) -> Option<u32> {
+        let info = self.take_op(t)?;
         if !self.finish_op(info.sock) {
-            return;
+            return None;
         }
         let s = self.socks[info.sock as usize]
             .sock
@@ -699,16 +755,18 @@ impl Core {
             _ => {}
         }
         self.wake(info.sock);
+        Some(info.sock)
     }
 
-    /// Applies a kernel result: `res >= 0` is bytes sent, `res < 0` is `-errno`.
-    pub fn complete(&mut self, t: u64, res: i32, now_ns: u64) -> Completed {
+    /// Applies a kernel result: `res >= 0` is bytes sent, `res < 0` is `-errno`. Stale and
+    /// unknown tokens change nothing.
+    fn complete(&mut self, t: Token, res: i32, now_ns: u64) {
         let Some(info) = self.take_op(t) else {
-            return Completed::Ignored;
+            return;
         };
         if !self.finish_op(info.sock) {
             // The socket is gone (cannot happen while ops are in flight); the op is consumed.
-            return Completed::Done { sock: info.sock };
+            return;
         }
         let idx = info.sock;
         let again = match info.shape {
@@ -730,12 +788,27 @@ impl Core {
                 now_ns,
             ),
         };
-        self.wake(idx);
         if again {
-            Completed::Again { sock: idx }
-        } else {
-            Completed::Done { sock: idx }
+            // EAGAIN: nothing goes out on this socket until the driver says it is writable.
+            self.set_writable(idx, false);
+            if let Some(s) = self.socks[idx as usize].sock.as_mut() {
+                if !s.watching {
+                    s.watching = true;
+                    self.watch.push(idx);
+                }
+            }
         }
+        self.wake(idx);
+    }
+
+    /// The next socket the driver should watch for writability: (index, fd).
+    pub fn take_watch(&mut self) -> Option<(u32, RawFd)> {
+        while let Some(idx) = self.watch.pop() {
+            if let Some(s) = self.sock_at(idx) {
+                return Some((idx, s.fd));
+            }
+        }
+        None
     }
 
     /// Accounts in one step for `count` writes of `total` bytes that completed whole; `sampled`
@@ -917,6 +990,42 @@ fn refuse(s: &Sock, cfg: &Config, total: usize, id: SocketId, len: usize) -> Res
         });
     }
     Ok(())
+}
+
+/// What the legacy simulator (`crate::sim`, which drives the core op by op) learns from a
+/// completion.
+#[cfg(any(test, fuzzing, feature = "sim"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Completed {
+    /// Taken into account.
+    Done { sock: u32 },
+    /// EAGAIN: the socket waits for writability.
+    Again { sock: u32 },
+    /// The token was unknown or stale; nothing changed.
+    Ignored,
+}
+
+#[cfg(any(test, fuzzing, feature = "sim"))]
+impl Core {
+    /// Applies a completion as a driver would report it, and says what became of it.
+    pub fn sim_complete(&mut self, t: u64, res: i32, now_ns: u64) -> Completed {
+        let token = Token(t);
+        let sock = match self.ops.get(token.slot()) {
+            Some(OpSlot { gen, op: Some(op) }) if *gen == token.gen() => op.sock,
+            _ => return Completed::Ignored,
+        };
+        self.apply(Event::Done { token, res }, now_ns);
+        if res.wrapping_neg() == libc::EAGAIN {
+            Completed::Again { sock }
+        } else {
+            Completed::Done { sock }
+        }
+    }
+
+    /// Puts an op back unsent, as a driver's `NotIssued` does.
+    pub fn sim_requeue(&mut self, t: u64) {
+        self.apply(Event::NotIssued { token: Token(t) }, 0);
+    }
 }
 
 #[cfg(test)]

@@ -1,27 +1,48 @@
-//! The epoll backend: `O_NONBLOCK` sockets, `sendmsg` with iovecs for streams, `sendmmsg` for
-//! datagrams (GSO groups included), `epoll_wait` for writability after EAGAIN.
+//! The epoll driver: `O_NONBLOCK` sockets, `sendmsg` with iovecs for streams, `sendmmsg` for
+//! datagrams (GSO groups included), all completed inside [`Driver::issue`]; a socket that hit
+//! EAGAIN is watched with `EPOLLOUT | EPOLLONESHOT` until it is writable.
+//!
+//! Sockets are added to the epoll set only when first watched, and only while watched can they
+//! wake it: the epoll descriptor (the engine's `AsFd`) is readable exactly when a watched socket
+//! became writable (or got an error), never for sockets nobody waits on.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
-use super::msg::{mmsghdr, MsgMem};
+use super::msg::{mmsghdr, MmsgVec, MsgMem};
 use super::uring::set_nonblocking;
-use super::{nanos_since, Wait};
-use crate::core::{Completed, Core, OpShape, Planned};
+use super::{nanos_since, Driver, Tally, Wait};
+use crate::core::{Core, Event, OpShape, Planned, Token};
 use crate::error::Error;
 
 /// `UIO_MAXIOV`: the most messages one `sendmmsg` takes (include/linux/uio.h).
 const MMSG_MAX: usize = 1024;
+
+/// A socket's place in the epoll set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    /// Not in the set.
+    Out,
+    /// In the set, disarmed (its one-shot fired).
+    Idle,
+    /// Armed for `EPOLLOUT`.
+    Armed,
+}
 
 #[derive(Debug)]
 pub(crate) struct Epoll {
     ep: OwnedFd,
     mems: Vec<MsgMem>,
     batch: Vec<Planned>,
-    mmsg: Vec<libc::mmsghdr>,
+    mmsg: MmsgVec,
     events: Vec<libc::epoll_event>,
+    /// By socket index.
+    watch: Vec<Watch>,
+    armed: usize,
     base: Instant,
+    tally: Tally,
 }
 
 fn errno() -> i32 {
@@ -43,95 +64,190 @@ impl Epoll {
             ep,
             mems: Vec::new(),
             batch: Vec::new(),
-            mmsg: Vec::new(),
+            mmsg: MmsgVec::default(),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 256],
+            watch: Vec::new(),
+            armed: 0,
             base,
+            tally: Tally::default(),
         })
     }
 
-    pub fn register(&mut self, idx: u32, fd: RawFd) -> Result<(), Error> {
-        set_nonblocking(fd, true)?;
-        let mut ev = libc::epoll_event {
-            events: (libc::EPOLLOUT | libc::EPOLLET) as u32,
-            u64: u64::from(idx),
+    fn send_stream(&mut self, payload: &Core, i: usize, out: &mut Vec<Event>) {
+        let p = self.batch[i];
+        let m = &mut self.mems[i];
+        m.prepare(payload, &p);
+        self.tally.transitions += 1;
+        self.tally.batches += 1;
+        self.tally.sqes += 1;
+        let rc = match m.single_buffer() {
+            // SAFETY: the buffer is a live slice of the core's queue (or the staging run) for
+            // the duration of the call.
+            Some((ptr, len)) => unsafe { libc::send(p.fd, ptr.cast(), len, libc::MSG_NOSIGNAL) },
+            // SAFETY: the msghdr points at iovecs/buffers that live until this call returns.
+            None => unsafe { libc::sendmsg(p.fd, &m.msg, libc::MSG_NOSIGNAL) },
         };
-        // SAFETY: both fds are valid; `ev` is a valid epoll_event for the call.
-        let rc = unsafe { libc::epoll_ctl(self.ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
-        if rc < 0 {
-            return Err(Error::io("epoll_ctl(ADD)", &io::Error::last_os_error()));
+        let res = if rc < 0 {
+            -errno()
+        } else {
+            i32::try_from(rc).unwrap_or(i32::MAX)
+        };
+        out.push(Event::Done {
+            token: p.token,
+            res,
+        });
+    }
+
+    /// Sends the datagram ops `batch[start..end]` (one socket) with one `sendmmsg` per 1024.
+    /// After a failed first entry or a partial count, the rest are reported unsent: the core
+    /// decides what goes next.
+    fn send_dgrams(&mut self, payload: &Core, start: usize, end: usize, out: &mut Vec<Event>) {
+        let fd = self.batch[start].fd;
+        let mut k = start;
+        while k < end {
+            let chunk_end = end.min(k + MMSG_MAX);
+            self.mmsg.0.clear();
+            for j in k..chunk_end {
+                let p = self.batch[j];
+                self.mems[j].prepare(payload, &p);
+                self.mmsg.0.push(mmsghdr(&self.mems[j]));
+            }
+            let len = u32::try_from(self.mmsg.0.len()).expect("chunk of at most 1024");
+            self.tally.transitions += 1;
+            self.tally.batches += 1;
+            self.tally.sqes += u64::from(len);
+            // SAFETY: every mmsghdr points at memory in `self.mems` and buffers the core keeps
+            // alive; both outlive the call.
+            let rc =
+                unsafe { libc::sendmmsg(fd, self.mmsg.0.as_mut_ptr(), len, libc::MSG_NOSIGNAL) };
+            if rc < 0 {
+                // The error belongs to the first datagram.
+                out.push(Event::Done {
+                    token: self.batch[k].token,
+                    res: -errno(),
+                });
+                self.not_issued(k + 1, end, out);
+                return;
+            }
+            let sent = usize::try_from(rc).unwrap_or(0);
+            for (j, mm) in (k..k + sent).zip(&self.mmsg.0) {
+                out.push(Event::Done {
+                    token: self.batch[j].token,
+                    res: i32::try_from(mm.msg_len).unwrap_or(i32::MAX),
+                });
+            }
+            k += sent;
+            if k < chunk_end {
+                // A partial count: the call stopped at batch[k] (an error it consumed, or no
+                // room).
+                out.push(Event::Stopped {
+                    token: self.batch[k].token,
+                });
+                self.not_issued(k + 1, end, out);
+                return;
+            }
+        }
+    }
+
+    fn not_issued(&self, from: usize, to: usize, out: &mut Vec<Event>) {
+        out.extend(
+            self.batch[from..to]
+                .iter()
+                .map(|p| Event::NotIssued { token: p.token }),
+        );
+    }
+
+    fn ctl(&mut self, op: libc::c_int, fd: RawFd, ev: Option<libc::epoll_event>) -> Result<(), Error> {
+        self.tally.transitions += 1;
+        let mut ev = ev;
+        let ptr = ev
+            .as_mut()
+            .map_or(std::ptr::null_mut(), |e| e as *mut libc::epoll_event);
+        // SAFETY: both fds are valid; `ptr` is null (DEL) or a live epoll_event for the call.
+        if unsafe { libc::epoll_ctl(self.ep.as_raw_fd(), op, fd, ptr) } < 0 {
+            return Err(Error::io("epoll_ctl", &io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+}
+
+impl Driver for Epoll {
+    fn register(&mut self, sock: u32, fd: RawFd, _stream: bool) -> Result<(), Error> {
+        set_nonblocking(fd, true)?;
+        let i = sock as usize;
+        if self.watch.len() <= i {
+            self.watch.resize(i + 1, Watch::Out);
+        }
+        self.watch[i] = Watch::Out;
+        Ok(())
+    }
+
+    fn deregister(&mut self, sock: u32, fd: RawFd) {
+        let Some(w) = self.watch.get_mut(sock as usize) else {
+            return;
+        };
+        let was = std::mem::replace(w, Watch::Out);
+        if was == Watch::Armed {
+            self.armed -= 1;
+        }
+        if was != Watch::Out {
+            // A failure (already gone) is harmless.
+            let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, None);
+        }
+    }
+
+    fn completes_inline(&self) -> bool {
+        true
+    }
+
+    fn issue(
+        &mut self,
+        payload: &Core,
+        ops: &[Planned],
+        out: &mut Vec<Event>,
+    ) -> Result<(), Error> {
+        self.batch.clear();
+        self.batch.extend_from_slice(ops);
+        // Group each socket's ops so its datagrams share one sendmmsg (stable: in order).
+        self.batch.sort_by_key(|p| p.sock);
+        if self.mems.len() < self.batch.len() {
+            self.mems.resize_with(self.batch.len(), MsgMem::new);
+        }
+        let mut i = 0;
+        while i < self.batch.len() {
+            let p = self.batch[i];
+            match p.shape {
+                OpShape::Stream { .. } => {
+                    self.send_stream(payload, i, out);
+                    i += 1;
+                }
+                OpShape::Dgram { .. } => {
+                    let end = i + self.batch[i..]
+                        .iter()
+                        .take_while(|q| q.sock == p.sock)
+                        .count();
+                    self.send_dgrams(payload, i, end, out);
+                    i = end;
+                }
+            }
         }
         Ok(())
     }
 
-    pub fn deregister(&mut self, fd: RawFd) {
-        // SAFETY: removing an fd from our epoll set; a failure (already gone) is harmless.
-        unsafe {
-            libc::epoll_ctl(
-                self.ep.as_raw_fd(),
-                libc::EPOLL_CTL_DEL,
-                fd,
-                std::ptr::null_mut(),
-            )
-        };
-    }
-
-    pub fn submit(&mut self, core: &mut Core, wait: Wait) -> Result<(), Error> {
-        loop {
-            core.poll_timers(nanos_since(self.base));
-            self.batch.clear();
-            while let Some(p) = core.next_op() {
-                self.batch.push(p);
-            }
-            if self.batch.is_empty() {
-                break;
-            }
-            // Group each socket's ops so its datagrams share one sendmmsg.
-            self.batch.sort_by_key(|p| p.sock);
-            if self.mems.len() < self.batch.len() {
-                self.mems.resize_with(self.batch.len(), MsgMem::new);
-            }
-            let mut i = 0;
-            while i < self.batch.len() {
-                let p = self.batch[i];
-                match p.shape {
-                    OpShape::Stream { .. } => {
-                        self.send_stream(core, i);
-                        i += 1;
-                    }
-                    OpShape::Dgram { .. } => {
-                        let end = i + self.batch[i..]
-                            .iter()
-                            .take_while(|q| q.sock == p.sock)
-                            .count();
-                        self.send_dgrams(core, i, end);
-                        i = end;
-                    }
-                }
-            }
-        }
-        let Wait::Until(deadline) = wait else {
-            return Ok(());
-        };
-        if core.pending_writes() == 0 {
-            return Ok(());
-        }
-        // Everything left is waiting for writability or an ENOBUFS backoff.
-        let now = Instant::now();
-        let timer = core
-            .poll_timers(nanos_since(self.base))
-            .map(|t| self.base + std::time::Duration::from_nanos(t));
-        let until = match (deadline, timer) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let timeout_ms = match until {
-            None => -1,
-            Some(t) => {
-                let left = t.saturating_duration_since(now);
+    fn enter(&mut self, wait: Wait, out: &mut Vec<Event>) -> Result<(), Error> {
+        let timeout_ms = match wait {
+            // Nothing watched: nothing to collect, no syscall.
+            Wait::No if self.armed == 0 => return Ok(()),
+            Wait::No => 0,
+            // Never block with nothing that could end the wait.
+            Wait::Until(None) if self.armed == 0 => return Ok(()),
+            Wait::Until(None) => -1,
+            Wait::Until(Some(d)) => {
+                let left = super::until(self.base, Some(d)).unwrap_or_default();
                 i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
             }
         };
-        core.stats.kernel_transitions += 1;
+        self.tally.transitions += 1;
         let max = i32::try_from(self.events.len()).unwrap_or(i32::MAX);
         // SAFETY: `events` has room for `max` entries; the epoll fd is valid.
         let n = unsafe {
@@ -149,101 +265,71 @@ impl Epoll {
             }
             return Ok(());
         }
-        for ev in &self.events[..n as usize] {
-            let idx = u32::try_from(ev.u64).unwrap_or(u32::MAX);
-            core.set_writable(idx, true);
+        for k in 0..usize::try_from(n).unwrap_or(0) {
+            let sock = u32::try_from(self.events[k].u64).unwrap_or(u32::MAX);
+            if let Some(w) = self.watch.get_mut(sock as usize) {
+                if *w == Watch::Armed {
+                    *w = Watch::Idle;
+                    self.armed -= 1;
+                }
+            }
+            out.push(Event::Writable { sock });
         }
         Ok(())
     }
 
-    fn send_stream(&mut self, core: &mut Core, i: usize) {
-        let p = self.batch[i];
-        let m = &mut self.mems[i];
-        m.prepare(core, &p);
-        core.stats.kernel_transitions += 1;
-        core.stats.batches += 1;
-        core.stats.sqes += 1;
-        let rc = match m.single_buffer() {
-            // SAFETY: the buffer is a live slice of the core's queue (or the staging run) for
-            // the duration of the call.
-            Some((ptr, len)) => unsafe { libc::send(p.fd, ptr.cast(), len, libc::MSG_NOSIGNAL) },
-            // SAFETY: the msghdr points at iovecs/buffers that live until this call returns.
-            None => unsafe { libc::sendmsg(p.fd, &m.msg, libc::MSG_NOSIGNAL) },
+    fn watch_writable(
+        &mut self,
+        sock: u32,
+        fd: RawFd,
+        _out: &mut Vec<Event>,
+    ) -> Result<(), Error> {
+        let i = sock as usize;
+        let op = match self.watch.get(i) {
+            Some(Watch::Armed) => return Ok(()),
+            Some(Watch::Idle) => libc::EPOLL_CTL_MOD,
+            _ => libc::EPOLL_CTL_ADD,
         };
-        let res = if rc < 0 {
-            -errno()
-        } else {
-            i32::try_from(rc).unwrap_or(i32::MAX)
+        // One-shot: it fires once, then stays silent until armed again. If the socket became
+        // writable between the EAGAIN and this call, arming reports it at once (no lost wake).
+        let ev = libc::epoll_event {
+            events: (libc::EPOLLOUT | libc::EPOLLONESHOT) as u32,
+            u64: u64::from(sock),
         };
-        if let Completed::Again { sock } = core.complete(p.token, res, nanos_since(self.base)) {
-            core.set_writable(sock, false);
+        self.ctl(op, fd, Some(ev))?;
+        if self.watch.len() <= i {
+            self.watch.resize(i + 1, Watch::Out);
         }
+        self.watch[i] = Watch::Armed;
+        self.armed += 1;
+        Ok(())
     }
 
-    /// Sends the datagram ops `batch[start..end]` (one socket) with `sendmmsg`, continuing after a
-    /// partial count from the first unsent datagram.
-    fn send_dgrams(&mut self, core: &mut Core, start: usize, end: usize) {
-        let fd = self.batch[start].fd;
-        let mut k = start;
-        while k < end {
-            let chunk_end = end.min(k + MMSG_MAX);
-            self.mmsg.clear();
-            for j in k..chunk_end {
-                let p = self.batch[j];
-                self.mems[j].prepare(core, &p);
-                self.mmsg.push(mmsghdr(&self.mems[j]));
-            }
-            let len = u32::try_from(self.mmsg.len()).expect("chunk of at most 1024");
-            core.stats.kernel_transitions += 1;
-            core.stats.batches += 1;
-            core.stats.sqes += u64::from(len);
-            // SAFETY: every mmsghdr points at memory in `self.mems` and buffers the core keeps
-            // alive; both outlive the call.
-            let rc = unsafe { libc::sendmmsg(fd, self.mmsg.as_mut_ptr(), len, libc::MSG_NOSIGNAL) };
-            let now = nanos_since(self.base);
-            if rc < 0 {
-                let e = errno();
-                match e {
-                    libc::EAGAIN | libc::EINTR => {
-                        let first = self.batch[k];
-                        if let Completed::Again { sock } = core.complete(first.token, -e, now) {
-                            core.set_writable(sock, false);
-                        }
-                        self.requeue(core, k + 1, end);
-                        return;
-                    }
-                    _ => {
-                        // The error belongs to the first datagram; the rest go again.
-                        core.complete(self.batch[k].token, -e, now);
-                        k += 1;
-                        continue;
-                    }
-                }
-            }
-            let sent = rc as usize;
-            if sent == 0 {
-                self.requeue(core, k, end);
-                return;
-            }
-            for (j, mm) in (k..k + sent).zip(&self.mmsg) {
-                let n = i32::try_from(mm.msg_len).unwrap_or(i32::MAX);
-                core.complete(self.batch[j].token, n, now);
-            }
-            k += sent;
-            if k < chunk_end {
-                // A partial count: the next call starts at the first unsent datagram and reports
-                // its error, if it has one of its own. A pending error about an earlier datagram
-                // (an ICMP message) was consumed by the stopped call; with IP_RECVERR the error
-                // queue says what it was.
-                core.want_errqueue(self.batch[k].sock);
-                continue;
-            }
-        }
+    fn cancel(&mut self, _tokens: &[Token], _out: &mut Vec<Event>) -> Result<(), Error> {
+        // Nothing is ever in flight between calls: every op completes inside `issue`.
+        Ok(())
     }
 
-    fn requeue(&self, core: &mut Core, from: usize, to: usize) {
-        for p in &self.batch[from..to] {
-            core.requeue(p.token);
-        }
+    fn read_errqueue(&mut self, fd: RawFd, max: usize, out: &mut Vec<(Option<SocketAddr>, i32)>) {
+        self.tally.transitions += super::msg::drain_errqueue(fd, max, out);
+    }
+
+    fn shutdown_write(&mut self, fd: RawFd) -> Result<(), Error> {
+        self.tally.transitions += 1;
+        super::shutdown_write(fd)
+    }
+
+    fn leak(&mut self) {}
+
+    fn now_ns(&self) -> u64 {
+        nanos_since(self.base)
+    }
+
+    fn take_tally(&mut self) -> Tally {
+        std::mem::take(&mut self.tally)
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.ep.as_fd()
     }
 }

@@ -1,104 +1,166 @@
-//! Backends: the only code that calls the kernel.
+//! Drivers: the only code that calls the kernel.
 //!
-//! Every backend provides the same small contract, driven by the engine:
+//! A [`Driver`] takes planned operations (with their payload slices and addresses, read from the
+//! core) and reports back [`Event`]s — completions as plain data — plus a [`Tally`] of the kernel
+//! transitions it made. It holds no policy and writes no core state: requeueing, error
+//! attribution, writability, error-queue reads and GSO fallback are the core's decisions, and
+//! flush, close, abort, backoff and timeouts are the engine's one orchestration
+//! (`engine/src/engine.rs`), the same over every driver:
 //!
-//! - `register(idx, fd, stream)` — put the socket in the mode the backend needs (blocking for
-//!   io_uring so the ring arms poll instead of failing with EAGAIN; `O_NONBLOCK` for epoll) and
-//!   start watching it.
-//! - `deregister(fd)` — stop watching it (nothing of it may be in flight).
-//! - `submit(core, wait)` — issue every operation [`Core::next_op`] yields, in as few transitions as
-//!   the backend allows, hand every result to [`Core::complete`] (or [`Core::requeue`] what did not
-//!   go out), and, with `wait`, block until at least one thing changed (a completion, writability,
-//!   a backoff timer or the deadline) — but only if something can change.
-//! - `cancel(fd)` — ask the kernel to stop ops in flight on `fd` (their completions still arrive).
-//! - `leak()` — forget every op's kernel-visible memory (shutdown whose drain failed).
+//! - [`uring`]: blocking sockets (the ring arms poll instead of failing with EAGAIN), all ops in
+//!   the SQ and one `io_uring_enter` that submits them and, when asked, waits;
+//! - [`epoll`]: `O_NONBLOCK` sockets, one `sendmsg` per stream op and one `sendmmsg` per
+//!   socket's datagrams, completed at once; `epoll_wait` for sockets that hit EAGAIN;
+//! - `sim` (feature `sim` or `cfg(fuzzing)`): a simulated kernel for tests and fuzz targets.
 //!
-//! Backends hold no policy: what goes out next and what a result means is decided by the core.
+//! Socket mode per backend is the driver's (`register`).
 
 pub(crate) mod epoll;
 pub(crate) mod msg;
 pub(crate) mod probe;
 pub(crate) mod uring;
 
-use std::os::fd::RawFd;
-use std::time::Instant;
+use std::net::SocketAddr;
+use std::os::fd::{BorrowedFd, RawFd};
 
-use crate::core::Core;
+use crate::core::{Core, Event, Planned, Token};
 use crate::error::Error;
 
-/// How long `submit` may block.
-#[derive(Debug, Clone, Copy)]
+/// Transitions and ops a driver made; the engine adds them to its `Stats`.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Tally {
+    /// System calls (`io_uring_enter`, `sendmsg`, `sendmmsg`, `epoll_wait`, `epoll_ctl`,
+    /// error-queue `recvmsg`).
+    pub transitions: u64,
+    /// Transitions that carried at least one send op.
+    pub batches: u64,
+    /// Send ops handed to the kernel.
+    pub sqes: u64,
+}
+
+/// How long [`Driver::enter`] may block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wait {
-    /// Issue and reap what is ready; never block.
+    /// Hand over and reap what is ready; never block.
     No,
-    /// Block until something changes, or until the deadline.
-    Until(Option<Instant>),
+    /// Block until at least one event, or until the deadline (driver clock, ns; `None`: none).
+    Until(Option<u64>),
+}
+
+/// The contract every backend (and the simulated kernel) implements.
+pub(crate) trait Driver {
+    /// Puts the socket in the mode the driver needs and starts tracking it.
+    fn register(&mut self, sock: u32, fd: RawFd, stream: bool) -> Result<(), Error>;
+    /// Stops tracking the socket (nothing of it may be in flight).
+    fn deregister(&mut self, sock: u32, fd: RawFd);
+    /// Whether ops complete inside [`Driver::issue`] (epoll), so more may be ready right after.
+    fn completes_inline(&self) -> bool;
+    /// Hands `ops` to the kernel (or to the SQ until the next [`Driver::enter`]). `payload`
+    /// gives each op's slices; every op ends up in `out` now or later, exactly once.
+    fn issue(&mut self, payload: &Core, ops: &[Planned], out: &mut Vec<Event>)
+        -> Result<(), Error>;
+    /// Submits what `issue` left in the SQ, reaps completions and readiness into `out`; with
+    /// [`Wait::Until`] blocks until at least one event or the deadline, but only if something
+    /// can happen (an op in flight, a socket watched, a deadline).
+    fn enter(&mut self, wait: Wait, out: &mut Vec<Event>) -> Result<(), Error>;
+    /// Reports [`Event::Writable`] for `sock` once `fd` can take more (after EAGAIN).
+    fn watch_writable(&mut self, sock: u32, fd: RawFd, out: &mut Vec<Event>)
+        -> Result<(), Error>;
+    /// Asks the kernel to stop these ops; each still completes (with `-ECANCELED` or its real
+    /// result).
+    fn cancel(&mut self, tokens: &[Token], out: &mut Vec<Event>) -> Result<(), Error>;
+    /// Reads up to `max` entries of the socket's error queue: (destination, errno) each.
+    fn read_errqueue(&mut self, fd: RawFd, max: usize, out: &mut Vec<(Option<SocketAddr>, i32)>);
+    /// `shutdown(fd, SHUT_WR)`.
+    fn shutdown_write(&mut self, fd: RawFd) -> Result<(), Error>;
+    /// Forgets the kernel-visible memory of every op in flight (a shutdown whose drain failed).
+    fn leak(&mut self);
+    /// The driver's clock, in nanoseconds since it started (never 0).
+    fn now_ns(&self) -> u64;
+    /// Takes the transitions counted since the last call.
+    fn take_tally(&mut self) -> Tally;
+    /// The descriptor that becomes readable when the driver has something to report.
+    fn fd(&self) -> BorrowedFd<'_>;
 }
 
 /// The chosen backend (runtime dispatch, as compio's fusion driver does).
 #[derive(Debug)]
-pub(crate) enum Driver {
+pub(crate) enum AnyDriver {
     Uring(Box<uring::Uring>),
     Epoll(epoll::Epoll),
+    #[cfg(any(test, fuzzing, feature = "sim"))]
+    Sim(Box<crate::sim::kernel::SimKernel>),
 }
 
-impl Driver {
-    pub fn register(&mut self, idx: u32, fd: RawFd, stream: bool) -> Result<(), Error> {
-        match self {
-            Driver::Uring(d) => d.register(fd, stream),
-            Driver::Epoll(d) => d.register(idx, fd),
+macro_rules! dispatch {
+    ($self:ident, $d:ident => $e:expr) => {
+        match $self {
+            AnyDriver::Uring($d) => $e,
+            AnyDriver::Epoll($d) => $e,
+            #[cfg(any(test, fuzzing, feature = "sim"))]
+            AnyDriver::Sim($d) => $e,
         }
-    }
+    };
+}
 
-    pub fn deregister(&mut self, fd: RawFd) {
-        match self {
-            Driver::Uring(_) => {}
-            Driver::Epoll(d) => d.deregister(fd),
-        }
+impl Driver for AnyDriver {
+    fn register(&mut self, sock: u32, fd: RawFd, stream: bool) -> Result<(), Error> {
+        dispatch!(self, d => d.register(sock, fd, stream))
     }
-
-    pub fn submit(&mut self, core: &mut Core, wait: Wait) -> Result<(), Error> {
-        match self {
-            Driver::Uring(d) => d.submit(core, wait)?,
-            Driver::Epoll(d) => d.submit(core, wait)?,
-        }
-        read_error_queues(core);
-        Ok(())
+    fn deregister(&mut self, sock: u32, fd: RawFd) {
+        dispatch!(self, d => d.deregister(sock, fd))
     }
-
-    pub fn cancel(&mut self, core: &mut Core, fd: Option<RawFd>) -> Result<(), Error> {
-        match self {
-            Driver::Uring(d) => d.cancel(core, fd),
-            Driver::Epoll(_) => Ok(()),
-        }
+    #[inline]
+    fn completes_inline(&self) -> bool {
+        dispatch!(self, d => d.completes_inline())
     }
-
-    pub fn leak(&mut self) {
-        match self {
-            Driver::Uring(d) => d.leak(),
-            Driver::Epoll(_) => {}
-        }
+    #[inline]
+    fn issue(
+        &mut self,
+        payload: &Core,
+        ops: &[Planned],
+        out: &mut Vec<Event>,
+    ) -> Result<(), Error> {
+        dispatch!(self, d => d.issue(payload, ops, out))
+    }
+    #[inline]
+    fn enter(&mut self, wait: Wait, out: &mut Vec<Event>) -> Result<(), Error> {
+        dispatch!(self, d => d.enter(wait, out))
+    }
+    fn watch_writable(
+        &mut self,
+        sock: u32,
+        fd: RawFd,
+        out: &mut Vec<Event>,
+    ) -> Result<(), Error> {
+        dispatch!(self, d => d.watch_writable(sock, fd, out))
+    }
+    fn cancel(&mut self, tokens: &[Token], out: &mut Vec<Event>) -> Result<(), Error> {
+        dispatch!(self, d => d.cancel(tokens, out))
+    }
+    fn read_errqueue(&mut self, fd: RawFd, max: usize, out: &mut Vec<(Option<SocketAddr>, i32)>) {
+        dispatch!(self, d => d.read_errqueue(fd, max, out))
+    }
+    fn shutdown_write(&mut self, fd: RawFd) -> Result<(), Error> {
+        dispatch!(self, d => d.shutdown_write(fd))
+    }
+    fn leak(&mut self) {
+        dispatch!(self, d => d.leak())
+    }
+    #[inline]
+    fn now_ns(&self) -> u64 {
+        dispatch!(self, d => d.now_ns())
+    }
+    #[inline]
+    fn take_tally(&mut self) -> Tally {
+        dispatch!(self, d => d.take_tally())
+    }
+    fn fd(&self) -> BorrowedFd<'_> {
+        dispatch!(self, d => d.fd())
     }
 }
 
-/// Entries read from one error queue per visit; the rest wait for the next error.
-const ERRQUEUE_BATCH: usize = 256;
-
-/// Reads the error queues the core asked for (`IP_RECVERR` sockets after an ICMP-class error or a
-/// partial `sendmmsg`) and hands each entry to the core as a peer error. Reading also releases
-/// the queue's receive-buffer charge and clears the pending socket error.
-fn read_error_queues(core: &mut Core) {
-    let mut entries = Vec::new();
-    while let Some((idx, fd)) = core.take_errqueue() {
-        entries.clear();
-        core.stats.kernel_transitions += msg::drain_errqueue(fd, ERRQUEUE_BATCH, &mut entries);
-        for &(dest, errno) in &entries {
-            core.peer_error(idx, dest, errno);
-        }
-    }
-}
-
-/// `shutdown(fd, SHUT_WR)`.
+/// `shutdown(fd, SHUT_WR)` for the real drivers.
 pub(crate) fn shutdown_write(fd: RawFd) -> Result<(), Error> {
     // SAFETY: a plain syscall on a descriptor the engine owns; no memory is passed.
     if unsafe { libc::shutdown(fd, libc::SHUT_WR) } < 0 {
@@ -110,9 +172,16 @@ pub(crate) fn shutdown_write(fd: RawFd) -> Result<(), Error> {
     Ok(())
 }
 
-/// Nanoseconds since `base` (the engine's clock for the core).
-pub(crate) fn nanos_since(base: Instant) -> u64 {
+/// Nanoseconds since `base` (the real drivers' clock), never 0.
+pub(crate) fn nanos_since(base: std::time::Instant) -> u64 {
     u64::try_from(base.elapsed().as_nanos())
         .unwrap_or(u64::MAX)
         .max(1)
+}
+
+/// A driver deadline (ns since `base`) as a duration from now; `None` stays `None`.
+pub(crate) fn until(base: std::time::Instant, deadline_ns: Option<u64>) -> Option<std::time::Duration> {
+    deadline_ns.map(|d| {
+        (base + std::time::Duration::from_nanos(d)).saturating_duration_since(std::time::Instant::now())
+    })
 }

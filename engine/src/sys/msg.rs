@@ -125,6 +125,21 @@ fn push_merged(iov: &mut Vec<libc::iovec>, s: &[u8]) {
     });
 }
 
+/// The `mmsghdr` array of one `sendmmsg`, rebuilt for every call.
+#[derive(Default)]
+pub(crate) struct MmsgVec(pub Vec<libc::mmsghdr>);
+
+impl std::fmt::Debug for MmsgVec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmsgVec").field("len", &self.0.len()).finish()
+    }
+}
+
+// SAFETY: the pointers in the entries are only dereferenced by the kernel during the one
+// `sendmmsg` call that follows their building, on the thread that built them; between calls
+// they are stale values nobody reads (every call rebuilds the array).
+unsafe impl Send for MmsgVec {}
+
 /// Wraps a prepared `msghdr` for `sendmmsg`.
 pub(crate) fn mmsghdr(m: &MsgMem) -> libc::mmsghdr {
     libc::mmsghdr {

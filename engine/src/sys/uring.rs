@@ -1,23 +1,20 @@
-//! The io_uring backend: one `IORING_OP_SENDMSG` per stream op / datagram group, all sockets'
-//! ops in one `io_uring_enter`.
+//! The io_uring driver: one `IORING_OP_SEND`/`SENDMSG` per stream op or datagram group, all
+//! sockets' ops in the SQ and one `io_uring_enter` that submits them (and, when asked, waits).
 
-use std::os::fd::RawFd;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::time::Instant;
 
-use io_uring::{opcode, types, IoUring};
+use io_uring::{opcode, squeue, types, IoUring};
 
 use super::msg::MsgMem;
-use super::{nanos_since, Wait};
-use crate::core::{Completed, Core};
+use super::{nanos_since, Driver, Tally, Wait};
+use crate::core::{Core, Event, Planned, Token};
 use crate::error::Error;
-
-/// `user_data` of cancel requests; never a valid op token (generation `u32::MAX` with index
-/// `u32::MAX` is never allocated).
-const CANCEL_UD: u64 = u64::MAX;
 
 pub(crate) struct Uring {
     ring: IoUring,
-    /// Per op slot (the token's low 32 bits): the msghdr memory the kernel reads.
+    /// Per op slot ([`Token::slot`]): the msghdr memory the kernel reads.
     mem: Vec<Option<Box<MsgMem>>>,
     #[expect(
         clippy::vec_box,
@@ -25,6 +22,13 @@ pub(crate) struct Uring {
     )]
     pool: Vec<Box<MsgMem>>,
     base: Instant,
+    /// Send SQEs pushed since the last `io_uring_enter`.
+    pushed: usize,
+    /// Other SQEs (cancels) pushed since the last `io_uring_enter`.
+    extra: usize,
+    /// Send ops handed to the ring whose completion has not been reaped.
+    in_kernel: usize,
+    tally: Tally,
 }
 
 impl std::fmt::Debug for Uring {
@@ -32,6 +36,7 @@ impl std::fmt::Debug for Uring {
         f.debug_struct("Uring")
             .field("sq_entries", &self.ring.params().sq_entries())
             .field("cq_entries", &self.ring.params().cq_entries())
+            .field("in_kernel", &self.in_kernel)
             .finish()
     }
 }
@@ -64,33 +69,64 @@ impl Uring {
             mem: Vec::new(),
             pool: Vec::new(),
             base,
+            pushed: 0,
+            extra: 0,
+            in_kernel: 0,
+            tally: Tally::default(),
         }
     }
 
-    /// The most ops that may be in flight without overflowing the completion queue.
-    pub fn cq_entries(&self) -> usize {
-        self.ring.params().cq_entries() as usize
+    /// Pushes one SQE, first submitting what the SQ holds if it is full.
+    fn push(&mut self, sqe: &squeue::Entry, out: &mut Vec<Event>) -> Result<bool, Error> {
+        if self.ring.submission().is_full() {
+            self.enter(Wait::No, out)?;
+        }
+        // SAFETY: the caller keeps everything the entry points at alive until its completion
+        // (see `issue` and `cancel`).
+        Ok(unsafe { self.ring.submission().push(sqe) }.is_ok())
     }
 
-    pub fn register(&mut self, fd: RawFd, _stream: bool) -> Result<(), Error> {
+    fn reap(&mut self, out: &mut Vec<Event>) {
+        let mut cq = self.ring.completion();
+        cq.sync();
+        for cqe in &mut cq {
+            let token = Token(cqe.user_data());
+            if token == Token::CANCEL {
+                continue;
+            }
+            if let Some(m) = self.mem.get_mut(token.slot()).and_then(Option::take) {
+                self.pool.push(m);
+                self.in_kernel -= 1;
+            }
+            out.push(Event::Done {
+                token,
+                res: cqe.result(),
+            });
+        }
+    }
+}
+
+impl Driver for Uring {
+    fn register(&mut self, _sock: u32, fd: RawFd, _stream: bool) -> Result<(), Error> {
         // Blocking mode: io_uring then arms poll internally instead of completing with EAGAIN.
         set_nonblocking(fd, false)
     }
 
-    /// Moves every op the core has ready into the SQ; submits (without waiting) when the SQ fills.
-    fn push_ops(&mut self, core: &mut Core) -> Result<usize, Error> {
-        let mut pushed = 0;
-        loop {
-            if self.ring.submission().is_full() {
-                self.enter(core, pushed, 0, None)?;
-                pushed = 0;
-                if self.ring.submission().is_full() {
-                    break;
-                }
-            }
-            let Some(p) = core.next_op() else { break };
+    fn deregister(&mut self, _sock: u32, _fd: RawFd) {}
+
+    fn completes_inline(&self) -> bool {
+        false
+    }
+
+    fn issue(
+        &mut self,
+        payload: &Core,
+        ops: &[Planned],
+        out: &mut Vec<Event>,
+    ) -> Result<(), Error> {
+        for (i, p) in ops.iter().enumerate() {
             let mut m = self.pool.pop().unwrap_or_else(|| Box::new(MsgMem::new()));
-            m.prepare(core, &p);
+            m.prepare(payload, p);
             let flags = libc::MSG_NOSIGNAL;
             let sqe = match m
                 .single_buffer()
@@ -103,137 +139,126 @@ impl Uring {
                     .flags(flags as u32)
                     .build(),
             }
-            .user_data(p.token);
-            // SAFETY: the buffer (Send) or the msghdr with its iovecs, address and cmsg (SendMsg)
-            // live in the boxed `m` or the core, kept in
-            // `self.mem` until this op's completion (or leaked on a failed shutdown); the payload
-            // is owned by the core until `Core::complete` for this token.
-            match unsafe { self.ring.submission().push(&sqe) } {
-                Ok(()) => {
-                    let slot = (p.token & 0xffff_ffff) as usize;
-                    if self.mem.len() <= slot {
-                        self.mem.resize_with(slot + 1, || None);
-                    }
-                    self.mem[slot] = Some(m);
-                    pushed += 1;
+            .user_data(p.token.0);
+            // The buffer (Send) or the msghdr with its iovecs, address and cmsg (SendMsg) live
+            // in the boxed `m`, kept in `self.mem` until this op's completion (or leaked on a
+            // failed shutdown), and in the core, which owns the payload until it applies this
+            // op's completion.
+            if self.push(&sqe, out)? {
+                let slot = p.token.slot();
+                if self.mem.len() <= slot {
+                    self.mem.resize_with(slot + 1, || None);
                 }
-                Err(_) => {
-                    core.requeue(p.token);
-                    self.pool.push(m);
-                    break;
-                }
+                self.mem[slot] = Some(m);
+                self.pushed += 1;
+                self.in_kernel += 1;
+            } else {
+                self.pool.push(m);
+                out.extend(ops[i..].iter().map(|p| Event::NotIssued { token: p.token }));
+                break;
             }
         }
-        Ok(pushed)
+        Ok(())
     }
 
-    /// One `io_uring_enter`: submits what is in the SQ and waits for `want` completions (or the
-    /// deadline), then reaps.
-    fn enter(
-        &mut self,
-        core: &mut Core,
-        pushed: usize,
-        want: usize,
-        deadline: Option<Instant>,
-    ) -> Result<(), Error> {
-        core.stats.kernel_transitions += 1;
-        if pushed > 0 {
-            core.stats.batches += 1;
-            core.stats.sqes += pushed as u64;
+    fn enter(&mut self, wait: Wait, out: &mut Vec<Event>) -> Result<(), Error> {
+        let (want, deadline) = match wait {
+            Wait::No => (0, None),
+            // Never block with nothing that could end the wait.
+            Wait::Until(d) => (usize::from(self.in_kernel > 0 || d.is_some()), d),
+        };
+        if self.pushed == 0 && self.extra == 0 && want == 0 {
+            // Nothing to hand over and nothing to wait for: just look at the CQ (no syscall).
+            self.reap(out);
+            return Ok(());
         }
+        self.tally.transitions += 1;
+        if self.pushed > 0 {
+            self.tally.batches += 1;
+            self.tally.sqes += self.pushed as u64;
+            self.pushed = 0;
+        }
+        self.extra = 0;
         let submitter = self.ring.submitter();
-        let rc = match deadline {
-            Some(d) if want > 0 => {
-                let left = d.saturating_duration_since(Instant::now());
+        let rc = match super::until(self.base, deadline) {
+            Some(left) if want > 0 => {
                 let ts = types::Timespec::from(left);
                 let args = types::SubmitArgs::new().timespec(&ts);
                 submitter.submit_with_args(want, &args)
             }
             _ => submitter.submit_and_wait(want),
         };
-        match rc {
-            Ok(_) => {}
-            Err(e) => match e.raw_os_error() {
-                // Interrupted, timed out, or CQ full (EBUSY): reaping below makes room; the caller
-                // loops.
+        if let Err(e) = rc {
+            match e.raw_os_error() {
+                // Interrupted, timed out, or CQ full (EBUSY): reaping below makes room; the
+                // caller loops.
                 Some(libc::EINTR | libc::ETIME | libc::EBUSY | libc::EAGAIN) => {}
                 _ => return Err(Error::io("io_uring_enter", &e)),
-            },
+            }
         }
-        self.reap(core);
+        self.reap(out);
         Ok(())
     }
 
-    fn reap(&mut self, core: &mut Core) {
-        let now = nanos_since(self.base);
-        let mut cq = self.ring.completion();
-        cq.sync();
-        for cqe in &mut cq {
-            let ud = cqe.user_data();
-            if ud == CANCEL_UD {
-                continue;
-            }
-            if core.complete(ud, cqe.result(), now) != Completed::Ignored {
-                let slot = (ud & 0xffff_ffff) as usize;
-                if let Some(m) = self.mem.get_mut(slot).and_then(Option::take) {
-                    self.pool.push(m);
-                }
-            }
-        }
+    fn watch_writable(
+        &mut self,
+        sock: u32,
+        _fd: RawFd,
+        out: &mut Vec<Event>,
+    ) -> Result<(), Error> {
+        // Sockets are blocking here: io_uring arms poll itself, so an EAGAIN is spurious
+        // (FAILURES.md item 5) and the op goes again at once.
+        out.push(Event::Writable { sock });
+        Ok(())
     }
 
-    pub fn submit(&mut self, core: &mut Core, wait: Wait) -> Result<(), Error> {
-        let pushed = self.push_ops(core)?;
-        let timer = core.poll_timers(nanos_since(self.base));
-        let (want, deadline) = match wait {
-            Wait::No => (0, None),
-            Wait::Until(deadline) => {
-                let timer_at = timer.map(|t| self.base + std::time::Duration::from_nanos(t));
-                let d = match (deadline, timer_at) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                let something = core.in_flight() > 0 || timer.is_some();
-                (usize::from(something), d)
-            }
-        };
-        if pushed == 0 && want == 0 {
-            // Nothing to hand over and nothing to wait for: just look at the CQ (no syscall).
-            self.reap(core);
+    fn cancel(&mut self, tokens: &[Token], out: &mut Vec<Event>) -> Result<(), Error> {
+        if tokens.is_empty() {
             return Ok(());
         }
-        self.enter(core, pushed, want, deadline)?;
-        core.poll_timers(nanos_since(self.base));
-        Ok(())
+        for t in tokens {
+            // By user_data (IORING_OP_ASYNC_CANCEL, Linux 5.5): exactly this op, never another
+            // registration of a `dup`ed descriptor.
+            let sqe = opcode::AsyncCancel::new(t.0)
+                .build()
+                .user_data(Token::CANCEL.0);
+            // A cancel SQE points at no user memory. If the SQ is still full after a submit,
+            // submit again until it takes the entry: a cancel is never skipped.
+            while !self.push(&sqe, out)? {
+                self.enter(Wait::No, out)?;
+            }
+            self.extra += 1;
+        }
+        self.enter(Wait::No, out)
     }
 
-    /// Asks the kernel to cancel ops on `fd` (all fds with `None`); they still complete, with
-    /// `-ECANCELED` or their real result.
-    pub fn cancel(&mut self, core: &mut Core, fd: Option<RawFd>) -> Result<(), Error> {
-        if core.in_flight() == 0 {
-            return Ok(());
-        }
-        let builder = match fd {
-            Some(fd) => types::CancelBuilder::fd(types::Fd(fd)).all(),
-            None => types::CancelBuilder::any(),
-        };
-        let sqe = opcode::AsyncCancel2::new(builder)
-            .build()
-            .user_data(CANCEL_UD);
-        if self.ring.submission().is_full() {
-            self.enter(core, 0, 0, None)?;
-        }
-        // SAFETY: a cancel SQE points at no user memory.
-        if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
-            self.enter(core, 0, 0, None)?;
-        }
-        Ok(())
+    fn read_errqueue(&mut self, fd: RawFd, max: usize, out: &mut Vec<(Option<SocketAddr>, i32)>) {
+        self.tally.transitions += super::msg::drain_errqueue(fd, max, out);
+    }
+
+    fn shutdown_write(&mut self, fd: RawFd) -> Result<(), Error> {
+        self.tally.transitions += 1;
+        super::shutdown_write(fd)
     }
 
     /// Forgets the memory of ops still in flight, so the kernel never reads freed memory.
-    pub fn leak(&mut self) {
+    fn leak(&mut self) {
         for m in self.mem.drain(..).flatten() {
             std::mem::forget(m);
         }
+    }
+
+    fn now_ns(&self) -> u64 {
+        nanos_since(self.base)
+    }
+
+    fn take_tally(&mut self) -> Tally {
+        std::mem::take(&mut self.tally)
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the ring's descriptor stays open as long as `self.ring`, which outlives the
+        // borrow of `self`.
+        unsafe { BorrowedFd::borrow_raw(self.ring.as_raw_fd()) }
     }
 }

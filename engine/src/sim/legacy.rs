@@ -646,7 +646,7 @@ impl Sim {
             } => (false, count, segment_size, bytes),
         };
         OpDesc {
-            token: f.p.token,
+            token: f.p.token.0,
             sock: f.sock,
             stream,
             offset: f.offset,
@@ -871,7 +871,7 @@ impl Sim {
         let got = self
             .core
             .send(id, data.clone(), to, self.now_ns)
-            .map_err(|e| Rejected::of(&e));
+            .map_err(|e| Rejected::of(e.error()));
         assert_eq!(
             got, expected,
             "send of {len} bytes on sim socket {h}: core and model disagree"
@@ -1038,9 +1038,9 @@ impl Sim {
             self.cfg.max_in_flight_ops
         );
         assert!(
-            !self.flights.iter().any(|f| f.p.token == p.token),
+            !self.flights.iter().any(|f| f.p.token.0 == p.token.0),
             "token {:#x} issued twice",
-            p.token
+            p.token.0
         );
         let snapshot = self.slices(&p);
         let now = self.now_ns;
@@ -1200,7 +1200,7 @@ impl Sim {
             f.snapshot,
             "the buffer of an op in flight changed"
         );
-        let got = self.core.complete(f.p.token, res, self.now_ns);
+        let got = self.core.sim_complete(f.p.token.0, res, self.now_ns);
         let h = f.sock;
         let idx = f.p.sock;
         assert_ne!(got, Completed::Ignored, "a live token was ignored");
@@ -1213,7 +1213,7 @@ impl Sim {
                 Completed::Done { sock: idx }
             }
         );
-        self.history.push(f.p.token);
+        self.history.push(f.p.token.0);
         if self.history.len() > 64 {
             self.history.remove(0);
         }
@@ -1335,7 +1335,7 @@ impl Sim {
     /// Puts the op at position `i` back unsent (an SQ push or submit that failed).
     pub fn requeue(&mut self, i: usize) {
         let f = self.flights.remove(i);
-        self.core.requeue(f.p.token);
+        self.core.sim_requeue(f.p.token.0);
         let h = f.sock;
         self.peers[h].in_flight -= 1;
         if let Body::Dgram { dgrams, .. } = &mut self.peers[h].body {
@@ -1349,7 +1349,7 @@ impl Sim {
 
     /// A token that is not in flight: one of a finished op (`k` picks which), or made up.
     pub fn stale_token(&self, k: u64) -> u64 {
-        let live = |t: u64| self.flights.iter().any(|f| f.p.token == t);
+        let live = |t: u64| self.flights.iter().any(|f| f.p.token.0 == t);
         if !self.history.is_empty() {
             let t =
                 self.history[usize::try_from(k % self.history.len() as u64).expect("below len")];
@@ -1379,11 +1379,11 @@ impl Sim {
     /// Delivers a completion for `token` (a duplicate, late or made-up one): unless it is in
     /// flight, it must change nothing.
     pub fn complete_token(&mut self, token: u64, res: i32) {
-        if let Some(i) = self.flights.iter().position(|f| f.p.token == token) {
+        if let Some(i) = self.flights.iter().position(|f| f.p.token.0 == token) {
             return self.complete(i, res);
         }
         let before = self.fingerprint();
-        let got = self.core.complete(token, res, self.now_ns);
+        let got = self.core.sim_complete(token, res, self.now_ns);
         assert_eq!(
             got,
             Completed::Ignored,
@@ -1395,11 +1395,11 @@ impl Sim {
 
     /// Requeues `token` (a stale one changes nothing).
     pub fn requeue_token(&mut self, token: u64) {
-        if let Some(i) = self.flights.iter().position(|f| f.p.token == token) {
+        if let Some(i) = self.flights.iter().position(|f| f.p.token.0 == token) {
             return self.requeue(i);
         }
         let before = self.fingerprint();
-        self.core.requeue(token);
+        self.core.sim_requeue(token);
         assert_eq!(before, self.fingerprint(), "a stale requeue changed state");
         self.check();
     }
@@ -1442,7 +1442,7 @@ impl Sim {
                 return issued;
             }
             let mut batch: Vec<(u32, u64)> =
-                self.flights.iter().map(|f| (f.p.sock, f.p.token)).collect();
+                self.flights.iter().map(|f| (f.p.sock, f.p.token.0)).collect();
             batch.sort_by_key(|b| b.0);
             issued += batch.len();
             let mut i = 0;
@@ -1478,7 +1478,7 @@ impl Sim {
     fn position(&self, token: u64) -> usize {
         self.flights
             .iter()
-            .position(|f| f.p.token == token)
+            .position(|f| f.p.token.0 == token)
             .expect("op of this batch in flight")
     }
 
