@@ -21,7 +21,7 @@ use std::os::fd::AsRawFd;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Throughput};
-use volley::plan::{GSO_MAX_SEGMENTS, UDP_MAX_PAYLOAD};
+use volley::limits::{GSO_MAX_SEGMENTS, UDP_MAX_PAYLOAD};
 use volley::{Backend, SocketId};
 
 const DATAGRAM_BYTES: usize = 1200;

@@ -184,12 +184,13 @@ fn connect_udp(addrs: &[SocketAddr]) -> Result<UdpSocket, String> {
 
 /// Sends with backpressure handling: a full queue is flushed, then the send retried.
 fn send(engine: &mut Engine, id: SocketId, msg: Bytes, totals: &mut Totals) -> Result<(), Error> {
-    match engine.send(id, msg.clone()) {
+    match engine.send(id, msg) {
         Err(e) if e.is_backpressure() => {
             totals.add(&engine.flush(id)?);
-            engine.send(id, msg)
+            // The refused buffer comes back unsent: send the same one again.
+            Ok(engine.send(id, e.into_inner())?)
         }
-        r => r,
+        r => Ok(r?),
     }
 }
 

@@ -30,6 +30,7 @@ pub struct StreamCut {
 ///
 /// At most `max_iovecs` entries and `max_bytes` bytes (the last entry is truncated to fit; an entry
 /// larger than `max_bytes` is sent in several ops). Returns `None` when `lens` is empty.
+#[cfg(any(test, fuzzing, feature = "sim"))]
 pub fn cut_stream(
     lens: impl IntoIterator<Item = usize>,
     max_iovecs: usize,

@@ -36,6 +36,10 @@ impl FlushReport {
 
     /// Adds another report's counts (the first error stays the earliest one seen).
     pub fn merge(&mut self, other: FlushReport) {
+        self.add(&other);
+    }
+
+    fn add(&mut self, other: &FlushReport) {
         self.writes += other.writes;
         self.bytes += other.bytes;
         self.failed += other.failed;
@@ -43,7 +47,7 @@ impl FlushReport {
             *a += b;
         }
         if self.first_error.is_none() {
-            self.first_error = other.first_error;
+            self.first_error.clone_from(&other.first_error);
         }
     }
 }
@@ -67,7 +71,7 @@ impl FlushAllReport {
                 self.errors.push(e.clone());
             }
         }
-        self.total.merge(r.clone());
+        self.total.add(&r);
         self.sockets.push((id, r));
     }
 

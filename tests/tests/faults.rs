@@ -90,7 +90,7 @@ fn peer_reset_mid_stream() {
         // Poisoned: fails fast, same status, no new system calls.
         let before = e.stats().kernel_transitions;
         let s2 = expect_dead_peer(
-            e.send(id, Bytes::from_static(b"late")),
+            e.send(id, Bytes::from_static(b"late")).map_err(Error::from),
             id,
             &format!("{ctx} send after reset"),
         );
@@ -181,7 +181,7 @@ fn child_sigpipe_sends() {
             let mut result = Ok(Default::default());
             for i in 0..200u64 {
                 let sent = e.send(id, Bytes::from(payload(i, 1000)));
-                result = sent.and_then(|()| e.flush(id));
+                result = sent.map_err(Error::from).and_then(|()| e.flush(id));
                 if result.is_err() {
                     break;
                 }
@@ -190,7 +190,7 @@ fn child_sigpipe_sends() {
             let st = expect_dead_peer(result, id, &format!("{ctx} peer close"));
             eprintln!("{ctx}: peer close surfaced as {st:?}");
             let again = expect_dead_peer(
-                e.send(id, Bytes::from_static(b"x")),
+                e.send(id, Bytes::from_static(b"x")).map_err(Error::from),
                 id,
                 &format!("{ctx} send after close"),
             );
@@ -224,7 +224,8 @@ fn stopped_reader_backpressure_then_recovers() {
             match e.send(id, Bytes::from(d.clone())) {
                 Ok(()) => sent.extend_from_slice(&d),
                 Err(err) => {
-                    refused = Some(err);
+                    assert_eq!(err.clone().into_inner(), d, "{ctx}: the refused buffer comes back");
+                    refused = Some(err.into_parts().0);
                     break;
                 }
             }
@@ -324,6 +325,7 @@ fn many_sockets_tiny_ring(b: Backend, ring_entries: u32, sockets: usize, slow: b
     }
     let r = e
         .flush_all()
+        .and_then(volley::FlushAllReport::into_result)
         .unwrap_or_else(|err| panic!("{ctx}: flush_all: {err}"));
     let total: usize = sent.iter().map(Vec::len).sum();
     assert_eq!(r.writes, writes, "{ctx}: writes");
@@ -426,13 +428,13 @@ fn abort_with_writes_in_flight() {
         );
         assert!(
             matches!(
-                e.send(id, Bytes::from_static(b"x")),
+                e.send(id, Bytes::from_static(b"x")).map_err(Error::from),
                 Err(Error::UnknownSocket(_))
             ),
             "{ctx}: the id is dead"
         );
         e.send(ok, Bytes::from_static(b"socket")).expect("send");
-        let r = e.flush_all().expect("flush_all");
+        let r = e.flush_all().and_then(volley::FlushAllReport::into_result).expect("flush_all");
         assert_eq!(r.failed, 0, "{ctx}: the aborted socket's report is gone");
         assert_eq!(e.pending_writes(), 0, "{ctx}: nothing pending");
         drop(e.close(ok).expect("close"));

@@ -423,11 +423,14 @@ fn send_n(e: &mut Engine, id: SocketId, tag: u64, n: usize, len: usize) -> Vec<B
         .collect()
 }
 
-/// A connected socket to a port where nothing listens (FAILURES.md items 11, 32): the ICMP error
-/// comes back as `ConnectionRefused` in a report, flush never hangs, and the socket stays usable:
-/// once a receiver binds that port, later datagrams arrive.
+/// A connected socket to a port where nothing listens (FAILURES.md items 11, 32): every datagram
+/// leaves (a port-unreachable ICMP comes back about it later), so every flush reports each
+/// datagram sent — exactly, on both backends: a send that picks up the pending error of an
+/// earlier datagram is sent again instead of failing an innocent datagram. The ICMP errors are
+/// read from the error queue as peer errors naming the closed port. Flush never hangs, and once a
+/// receiver binds that port every later datagram arrives.
 #[test]
-fn closed_port_refused_then_usable() {
+fn closed_port_reported_as_peer_errors_then_usable() {
     let _serial = serial();
     for b in BACKENDS {
         for bind in [V4, V6] {
@@ -436,45 +439,17 @@ fn closed_port_refused_then_usable() {
                 let dead = closed_udp_port(bind);
                 let mut e = udp_engine(b, gso);
                 let id = e.register_udp(udp_connected(dead)).unwrap();
-                send_n(&mut e, id, 1, 1, 100);
-                let r = e
-                    .flush(id)
-                    .unwrap_or_else(|err| panic!("{ctx}: flush: {err}"));
-                assert_eq!(
-                    r.writes + r.failed,
-                    1,
-                    "{ctx}: first flush accounts for its datagram"
-                );
-                // The ICMP port unreachable of the first datagram is pending on the socket now (on
-                // loopback it is processed before sendmsg returns; the rounds only allow for a
-                // slow softirq).
-                let mut refused = 0;
-                for round in 0..20 {
-                    let sent = send_n(&mut e, id, 2 + round, 8, 100);
+                let mut total = 0;
+                for round in 0..5 {
+                    let sent = send_n(&mut e, id, 1 + round, 1 + round as usize * 3, 100);
+                    total += sent.len() as u64;
                     let r = e
                         .flush(id)
                         .unwrap_or_else(|err| panic!("{ctx}: flush: {err}"));
-                    assert_eq!(
-                        r.writes + r.failed,
-                        sent.len() as u64,
-                        "{ctx}: writes + failed == sent"
-                    );
-                    assert_eq!(
-                        r.failed,
-                        r.failed_with(Status::ConnectionRefused),
-                        "{ctx}: only refused failures expected: {:?}",
-                        r.failures_by_status().collect::<Vec<_>>()
-                    );
-                    refused += r.failed;
-                    if refused > 0 {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
+                    assert_eq!(r.writes, sent.len() as u64, "{ctx}: every datagram left");
+                    assert_eq!(r.failed, 0, "{ctx}: no datagram fails for another's ICMP");
                 }
-                assert!(
-                    refused >= 1,
-                    "{ctx}: no ConnectionRefused reported after 20 flushes to a closed port"
-                );
+                assert_eq!(e.stats().writes_sent, total, "{ctx}: writes sent");
                 // IP_RECVERR (the default): the error queue was read when the error surfaced,
                 // and its entries name the closed port.
                 let pe = e.take_peer_errors(id).unwrap();
@@ -486,35 +461,22 @@ fn closed_port_refused_then_usable() {
                     assert_eq!(p.status(), Some(Status::ConnectionRefused), "{ctx}: {p}");
                     assert_eq!(p.peer(), Some(dead), "{ctx}: {p}");
                 }
-                // Now a receiver on that very port: the socket still works. The first flush may
-                // still meet one stale ICMP error (a datagram of the last round).
-                let sink = DgramSink::start(&dead.to_string(), 1000, Duration::from_millis(500));
+                // Now a receiver on that very port: the socket still works, and every datagram
+                // arrives (a last stale ICMP error is consumed by a resend, not by a datagram).
+                let sink = DgramSink::start(&dead.to_string(), 16, Duration::from_millis(500));
                 let first = send_n(&mut e, id, 100, 8, 200);
                 let r1 = e
                     .flush(id)
                     .unwrap_or_else(|err| panic!("{ctx}: flush: {err}"));
-                assert_eq!(r1.writes + r1.failed, 8, "{ctx}: writes + failed == sent");
-                assert!(r1.failed <= 1, "{ctx}: more than one stale error: {r1:?}");
+                check_clean(&r1, &first, &format!("{ctx} (first batch after binding)"));
                 let second = send_n(&mut e, id, 101, 8, 300);
                 let r2 = e
                     .flush(id)
                     .unwrap_or_else(|err| panic!("{ctx}: flush: {err}"));
                 check_clean(&r2, &second, &format!("{ctx} (after the receiver bound)"));
-                let got = sink.finish();
-                let (got_second, got_first): (Vec<_>, Vec<_>) =
-                    got.into_iter().partition(|d| d.len() == 300);
-                assert_same_datagrams(&got_second, &second, &format!("{ctx} second batch"));
-                assert_eq!(
-                    got_first.len() as u64,
-                    r1.writes,
-                    "{ctx}: first batch after binding: arrivals vs reported writes"
-                );
-                assert!(
-                    got_first
-                        .iter()
-                        .all(|d| first.iter().any(|s| s[..] == d[..])),
-                    "{ctx}: a received datagram of the first batch was not sent (corrupted)"
-                );
+                let mut want = first.clone();
+                want.extend(second.iter().cloned());
+                assert_same_datagrams(&sink.finish(), &want, &format!("{ctx} after binding"));
             }
         }
     }
@@ -703,9 +665,13 @@ fn gso_refused_turns_gso_off_for_the_socket() {
                 .unwrap_or_else(|err| panic!("{ctx}: flush: {err}"));
             check_clean(&r, &first, &ctx);
             let st = e.stats().clone();
+            // io_uring: the 4 groups are in flight together and each is refused once. epoll:
+            // the sendmmsg stops at the first refused group; the core turns GSO off and plans
+            // the rest as single datagrams.
+            let fallbacks = if e.backend() == volley::BackendKind::Uring { 4 } else { 1 };
             assert_eq!(
-                st.gso_fallbacks, 4,
-                "{ctx}: every refused group (4, all in flight together) falls back once"
+                st.gso_fallbacks, fallbacks,
+                "{ctx}: every refused group falls back once"
             );
             assert_eq!(st.gso_sends, 0, "{ctx}: a refused GSO send counted as sent");
             assert!(
@@ -721,7 +687,7 @@ fn gso_refused_turns_gso_off_for_the_socket() {
             check_clean(&r2, &second, &format!("{ctx} second batch"));
             assert_eq!(
                 e.stats().gso_fallbacks,
-                4,
+                fallbacks,
                 "{ctx}: GSO tried again after it was turned off"
             );
             assert_eq!(

@@ -9,7 +9,7 @@ use quinn_udp::{Transmit, UdpSocketState};
 
 use super::scenario::{Conns, Workload};
 use super::Method;
-use volley::plan::UDP_MAX_PAYLOAD;
+use volley::limits::UDP_MAX_PAYLOAD;
 
 /// quinn-udp's socket state over the (connected) sender socket.
 #[derive(Debug)]

@@ -6,7 +6,7 @@ use std::io;
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 
-use volley::plan::{GSO_MAX_SEGMENTS, UDP_MAX_PAYLOAD};
+use volley::limits::{GSO_MAX_SEGMENTS, UDP_MAX_PAYLOAD};
 
 use super::scenario::{Conns, Workload};
 use super::Method;

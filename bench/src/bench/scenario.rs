@@ -199,17 +199,6 @@ impl Workload {
         b
     }
 
-    /// The message the last [`Workload::next`] returned for `peer` again (to retry a send
-    /// refused with backpressure without cloning every message up front).
-    pub fn again(&self, peer: usize) -> Bytes {
-        let size = self.payload.size;
-        let pos = match self.cursors[peer] {
-            0 => self.payload.big.len() - size,
-            p => p - size,
-        };
-        self.payload.big.slice(pos..pos + size)
-    }
-
     /// Up to `max` whole messages for `peer` as one contiguous slice (for GSO sends); returns
     /// the slice and how many messages it holds.
     pub fn next_run(&mut self, peer: usize, max: usize) -> (Bytes, usize) {

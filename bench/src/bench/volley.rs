@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use volley::{Backend, Engine, Error, FlushReport, SocketId};
+use volley::{Backend, Engine, Error, FlushAllReport, FlushReport, SendError, SocketId};
 
 use super::scenario::{Conns, Kind, Workload};
 use super::Method;
@@ -50,7 +50,7 @@ fn send(
 ) -> Result<(), String> {
     match queue(engine, id, w.next(peer), dest) {
         Ok(()) => Ok(()),
-        Err(e) => refused(engine, id, w, peer, dest, &e),
+        Err(e) => refused(engine, id, dest, e),
     }
 }
 
@@ -60,29 +60,28 @@ fn queue(
     id: SocketId,
     b: Bytes,
     dest: Option<SocketAddr>,
-) -> Result<(), Error> {
+) -> Result<(), SendError> {
     match dest {
         None => engine.send(id, b),
         Some(d) => engine.send_to(id, b, d),
     }
 }
 
-/// The rare path of [`send`]: backpressure (flush, then the same message again) or an error.
+/// The rare path of [`send`]: backpressure (flush, then the same message, handed back, again)
+/// or an error.
 #[cold]
 #[inline(never)]
 fn refused(
     engine: &mut Engine,
     id: SocketId,
-    w: &mut Workload,
-    peer: usize,
     dest: Option<SocketAddr>,
-    e: &Error,
+    e: SendError,
 ) -> Result<(), String> {
     if !e.is_backpressure() {
         return Err(e.to_string());
     }
-    check_udp(engine.flush_all())?;
-    queue(engine, id, w.again(peer), dest).map_err(|e| e.to_string())
+    check_udp(engine.flush_all().and_then(FlushAllReport::into_result))?;
+    queue(engine, id, e.into_inner(), dest).map_err(|e| e.to_string())
 }
 
 /// A flush that failed, or reported failed datagrams, is a failed round.
@@ -113,7 +112,10 @@ impl Method for Volley {
                 if let [id] = ids[..] {
                     engine.flush(id).map_err(|e| e.to_string())?;
                 } else {
-                    engine.flush_all().map_err(|e| e.to_string())?;
+                    engine
+                        .flush_all()
+                        .and_then(FlushAllReport::into_result)
+                        .map_err(|e| e.to_string())?;
                 }
             }
             Kind::UdpConnected => {
