@@ -13,6 +13,9 @@
 //! What is timed: the whole send loop of a round (rates), and each batch — the writes a flush
 //! covers, plus the flush — for the latency histogram. Transitions are the kernel's own count of
 //! `sys_enter` events on the bench thread during the timed section ([`crate::perf`]).
+//!
+//! The criterion benches (`benches/`) build the same methods with [`build`] and time
+//! [`Method::batch`] themselves.
 
 mod naive;
 pub mod net;
