@@ -1,79 +1,64 @@
 //! TCP: many small buffers into one loopback stream.
 //!
 //! Methods: `naive` (one `write_all` per buffer on a std `TcpStream`), `volley-epoll` and
-//! `volley-uring` (N `Engine::send` + one `Engine::flush`). One iteration is one batch.
+//! `volley-uring` (N `Engine::send` + one `Engine::flush`): `volley bench`'s `naive`, `epoll`
+//! and `uring`. One iteration is one batch.
 //!
 //! Groups:
 //! - `tcp/per_flush` — 64-byte buffers, 1..1024 buffers per flush; throughput in messages.
 //! - `tcp/size` — 256 buffers per flush, 16 B..4 KiB each; throughput in bytes.
 //!
-//! The receiver reads to EOF on its own thread; every socket is `TCP_NODELAY`.
+//! The receiver reads on its own thread and checks every byte; after each benchmark it must have
+//! got everything that was sent. Every socket is `TCP_NODELAY`.
 
 mod common;
 
-use std::hint::black_box;
-use std::io::Write;
-
-use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Throughput};
-use volley::{Backend, Engine, SocketId};
+use criterion::{criterion_group, criterion_main, Throughput};
+use volley_bench::scenario::{Payload, Spec};
+use volley_bench::{MethodName, ScenarioName};
 
 const PER_FLUSH: [usize; 6] = [1, 4, 16, 64, 256, 1024];
 const PER_FLUSH_SIZE_BYTES: usize = 64;
 const SIZES_BYTES: [usize; 5] = [16, 64, 256, 1024, 4096];
 const SIZE_SWEEP_PER_FLUSH: usize = 256;
 
-type Group<'a> = BenchmarkGroup<'a, criterion::measurement::WallTime>;
-
-/// One `write_all` per buffer.
-fn naive(group: &mut Group<'_>, param: usize, bufs: &[Bytes]) {
-    let (mut stream, sink) = common::tcp_pair();
-    group.bench_with_input(BenchmarkId::new("naive", param), bufs, |b, bufs| {
-        b.iter(|| {
-            for buf in bufs {
-                stream.write_all(buf).expect("naive tcp write");
-            }
-        });
-    });
-    drop(stream);
-    sink.join();
-}
-
-/// N sends and one flush barrier per iteration.
-fn volley(group: &mut Group<'_>, name: &str, backend: Backend, param: usize, bufs: &[Bytes]) {
-    let Some(mut engine) = common::engine(name, backend) else {
+/// Benchmarks `method` as `id`, then checks that the receiver got every byte, in order.
+fn method(
+    group: &mut common::Group<'_>,
+    id: &str,
+    method: MethodName,
+    param: usize,
+    spec: Spec,
+    payload: &Payload,
+) {
+    let Some(mut r) = common::runner(id, method, spec, payload) else {
         return;
     };
-    let (stream, sink) = common::tcp_pair();
-    let id: SocketId = engine.register_tcp(stream).expect("register tcp stream");
-    group.bench_with_input(BenchmarkId::new(name, param), bufs, |b, bufs| {
-        b.iter(|| batch(&mut engine, id, bufs));
-    });
-    drop(engine);
-    sink.join();
-}
-
-fn batch(engine: &mut Engine, id: SocketId, bufs: &[Bytes]) {
-    for buf in bufs {
-        engine.send(id, buf.clone()).expect("queue tcp write");
+    let batches = common::bench(group, id, param, &mut r);
+    r.rx.expect(
+        spec.peers,
+        batches * spec.per_peer as u64,
+        spec.msg_size as u64,
+    );
+    if let Err(e) = r.rx.verify() {
+        panic!("{id}/{param}: {e}");
     }
-    let report = engine.flush(id).expect("flush tcp stream");
-    black_box(report.bytes);
 }
 
-fn all_methods(group: &mut Group<'_>, param: usize, bufs: &[Bytes]) {
-    naive(group, param, bufs);
-    for (name, backend) in common::BACKENDS {
-        volley(group, name, backend, param, bufs);
+fn all_methods(group: &mut common::Group<'_>, param: usize, spec: Spec, payload: &Payload) {
+    method(group, "naive", MethodName::Naive, param, spec, payload);
+    for (id, backend) in common::BACKENDS {
+        method(group, id, backend, param, spec, payload);
     }
 }
 
 fn per_flush(c: &mut criterion::Criterion) {
     let mut group = c.benchmark_group("tcp/per_flush");
+    let payload = Payload::new(PER_FLUSH_SIZE_BYTES);
     for n in PER_FLUSH {
-        let bufs = common::payload(n, PER_FLUSH_SIZE_BYTES);
         group.throughput(Throughput::Elements(n as u64));
-        all_methods(&mut group, n, &bufs);
+        let spec = common::spec(ScenarioName::TcpSmall, PER_FLUSH_SIZE_BYTES, n);
+        all_methods(&mut group, n, spec, &payload);
     }
     group.finish();
 }
@@ -81,9 +66,9 @@ fn per_flush(c: &mut criterion::Criterion) {
 fn size(c: &mut criterion::Criterion) {
     let mut group = c.benchmark_group("tcp/size");
     for size in SIZES_BYTES {
-        let bufs = common::payload(SIZE_SWEEP_PER_FLUSH, size);
         group.throughput(Throughput::Bytes((SIZE_SWEEP_PER_FLUSH * size) as u64));
-        all_methods(&mut group, size, &bufs);
+        let spec = common::spec(ScenarioName::TcpSmall, size, SIZE_SWEEP_PER_FLUSH);
+        all_methods(&mut group, size, spec, &Payload::new(size));
     }
     group.finish();
 }

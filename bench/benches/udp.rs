@@ -1,46 +1,31 @@
 //! UDP: batches of 1200-byte datagrams over loopback to a draining receiver.
 //!
 //! Methods (one iteration = one batch):
-//! - `send` — one `send()` per datagram on a connected std `UdpSocket`;
+//! - `send` — one `send()` per datagram on a connected std `UdpSocket` (`volley bench`'s
+//!   `naive`);
 //! - `sendmmsg` — one `sendmmsg` over the whole batch (looping on a partial count), with the
-//!   `mmsghdr`/`iovec` arrays built before timing;
+//!   `mmsghdr`/`iovec` arrays built before timing (here only);
 //! - `gso` — `sendmsg` with a `UDP_SEGMENT` control message, 1200-byte segments, as many segments
-//!   per call as fit the limits below;
+//!   per call as fit `volley::limits`'  `GSO_MAX_SEGMENTS` and `UDP_MAX_PAYLOAD` (`volley bench`'s
+//!   `raw-gso`);
 //! - `volley-epoll`, `volley-uring` — N `Engine::send` + one `Engine::flush` (the engine uses GSO
 //!   itself where the kernel has it).
 //!
-//! The receiver drains on its own thread; loopback drops what it cannot keep up with, so these
-//! numbers are the sender's cost.
+//! The receiver drains with `recvmmsg` on its own thread; loopback drops what it cannot keep up
+//! with, so these numbers are the sender's cost (nothing is verified after a benchmark).
 
 mod common;
 
-use std::hint::black_box;
 use std::io;
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 
-use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Throughput};
-use volley::limits::{GSO_MAX_SEGMENTS, UDP_MAX_PAYLOAD};
-use volley::{Backend, SocketId};
+use criterion::{criterion_group, criterion_main, Throughput};
+use volley_bench::scenario::{self, Conns, Payload, Spec, Workload};
+use volley_bench::{Method, MethodName, Runner, ScenarioName};
 
 const DATAGRAM_BYTES: usize = 1200;
 const BATCHES: [usize; 2] = [64, 1024];
-
-type Group<'a> = BenchmarkGroup<'a, criterion::measurement::WallTime>;
-
-/// One `send()` per datagram.
-fn send(group: &mut Group<'_>, drain: &common::Drain, bufs: &[Bytes]) {
-    let socket = drain.connect();
-    group.bench_with_input(BenchmarkId::new("send", bufs.len()), bufs, |b, bufs| {
-        b.iter(|| {
-            for buf in bufs {
-                let n = socket.send(buf).expect("udp send");
-                debug_assert_eq!(n, buf.len());
-            }
-        });
-    });
-}
 
 /// An empty `msghdr` (no address: the sockets are connected).
 fn zeroed_msghdr() -> libc::msghdr {
@@ -49,18 +34,18 @@ fn zeroed_msghdr() -> libc::msghdr {
     unsafe { std::mem::zeroed() }
 }
 
-/// The arrays for one `sendmmsg` over the batch, built once. The headers point into `iovs`,
-/// which point into `payload`; neither vector is resized after construction, so the pointers
-/// stay valid for the life of the struct.
+/// The socket and the arrays for one `sendmmsg` over the batch, built once. The headers point
+/// into `iovs`, which point into `payload`; neither vector is resized after construction, so the
+/// pointers stay valid for the life of the struct.
 struct Mmsg {
-    fd: libc::c_int,
+    socket: UdpSocket,
     _payload: Vec<u8>,
     _iovs: Vec<libc::iovec>,
     msgs: Vec<libc::mmsghdr>,
 }
 
 impl Mmsg {
-    fn new(socket: &UdpSocket, count: usize) -> Mmsg {
+    fn new(socket: UdpSocket, count: usize) -> Mmsg {
         let mut payload = vec![0xa5u8; count * DATAGRAM_BYTES];
         let mut iovs: Vec<libc::iovec> = payload
             .chunks_exact_mut(DATAGRAM_BYTES)
@@ -82,7 +67,7 @@ impl Mmsg {
             })
             .collect();
         Mmsg {
-            fd: socket.as_raw_fd(),
+            socket,
             _payload: payload,
             _iovs: iovs,
             msgs,
@@ -98,7 +83,7 @@ impl Mmsg {
             // SAFETY: `rest` is a live slice of initialised mmsghdrs whose iovecs and payload are
             // owned by `self` and unchanged since construction; the kernel writes only
             // `msg_len` in each entry, within the `vlen` entries of the slice.
-            let r = unsafe { libc::sendmmsg(self.fd, rest.as_mut_ptr(), vlen, 0) };
+            let r = unsafe { libc::sendmmsg(self.socket.as_raw_fd(), rest.as_mut_ptr(), vlen, 0) };
             if r < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -112,153 +97,62 @@ impl Mmsg {
     }
 }
 
-fn sendmmsg(group: &mut Group<'_>, drain: &common::Drain, count: usize) {
-    let socket = drain.connect();
-    let mut mmsg = Mmsg::new(&socket, count);
-    group.bench_function(BenchmarkId::new("sendmmsg", count), |b| {
-        b.iter(|| mmsg.send_all().expect("sendmmsg"));
-    });
-}
-
-/// One `sendmsg` per GSO group, each with a `UDP_SEGMENT` control message; everything built once
-/// (same pointer-validity argument as [`Mmsg`]).
-struct Gso {
-    fd: libc::c_int,
-    _payload: Vec<u8>,
-    _iovs: Vec<libc::iovec>,
-    /// Control buffers, `u64` for `cmsghdr` alignment.
-    _control: Vec<u64>,
-    msgs: Vec<libc::msghdr>,
-}
-
-impl Gso {
-    fn segments_per_call() -> usize {
-        GSO_MAX_SEGMENTS.min(UDP_MAX_PAYLOAD / DATAGRAM_BYTES)
-    }
-
-    fn new(socket: &UdpSocket, count: usize) -> Gso {
-        let per_call_bytes = Self::segments_per_call() * DATAGRAM_BYTES;
-        let mut payload = vec![0x5au8; count * DATAGRAM_BYTES];
-        let mut iovs: Vec<libc::iovec> = payload
-            .chunks_mut(per_call_bytes)
-            .map(|chunk| libc::iovec {
-                iov_base: chunk.as_mut_ptr().cast(),
-                iov_len: chunk.len(),
-            })
-            .collect();
-        let seg = u16::try_from(DATAGRAM_BYTES).expect("segment size fits u16");
-        let seg_len = u32::try_from(std::mem::size_of::<u16>()).expect("2 fits u32");
-        // SAFETY: CMSG_SPACE only computes an aligned size from its argument.
-        let space_bytes =
-            usize::try_from(unsafe { libc::CMSG_SPACE(seg_len) }).expect("cmsg space fits usize");
-        let space_words = space_bytes.div_ceil(std::mem::size_of::<u64>());
-        let mut control = vec![0u64; space_words * iovs.len()];
-        let msgs = iovs
-            .iter_mut()
-            .zip(control.chunks_exact_mut(space_words))
-            .map(|(iov, ctl)| {
-                let mut hdr = zeroed_msghdr();
-                hdr.msg_iov = iov;
-                hdr.msg_iovlen = 1;
-                hdr.msg_control = ctl.as_mut_ptr().cast();
-                hdr.msg_controllen = space_bytes;
-                // SAFETY: `hdr.msg_control` points at `space_bytes` zeroed, u64-aligned bytes
-                // owned by `control` (which outlives `hdr` in the struct), and `msg_controllen`
-                // says so, so CMSG_FIRSTHDR returns a non-null pointer to room for one cmsghdr
-                // plus CMSG_LEN(2) bytes of data; we write the header fields and a u16 there.
-                unsafe {
-                    let cmsg = libc::CMSG_FIRSTHDR(&hdr);
-                    assert!(!cmsg.is_null(), "control buffer holds one cmsghdr");
-                    // UDP_SEGMENT: <linux/udp.h>, added in Linux 4.18 (commit bec1f6f69736).
-                    (*cmsg).cmsg_level = libc::SOL_UDP;
-                    (*cmsg).cmsg_type = libc::UDP_SEGMENT;
-                    (*cmsg).cmsg_len = libc::CMSG_LEN(seg_len).try_into().expect("cmsg len fits");
-                    std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), seg);
-                }
-                hdr
-            })
-            .collect();
-        Gso {
-            fd: socket.as_raw_fd(),
-            _payload: payload,
-            _iovs: iovs,
-            _control: control,
-            msgs,
-        }
-    }
-
-    /// One `sendmsg` per group. A GSO send is all-or-nothing for a UDP socket.
-    fn send_all(&self) -> io::Result<()> {
-        for msg in &self.msgs {
-            loop {
-                // SAFETY: `msg` and the iovec, payload and control buffer it points to are owned
-                // by `self` and unchanged since construction; sendmsg only reads them.
-                let r = unsafe { libc::sendmsg(self.fd, msg, 0) };
-                if r >= 0 {
-                    break;
-                }
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
+/// The batch is built once, so the workload's messages go unused.
+impl Method for Mmsg {
+    fn batch(&mut self, _: &mut Workload) -> Result<(), String> {
+        self.send_all().map_err(|e| format!("sendmmsg: {e}"))
     }
 }
 
-fn gso(group: &mut Group<'_>, drain: &common::Drain, count: usize) {
-    let socket = drain.connect();
-    let gso = Gso::new(&socket, count);
-    // Probe once: without kernel GSO (or with it refused on this path) the method is skipped.
-    if let Err(e) = gso.send_all() {
-        eprintln!("skipping gso: sendmsg with UDP_SEGMENT failed: {e}");
-        return;
-    }
-    group.bench_function(BenchmarkId::new("gso", count), |b| {
-        b.iter(|| gso.send_all().expect("gso sendmsg"));
-    });
+/// `sendmmsg` on the sockets and receiver `volley bench` sets up for `spec`.
+fn sendmmsg(group: &mut common::Group<'_>, spec: Spec, payload: &Payload) {
+    let (conns, rx, work) = scenario::setup(spec, payload).expect("udp sockets");
+    let Conns::Udp(socket) = conns else {
+        unreachable!("a UDP scenario has a UDP socket");
+    };
+    let mut r = Runner {
+        method: Box::new(Mmsg::new(socket, spec.per_peer)),
+        work,
+        rx,
+    };
+    common::bench(group, "sendmmsg", spec.per_peer, &mut r);
 }
 
-fn volley(
-    group: &mut Group<'_>,
-    drain: &common::Drain,
-    name: &str,
-    backend: Backend,
-    bufs: &[Bytes],
+/// `method` as benchmark `id`.
+fn method(
+    group: &mut common::Group<'_>,
+    id: &str,
+    method: MethodName,
+    spec: Spec,
+    payload: &Payload,
 ) {
-    let Some(mut engine) = common::engine(name, backend) else {
+    let Some(mut r) = common::runner(id, method, spec, payload) else {
         return;
     };
-    let id: SocketId = engine
-        .register_udp(drain.connect())
-        .expect("register udp socket");
-    group.bench_with_input(BenchmarkId::new(name, bufs.len()), bufs, |b, bufs| {
-        b.iter(|| {
-            for buf in bufs {
-                engine.send(id, buf.clone()).expect("queue datagram");
-            }
-            let report = engine.flush(id).expect("flush udp socket");
-            black_box(report.writes);
-        });
-    });
+    // Probe once: without kernel GSO (or with it refused on this path) `gso` is skipped.
+    if method == MethodName::RawGso {
+        if let Err(e) = r.method.batch(&mut r.work) {
+            eprintln!("skipping {id}: {e}");
+            return;
+        }
+    }
+    common::bench(group, id, spec.per_peer, &mut r);
 }
 
 fn datagrams(c: &mut criterion::Criterion) {
-    let drain = common::Drain::start();
+    let payload = Payload::new(DATAGRAM_BYTES);
     let mut group = c.benchmark_group("udp/1200B");
     for count in BATCHES {
-        let bufs = common::payload(count, DATAGRAM_BYTES);
         group.throughput(Throughput::Elements(count as u64));
-        send(&mut group, &drain, &bufs);
-        sendmmsg(&mut group, &drain, count);
-        gso(&mut group, &drain, count);
-        for (name, backend) in common::BACKENDS {
-            volley(&mut group, &drain, name, backend, &bufs);
+        let spec = common::spec(ScenarioName::UdpGso, DATAGRAM_BYTES, count);
+        method(&mut group, "send", MethodName::Naive, spec, &payload);
+        sendmmsg(&mut group, spec, &payload);
+        method(&mut group, "gso", MethodName::RawGso, spec, &payload);
+        for (id, backend) in common::BACKENDS {
+            method(&mut group, id, backend, spec, &payload);
         }
     }
     group.finish();
-    drain.stop();
 }
 
 criterion_group! {

@@ -1,14 +1,11 @@
 //! `volley`: send stdin through the engine, sink what arrives, or benchmark the engine against
-//! per-buffer system calls, tokio, tokio-uring and quinn-udp.
+//! per-buffer system calls, tokio, tokio-uring and quinn-udp (the methods live in the
+//! `volley-bench` library).
 
 mod addr;
-mod bench;
-mod net;
-mod perf;
 mod send;
 mod sink;
 
-use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -86,10 +83,10 @@ enum Cmd {
         json: bool,
         /// Scenario to run (repeatable; default all).
         #[arg(long = "scenario", value_enum)]
-        scenarios: Vec<bench::ScenarioName>,
+        scenarios: Vec<volley_bench::ScenarioName>,
         /// Method to run (repeatable; default all).
         #[arg(long = "method", value_enum)]
-        methods: Vec<bench::MethodName>,
+        methods: Vec<volley_bench::MethodName>,
         /// Timed rounds per method.
         #[arg(long)]
         rounds: Option<usize>,
@@ -102,13 +99,6 @@ enum Cmd {
         #[arg(long)]
         udp_gro: bool,
     },
-}
-
-/// Writes a line to stdout and flushes it; a closed pipe is an error, not a panic.
-pub(crate) fn say(line: &str) -> io::Result<()> {
-    let mut out = io::stdout().lock();
-    writeln!(out, "{line}")?;
-    out.flush()
 }
 
 fn main() -> ExitCode {
@@ -148,7 +138,7 @@ fn main() -> ExitCode {
             rounds,
             batch,
             udp_gro,
-        } => bench::run(&bench::BenchOpts {
+        } => volley_bench::run(&volley_bench::BenchOpts {
             quick,
             json,
             scenarios,

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use volley::{Backend, Engine, Error, FlushAllReport, FlushReport, SendError, SocketId};
 
-use super::scenario::{Conns, Kind, Workload};
-use super::Method;
+use crate::scenario::{Conns, Kind, Workload};
+use crate::Method;
 
 /// One engine per method per scenario, built outside the timed sections.
 #[derive(Debug)]

@@ -8,8 +8,8 @@ use std::os::fd::AsRawFd;
 
 use volley::limits::{GSO_MAX_SEGMENTS, UDP_MAX_PAYLOAD};
 
-use super::scenario::{Conns, Workload};
-use super::Method;
+use crate::scenario::{Conns, Workload};
+use crate::Method;
 
 /// Room for one `cmsghdr` with a `u16` (`CMSG_SPACE(2)` is 24 on 64-bit Linux), 8-aligned.
 #[repr(C, align(8))]

@@ -3,8 +3,8 @@
 use std::io::Write;
 use std::net::{TcpStream, UdpSocket};
 
-use super::scenario::{Conns, Kind, Workload};
-use super::Method;
+use crate::scenario::{Conns, Kind, Workload};
+use crate::Method;
 
 /// Blocking std sockets; a "batch" is the run of writes a volley flush would cover.
 #[derive(Debug)]

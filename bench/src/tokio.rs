@@ -5,8 +5,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::runtime::{Builder, Runtime};
 
-use super::scenario::{Conns, Kind, Workload};
-use super::Method;
+use crate::scenario::{Conns, Kind, Workload};
+use crate::Method;
 
 /// A current-thread runtime and the sender sockets converted to tokio's.
 #[derive(Debug)]

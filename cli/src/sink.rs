@@ -62,7 +62,7 @@ pub fn run(opts: &SinkOpts) -> Result<(), String> {
 
 fn announce(proto: Proto, local: io::Result<SocketAddr>) -> Result<(), String> {
     let local = local.map_err(|e| format!("cannot read the bound address: {e}"))?;
-    crate::say(&format!("listening on {proto}://{local}"))
+    volley_bench::say(&format!("listening on {proto}://{local}"))
         .map_err(|e| format!("cannot write to stdout: {e}"))
 }
 
@@ -85,7 +85,7 @@ fn tcp(
     while count.is_none_or(|c| connections < c) {
         let Some((stream, peer)) = accept(&listener, idle)? else {
             // Reports are best effort: a closed stdout must not stop the sink.
-            let _ = crate::say(&format!(
+            let _ = volley_bench::say(&format!(
                 "idle for {:.1} s: {connections} connections, {total} bytes",
                 idle.map_or(0.0, |d| d.as_secs_f64())
             ));
@@ -94,12 +94,12 @@ fn tcp(
         connections += 1;
         let (n, end) = drain(stream, out.as_deref_mut())?;
         total += n;
-        let _ = crate::say(&match end {
+        let _ = volley_bench::say(&match end {
             None => format!("connection {connections} from {peer}: {n} bytes"),
             Some(e) => format!("connection {connections} from {peer}: {n} bytes (ended: {e})"),
         });
     }
-    let _ = crate::say(&format!("done: {connections} connections, {total} bytes"));
+    let _ = volley_bench::say(&format!("done: {connections} connections, {total} bytes"));
     Ok(())
 }
 
@@ -158,7 +158,7 @@ fn udp(
     mut out: Option<&mut BufWriter<File>>,
 ) -> Result<(), String> {
     let sock = UdpSocket::bind(addrs).map_err(|e| format!("cannot bind UDP {addrs:?}: {e}"))?;
-    crate::net::grow_rcvbuf(&sock, 16 << 20);
+    volley_bench::net::grow_rcvbuf(&sock, 16 << 20);
     announce(Proto::Udp, sock.local_addr())?;
     sock.set_read_timeout(Some(idle))
         .map_err(|e| format!("cannot set the read timeout: {e}"))?;
@@ -197,7 +197,7 @@ fn udp(
     if n == 0 {
         min = 0;
     }
-    let _ = crate::say(&format!(
+    let _ = volley_bench::say(&format!(
         "{why}: {n} datagrams, {total} bytes, size min {min} max {max}"
     ));
     Ok(())

@@ -14,8 +14,8 @@ use bytes::Bytes;
 use tokio_uring::net::{TcpStream, UdpSocket};
 use tokio_uring::Runtime;
 
-use super::scenario::{Conns, Kind, Workload};
-use super::Method;
+use crate::scenario::{Conns, Kind, Workload};
+use crate::Method;
 
 /// A tokio-uring runtime and the sender sockets converted to its types.
 pub struct TokioUring {

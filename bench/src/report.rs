@@ -2,8 +2,8 @@
 
 use std::ffi::CStr;
 
-use super::scenario::{Kind, Spec};
-use super::Row;
+use crate::scenario::{Kind, Spec};
+use crate::Row;
 
 fn uname() -> String {
     // SAFETY: utsname is plain old data; zeroed is a valid value for it.

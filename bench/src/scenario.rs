@@ -5,8 +5,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use bytes::Bytes;
 use clap::ValueEnum;
 
-use super::receiver::Receiver;
 use crate::net::grow_rcvbuf;
+use crate::receiver::Receiver;
 
 /// A benchmark scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1,27 +1,35 @@
-//! `volley bench`: every method side by side in one process, rounds interleaved, medians
-//! reported.
+//! The benchmark methods behind `volley bench` and the criterion benches: every way of sending
+//! that the benchmark compares ([`MethodName`]), the scenarios and their verifying receivers
+//! ([`scenario`], [`receiver`]), the kernel's count of transitions ([`perf`]) and the harness
+//! that runs them side by side ([`run`]).
 //!
-//! Round `r` runs every method once, starting at method `r mod n`, so drift (other load, CPU
-//! frequency, page cache) hits all methods alike. Each (scenario, method) has its own sockets
-//! and its own verifying receiver thread; the receiver runs outside the timed section, and
-//! after every round the harness waits (untimed) for it to confirm that exactly what was sent
-//! arrived — a method that lost, reordered or corrupted data is FAILED, not fast.
+//! [`run`] runs every method side by side in one process, rounds interleaved, medians
+//! reported. Round `r` runs every method once, starting at method `r mod n`, so drift (other
+//! load, CPU frequency, page cache) hits all methods alike. Each (scenario, method) has its own
+//! sockets and its own verifying receiver thread; the receiver runs outside the timed section,
+//! and after every round the harness waits (untimed) for it to confirm that exactly what was
+//! sent arrived — a method that lost, reordered or corrupted data is FAILED, not fast.
 //!
 //! What is timed: the whole send loop of a round (rates), and each batch — the writes a flush
 //! covers, plus the flush — for the latency histogram. Transitions are the kernel's own count of
 //! `sys_enter` events on the bench thread during the timed section ([`crate::perf`]).
+//!
+//! The criterion benches (`benches/`) build the same methods with [`build`] and time
+//! [`Method::batch`] themselves.
 
 mod naive;
+pub mod net;
+pub mod perf;
 mod quinn;
 mod raw_gso;
-mod receiver;
+pub mod receiver;
 mod report;
-mod scenario;
+pub mod scenario;
 mod tokio;
 mod tokio_uring;
 mod volley;
 
-use std::io::IsTerminal;
+use std::io::{self, IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
@@ -32,6 +40,16 @@ use crate::perf::SyscallCounter;
 use receiver::Receiver;
 pub use scenario::ScenarioName;
 use scenario::{Payload, Spec, Workload};
+
+/// Writes a line to stdout and flushes it; a closed pipe is an error, not a panic.
+///
+/// # Errors
+/// The write or flush error.
+pub fn say(line: &str) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()
+}
 
 /// A way of sending that the benchmark compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -177,10 +195,22 @@ struct RoundStat {
 }
 
 /// The sockets, workload and receiver of a method; the method (its sender sockets) drops first.
-struct Runner {
-    method: Box<dyn Method>,
-    work: Workload,
-    rx: Receiver,
+pub struct Runner {
+    /// The method, owning the sender sockets.
+    pub method: Box<dyn Method>,
+    /// What it sends.
+    pub work: Workload,
+    /// The verifying receiver of what it sends.
+    pub rx: Receiver,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("work", &self.work)
+            .field("rx", &self.rx)
+            .finish_non_exhaustive()
+    }
 }
 
 struct Entry {
@@ -249,7 +279,12 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     })
 }
 
-fn build(name: MethodName, spec: Spec, payload: &Payload) -> Result<Runner, Outcome> {
+/// Sets up `spec`'s sockets and receiver and builds method `name` on them.
+///
+/// # Errors
+/// [`Outcome::NotApplicable`] where the method does not apply to the scenario or cannot run
+/// here (e.g. io_uring unavailable), [`Outcome::Failed`] where setting it up failed.
+pub fn build(name: MethodName, spec: Spec, payload: &Payload) -> Result<Runner, Outcome> {
     if matches!(name, MethodName::QuinnUdp | MethodName::RawGso)
         && spec.name != ScenarioName::UdpGso
     {

@@ -7,8 +7,8 @@ use std::os::fd::AsRawFd;
 
 use quinn_udp::{Transmit, UdpSocketState};
 
-use super::scenario::{Conns, Workload};
-use super::Method;
+use crate::scenario::{Conns, Workload};
+use crate::Method;
 use volley::limits::UDP_MAX_PAYLOAD;
 
 /// quinn-udp's socket state over the (connected) sender socket.
