@@ -6,7 +6,7 @@
 //! - `sendmmsg` — one `sendmmsg` over the whole batch (looping on a partial count), with the
 //!   `mmsghdr`/`iovec` arrays built before timing (here only);
 //! - `gso` — `sendmsg` with a `UDP_SEGMENT` control message, 1200-byte segments, as many segments
-//!   per call as fit `volley::limits`'  `GSO_MAX_SEGMENTS` and `UDP_MAX_PAYLOAD` (`volley bench`'s
+//!   per call as fit `volley::limits::GSO_MAX_SEGMENTS` and `UDP_MAX_PAYLOAD` (`volley bench`'s
 //!   `raw-gso`);
 //! - `volley-epoll`, `volley-uring` — N `Engine::send` + one `Engine::flush` (the engine uses GSO
 //!   itself where the kernel has it).

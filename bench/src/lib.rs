@@ -60,6 +60,11 @@ pub enum MethodName {
     Epoll,
     /// volley on its io_uring backend.
     Uring,
+    /// volley on epoll, driven as an event loop would: `try_flush` + `poll(2)` on the engine's
+    /// descriptor instead of the blocking `flush`.
+    EpollPoll,
+    /// volley on io_uring, driven with `try_flush` + `poll(2)`.
+    UringPoll,
     /// tokio, one `write_all`/`send`/`send_to` per buffer, current-thread runtime.
     Tokio,
     /// tokio-uring, one owned-buffer future per buffer, joined per batch.
@@ -72,10 +77,12 @@ pub enum MethodName {
 
 impl MethodName {
     /// All methods in report order.
-    pub const ALL: [MethodName; 7] = [
+    pub const ALL: [MethodName; 9] = [
         MethodName::Naive,
         MethodName::Epoll,
         MethodName::Uring,
+        MethodName::EpollPoll,
+        MethodName::UringPoll,
         MethodName::Tokio,
         MethodName::TokioUring,
         MethodName::QuinnUdp,
@@ -88,6 +95,8 @@ impl MethodName {
             MethodName::Naive => "naive",
             MethodName::Epoll => "epoll",
             MethodName::Uring => "uring",
+            MethodName::EpollPoll => "epoll-poll",
+            MethodName::UringPoll => "uring-poll",
             MethodName::Tokio => "tokio",
             MethodName::TokioUring => "tokio-uring",
             MethodName::QuinnUdp => "quinn-udp",
@@ -298,16 +307,21 @@ pub fn build(name: MethodName, spec: Spec, payload: &Payload) -> Result<Runner, 
     let (conns, rx, work) = scenario::setup(spec, payload).map_err(Outcome::Failed)?;
     let method: Box<dyn Method> = match name {
         MethodName::Naive => Box::new(naive::Naive::new(conns)),
-        MethodName::Epoll | MethodName::Uring => {
-            let backend = if name == MethodName::Epoll {
+        MethodName::Epoll | MethodName::Uring | MethodName::EpollPoll | MethodName::UringPoll => {
+            let event_loop = matches!(name, MethodName::EpollPoll | MethodName::UringPoll);
+            let backend = if matches!(name, MethodName::Epoll | MethodName::EpollPoll) {
                 ::volley::Backend::Epoll
             } else {
                 ::volley::Backend::Uring
             };
-            Box::new(volley::Volley::new(backend, conns).map_err(|e| match e {
-                ::volley::Error::UringUnavailable { .. } => Outcome::NotApplicable(e.to_string()),
-                e => Outcome::Failed(e.to_string()),
-            })?)
+            Box::new(
+                volley::Volley::new(backend, conns, event_loop).map_err(|e| match e {
+                    ::volley::Error::UringUnavailable { .. } => {
+                        Outcome::NotApplicable(e.to_string())
+                    }
+                    e => Outcome::Failed(e.to_string()),
+                })?,
+            )
         }
         MethodName::Tokio => Box::new(tokio::Tokio::new(conns).map_err(Outcome::Failed)?),
         MethodName::TokioUring => {

@@ -1,5 +1,7 @@
 //! `epoll` and `uring`: volley's two backends. Every message is queued with `Engine::send` (or
-//! `send_to`) as a `Bytes` slice; each batch ends with one flush barrier.
+//! `send_to`) as a `Bytes` slice; each batch ends with one flush barrier: the blocking `flush`,
+//! or (`epoll-poll`, `uring-poll`) `try_flush` plus `poll(2)` on the engine's descriptor, as an
+//! event loop drives it.
 
 use std::net::SocketAddr;
 
@@ -14,6 +16,8 @@ use crate::Method;
 pub struct Volley {
     engine: Engine,
     ids: Vec<SocketId>,
+    /// Barriers through `try_flush` + `poll(2)` instead of the blocking flush.
+    event_loop: bool,
 }
 
 impl Volley {
@@ -21,7 +25,7 @@ impl Volley {
     ///
     /// # Errors
     /// The engine's error (e.g. io_uring unavailable).
-    pub fn new(backend: Backend, conns: Conns) -> Result<Volley, Error> {
+    pub fn new(backend: Backend, conns: Conns, event_loop: bool) -> Result<Volley, Error> {
         let mut engine = Engine::builder()
             .backend(backend)
             // No clock reads per message in the hot path: the bench times batches itself.
@@ -34,8 +38,40 @@ impl Volley {
                 .collect::<Result<Vec<_>, _>>(),
             Conns::Udp(u) => engine.register_udp(u).map(|id| vec![id]),
         }?;
-        Ok(Volley { engine, ids })
+        Ok(Volley {
+            engine,
+            ids,
+            event_loop,
+        })
     }
+
+    /// The barrier on `id`: blocking, or as an event loop drives it.
+    fn flush(&mut self, id: SocketId) -> Result<FlushReport, Error> {
+        if !self.event_loop {
+            return self.engine.flush(id);
+        }
+        loop {
+            if let Some(r) = self.engine.try_flush(id)? {
+                return Ok(r);
+            }
+            wait_readable(&self.engine, self.engine.next_timeout());
+        }
+    }
+}
+
+/// `poll(2)` on the engine's descriptor until it is readable (or `timeout` passes).
+fn wait_readable(engine: &Engine, timeout: Option<std::time::Duration>) {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: engine.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.map_or(-1, |t| {
+        i32::try_from(t.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
+    });
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut pfd, 1, ms) };
 }
 
 /// Queues the next message for `peer`; on backpressure flushes everything and sends the same
@@ -100,19 +136,22 @@ fn check_udp(r: Result<FlushReport, Error>) -> Result<(), String> {
 impl Method for Volley {
     fn batch(&mut self, w: &mut Workload) -> Result<(), String> {
         let spec = w.spec;
-        let engine = &mut self.engine;
-        let ids = &self.ids;
+        let ids = self.ids.clone();
         match spec.kind {
             Kind::Tcp => {
                 for (peer, &id) in ids.iter().enumerate() {
                     for _ in 0..spec.per_peer {
-                        send(engine, id, w, peer, None)?;
+                        send(&mut self.engine, id, w, peer, None)?;
                     }
                 }
                 if let [id] = ids[..] {
-                    engine.flush(id).map_err(|e| e.to_string())?;
+                    self.flush(id).map_err(|e| e.to_string())?;
+                } else if self.event_loop {
+                    for &id in &ids {
+                        self.flush(id).map_err(|e| e.to_string())?;
+                    }
                 } else {
-                    engine
+                    self.engine
                         .flush_all()
                         .and_then(FlushAllReport::into_result)
                         .map_err(|e| e.to_string())?;
@@ -121,19 +160,19 @@ impl Method for Volley {
             Kind::UdpConnected => {
                 let id = ids[0];
                 for _ in 0..spec.per_peer {
-                    send(engine, id, w, 0, None)?;
+                    send(&mut self.engine, id, w, 0, None)?;
                 }
-                check_udp(engine.flush(id))?;
+                check_udp(self.flush(id))?;
             }
             Kind::UdpUnconnected => {
                 let id = ids[0];
                 for peer in 0..spec.peers {
                     let dest = Some(w.dests[peer]);
                     for _ in 0..spec.per_peer {
-                        send(engine, id, w, peer, dest)?;
+                        send(&mut self.engine, id, w, peer, dest)?;
                     }
                 }
-                check_udp(engine.flush(id))?;
+                check_udp(self.flush(id))?;
             }
         }
         Ok(())

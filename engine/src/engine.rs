@@ -16,6 +16,7 @@ use crate::SocketId;
 
 /// Which backend to ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Backend {
     /// Probe io_uring once; fall back to epoll (recording why) if it cannot work.
     #[default]
@@ -55,6 +56,7 @@ impl std::str::FromStr for Backend {
 
 /// The backend an engine runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BackendKind {
     /// io_uring.
     Uring,
@@ -471,7 +473,8 @@ impl Engine {
             }
             while let Some((idx, fd)) = self.core.take_errqueue() {
                 self.errq.clear();
-                self.driver.read_errqueue(fd, ERRQUEUE_BATCH, &mut self.errq);
+                self.driver
+                    .read_errqueue(fd, ERRQUEUE_BATCH, &mut self.errq);
                 for &(dest, errno) in &self.errq {
                     self.core.peer_error(idx, dest, errno);
                 }
@@ -504,9 +507,7 @@ impl Engine {
             if self.batch.is_empty() {
                 return Ok(());
             }
-            let issued = self
-                .driver
-                .issue(&self.core, &self.batch, &mut self.events);
+            let issued = self.driver.issue(&self.core, &self.batch, &mut self.events);
             self.absorb()?;
             issued?;
             if !self.driver.completes_inline() {
@@ -585,7 +586,9 @@ impl Engine {
     /// `None` when no timer is pending.
     pub fn next_timeout(&self) -> Option<Duration> {
         let at = self.core.next_timer()?;
-        Some(Duration::from_nanos(at.saturating_sub(self.driver.now_ns())))
+        Some(Duration::from_nanos(
+            at.saturating_sub(self.driver.now_ns()),
+        ))
     }
 
     /// Takes the report of `id`'s barrier if it has resolved.

@@ -132,6 +132,7 @@ impl fmt::Display for Status {
 
 /// Which configured limit refused a write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Limit {
     /// `EngineBuilder::max_queued_bytes_per_socket`.
     QueuedBytesPerSocket,
@@ -354,7 +355,12 @@ impl SendError {
 
 impl fmt::Display for SendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({}-byte buffer returned unsent)", self.error, self.buf.len())
+        write!(
+            f,
+            "{} ({}-byte buffer returned unsent)",
+            self.error,
+            self.buf.len()
+        )
     }
 }
 

@@ -8,6 +8,7 @@ use crate::error::Status;
 ///
 /// Counters only grow; take two snapshots (`clone`) and subtract to measure a section.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Stats {
     /// User→kernel transitions the engine made itself (`io_uring_enter`, `sendmsg`, `sendmmsg`,
     /// `epoll_wait`). Counted by the engine, one per system call; the benchmark cross-checks with
@@ -37,8 +38,9 @@ pub struct Stats {
     /// unreachable, read from the error queue with `IP_RECVERR`); see
     /// `Engine::take_peer_errors`.
     pub peer_errors: u64,
-    /// Datagrams sent again because the send that carried them picked up a pending error about
-    /// an earlier datagram to another destination (unconnected sockets with `IP_RECVERR`).
+    /// Datagrams sent again because the send that carried them picked up a pending error (an
+    /// ICMP message) about an earlier datagram. On epoll a `sendmmsg` that stops at such an
+    /// error after a partial count swallows it, so that resend is not counted here.
     pub stale_error_resends: u64,
     /// Latency of writes, queued → terminal, in nanoseconds: a 1-in-N systematic sample (see
     /// `EngineBuilder::write_latency_every`, default N = 16).

@@ -157,7 +157,12 @@ impl Epoll {
         );
     }
 
-    fn ctl(&mut self, op: libc::c_int, fd: RawFd, ev: Option<libc::epoll_event>) -> Result<(), Error> {
+    fn ctl(
+        &mut self,
+        op: libc::c_int,
+        fd: RawFd,
+        ev: Option<libc::epoll_event>,
+    ) -> Result<(), Error> {
         self.tally.transitions += 1;
         let mut ev = ev;
         let ptr = ev
@@ -278,12 +283,7 @@ impl Driver for Epoll {
         Ok(())
     }
 
-    fn watch_writable(
-        &mut self,
-        sock: u32,
-        fd: RawFd,
-        _out: &mut Vec<Event>,
-    ) -> Result<(), Error> {
+    fn watch_writable(&mut self, sock: u32, fd: RawFd, _out: &mut Vec<Event>) -> Result<(), Error> {
         let i = sock as usize;
         let op = match self.watch.get(i) {
             Some(Watch::Armed) => return Ok(()),

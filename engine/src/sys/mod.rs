@@ -64,8 +64,7 @@ pub(crate) trait Driver {
     /// can happen (an op in flight, a socket watched, a deadline).
     fn enter(&mut self, wait: Wait, out: &mut Vec<Event>) -> Result<(), Error>;
     /// Reports [`Event::Writable`] for `sock` once `fd` can take more (after EAGAIN).
-    fn watch_writable(&mut self, sock: u32, fd: RawFd, out: &mut Vec<Event>)
-        -> Result<(), Error>;
+    fn watch_writable(&mut self, sock: u32, fd: RawFd, out: &mut Vec<Event>) -> Result<(), Error>;
     /// Asks the kernel to stop these ops; each still completes (with `-ECANCELED` or its real
     /// result).
     fn cancel(&mut self, tokens: &[Token], out: &mut Vec<Event>) -> Result<(), Error>;
@@ -127,12 +126,7 @@ impl Driver for AnyDriver {
     fn enter(&mut self, wait: Wait, out: &mut Vec<Event>) -> Result<(), Error> {
         dispatch!(self, d => d.enter(wait, out))
     }
-    fn watch_writable(
-        &mut self,
-        sock: u32,
-        fd: RawFd,
-        out: &mut Vec<Event>,
-    ) -> Result<(), Error> {
+    fn watch_writable(&mut self, sock: u32, fd: RawFd, out: &mut Vec<Event>) -> Result<(), Error> {
         dispatch!(self, d => d.watch_writable(sock, fd, out))
     }
     fn cancel(&mut self, tokens: &[Token], out: &mut Vec<Event>) -> Result<(), Error> {
@@ -180,8 +174,12 @@ pub(crate) fn nanos_since(base: std::time::Instant) -> u64 {
 }
 
 /// A driver deadline (ns since `base`) as a duration from now; `None` stays `None`.
-pub(crate) fn until(base: std::time::Instant, deadline_ns: Option<u64>) -> Option<std::time::Duration> {
+pub(crate) fn until(
+    base: std::time::Instant,
+    deadline_ns: Option<u64>,
+) -> Option<std::time::Duration> {
     deadline_ns.map(|d| {
-        (base + std::time::Duration::from_nanos(d)).saturating_duration_since(std::time::Instant::now())
+        (base + std::time::Duration::from_nanos(d))
+            .saturating_duration_since(std::time::Instant::now())
     })
 }

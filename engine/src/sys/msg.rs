@@ -131,7 +131,9 @@ pub(crate) struct MmsgVec(pub Vec<libc::mmsghdr>);
 
 impl std::fmt::Debug for MmsgVec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MmsgVec").field("len", &self.0.len()).finish()
+        f.debug_struct("MmsgVec")
+            .field("len", &self.0.len())
+            .finish()
     }
 }
 

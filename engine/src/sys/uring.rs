@@ -200,12 +200,7 @@ impl Driver for Uring {
         Ok(())
     }
 
-    fn watch_writable(
-        &mut self,
-        sock: u32,
-        _fd: RawFd,
-        out: &mut Vec<Event>,
-    ) -> Result<(), Error> {
+    fn watch_writable(&mut self, sock: u32, _fd: RawFd, out: &mut Vec<Event>) -> Result<(), Error> {
         // Sockets are blocking here: io_uring arms poll itself, so an EAGAIN is spurious
         // (FAILURES.md item 5) and the op goes again at once.
         out.push(Event::Writable { sock });
