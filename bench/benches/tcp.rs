@@ -1,8 +1,13 @@
 //! TCP: many small buffers into one loopback stream.
 //!
-//! Methods: `naive` (one `write_all` per buffer on a std `TcpStream`), `volley-epoll` and
-//! `volley-uring` (N `Engine::send` + one `Engine::flush`): `volley bench`'s `naive`, `epoll`
-//! and `uring`. One iteration is one batch.
+//! Methods (`volley bench`'s, by the same names; one iteration is one batch):
+//! - `naive` — one `write_all` per buffer on a std `TcpStream`;
+//! - `bufwriter` — std `BufWriter` (64 KiB) over the stream, `write_all` per buffer, one flush;
+//! - `tokio-bufwriter` — the same with tokio's `BufWriter` on a current-thread runtime
+//!   (`per_flush` only);
+//! - `tokio-uring-writev` — one tokio-uring `writev` of the batch (`per_flush` only);
+//! - `raw-writev` — no library: one `sendmsg` over prebuilt iovecs, the floor;
+//! - `volley-epoll`, `volley-uring` — N `Engine::send` + one `Engine::flush` (`epoll`, `uring`).
 //!
 //! Groups:
 //! - `tcp/per_flush` — 64-byte buffers, 1..1024 buffers per flush; throughput in messages.
@@ -45,8 +50,25 @@ fn method(
     }
 }
 
-fn all_methods(group: &mut common::Group<'_>, param: usize, spec: Spec, payload: &Payload) {
-    method(group, "naive", MethodName::Naive, param, spec, payload);
+/// The peers and the floor both groups run, besides volley's backends.
+const PEERS: [MethodName; 3] = [
+    MethodName::Naive,
+    MethodName::Bufwriter,
+    MethodName::RawWritev,
+];
+/// The peers only `tcp/per_flush` runs.
+const MORE_PEERS: [MethodName; 2] = [MethodName::TokioBufwriter, MethodName::TokioUringWritev];
+
+fn all_methods(
+    group: &mut common::Group<'_>,
+    param: usize,
+    spec: Spec,
+    payload: &Payload,
+    peers: &[MethodName],
+) {
+    for &m in peers {
+        method(group, m.name(), m, param, spec, payload);
+    }
     for (id, backend) in common::BACKENDS {
         method(group, id, backend, param, spec, payload);
     }
@@ -58,7 +80,8 @@ fn per_flush(c: &mut criterion::Criterion) {
     for n in PER_FLUSH {
         group.throughput(Throughput::Elements(n as u64));
         let spec = common::spec(ScenarioName::TcpSmall, PER_FLUSH_SIZE_BYTES, n);
-        all_methods(&mut group, n, spec, &payload);
+        let peers = [&PEERS[..], &MORE_PEERS[..]].concat();
+        all_methods(&mut group, n, spec, &payload, &peers);
     }
     group.finish();
 }
@@ -68,7 +91,7 @@ fn size(c: &mut criterion::Criterion) {
     for size in SIZES_BYTES {
         group.throughput(Throughput::Bytes((SIZE_SWEEP_PER_FLUSH * size) as u64));
         let spec = common::spec(ScenarioName::TcpSmall, size, SIZE_SWEEP_PER_FLUSH);
-        all_methods(&mut group, size, spec, &Payload::new(size));
+        all_methods(&mut group, size, spec, &Payload::new(size), &PEERS);
     }
     group.finish();
 }

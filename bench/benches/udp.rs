@@ -1,122 +1,31 @@
-//! UDP: batches of 1200-byte datagrams over loopback to a draining receiver.
+//! UDP over loopback to draining receivers.
 //!
-//! Methods (one iteration = one batch):
-//! - `send` — one `send()` per datagram on a connected std `UdpSocket` (`volley bench`'s
-//!   `naive`);
-//! - `sendmmsg` — one `sendmmsg` over the whole batch (looping on a partial count), with the
-//!   `mmsghdr`/`iovec` arrays built before timing (here only);
+//! Methods (one iteration = one batch; `volley bench`'s methods under the names used here):
+//! - `send` — one `send()`/`send_to()` per datagram on a std `UdpSocket` (`naive`);
+//! - `sendmmsg` — no library: one `sendmmsg` per 1024 datagrams over headers built before
+//!   timing (`raw-sendmmsg`);
 //! - `gso` — `sendmsg` with a `UDP_SEGMENT` control message, 1200-byte segments, as many segments
-//!   per call as fit `volley::limits::GSO_MAX_SEGMENTS` and `UDP_MAX_PAYLOAD` (`volley bench`'s
-//!   `raw-gso`);
-//! - `volley-epoll`, `volley-uring` — N `Engine::send` + one `Engine::flush` (the engine uses GSO
-//!   itself where the kernel has it).
+//!   per call as fit `volley::limits::GSO_MAX_SEGMENTS` and `UDP_MAX_PAYLOAD` (`raw-gso`;
+//!   `udp/1200B` only);
+//! - `volley-epoll`, `volley-uring` — N `Engine::send`/`send_to` + one `Engine::flush` (the
+//!   engine uses GSO itself where the kernel has it).
 //!
-//! The receiver drains with `recvmmsg` on its own thread; loopback drops what it cannot keep up
-//! with, so these numbers are the sender's cost (nothing is verified after a benchmark).
+//! Groups:
+//! - `udp/1200B` — 64 or 1024 datagrams of 1200 B per batch on one connected socket (udp-gso).
+//! - `udp/relay` — 172-byte frames to 256 peers, frame-major, 16 frames per flush: 4096
+//!   datagrams per batch through one unconnected socket (udp-relay).
+//!
+//! The receivers drain with `recvmmsg` on their own thread; loopback drops what they cannot keep
+//! up with, so these numbers are the sender's cost (nothing is verified after a benchmark).
 
 mod common;
 
-use std::io;
-use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
-
 use criterion::{criterion_group, criterion_main, Throughput};
-use volley_bench::scenario::{self, Conns, Payload, Spec, Workload};
-use volley_bench::{Method, MethodName, Runner, ScenarioName};
+use volley_bench::scenario::{Payload, Spec};
+use volley_bench::{MethodName, ScenarioName};
 
 const DATAGRAM_BYTES: usize = 1200;
 const BATCHES: [usize; 2] = [64, 1024];
-
-/// An empty `msghdr` (no address: the sockets are connected).
-fn zeroed_msghdr() -> libc::msghdr {
-    // SAFETY: msghdr is a C struct of integers and raw pointers (plus padding on some libcs);
-    // all-zero is a valid value for every field (null pointers, zero lengths).
-    unsafe { std::mem::zeroed() }
-}
-
-/// The socket and the arrays for one `sendmmsg` over the batch, built once. The headers point
-/// into `iovs`, which point into `payload`; neither vector is resized after construction, so the
-/// pointers stay valid for the life of the struct.
-struct Mmsg {
-    socket: UdpSocket,
-    _payload: Vec<u8>,
-    _iovs: Vec<libc::iovec>,
-    msgs: Vec<libc::mmsghdr>,
-}
-
-impl Mmsg {
-    fn new(socket: UdpSocket, count: usize) -> Mmsg {
-        let mut payload = vec![0xa5u8; count * DATAGRAM_BYTES];
-        let mut iovs: Vec<libc::iovec> = payload
-            .chunks_exact_mut(DATAGRAM_BYTES)
-            .map(|chunk| libc::iovec {
-                iov_base: chunk.as_mut_ptr().cast(),
-                iov_len: chunk.len(),
-            })
-            .collect();
-        let msgs = iovs
-            .iter_mut()
-            .map(|iov| {
-                let mut hdr = zeroed_msghdr();
-                hdr.msg_iov = iov;
-                hdr.msg_iovlen = 1;
-                libc::mmsghdr {
-                    msg_hdr: hdr,
-                    msg_len: 0,
-                }
-            })
-            .collect();
-        Mmsg {
-            socket,
-            _payload: payload,
-            _iovs: iovs,
-            msgs,
-        }
-    }
-
-    /// Sends the whole batch, calling `sendmmsg` again after a partial count.
-    fn send_all(&mut self) -> io::Result<()> {
-        let mut sent = 0;
-        while sent < self.msgs.len() {
-            let rest = &mut self.msgs[sent..];
-            let vlen = libc::c_uint::try_from(rest.len()).expect("batch fits c_uint");
-            // SAFETY: `rest` is a live slice of initialised mmsghdrs whose iovecs and payload are
-            // owned by `self` and unchanged since construction; the kernel writes only
-            // `msg_len` in each entry, within the `vlen` entries of the slice.
-            let r = unsafe { libc::sendmmsg(self.socket.as_raw_fd(), rest.as_mut_ptr(), vlen, 0) };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            sent += usize::try_from(r).expect("sendmmsg count is non-negative");
-        }
-        Ok(())
-    }
-}
-
-/// The batch is built once, so the workload's messages go unused.
-impl Method for Mmsg {
-    fn batch(&mut self, _: &mut Workload) -> Result<(), String> {
-        self.send_all().map_err(|e| format!("sendmmsg: {e}"))
-    }
-}
-
-/// `sendmmsg` on the sockets and receiver `volley bench` sets up for `spec`.
-fn sendmmsg(group: &mut common::Group<'_>, spec: Spec, payload: &Payload) {
-    let (conns, rx, work) = scenario::setup(spec, payload).expect("udp sockets");
-    let Conns::Udp(socket) = conns else {
-        unreachable!("a UDP scenario has a UDP socket");
-    };
-    let mut r = Runner {
-        method: Box::new(Mmsg::new(socket, spec.per_peer)),
-        work,
-        rx,
-    };
-    common::bench(group, "sendmmsg", spec.per_peer, &mut r);
-}
 
 /// `method` as benchmark `id`.
 fn method(
@@ -136,7 +45,19 @@ fn method(
             return;
         }
     }
-    common::bench(group, id, spec.per_peer, &mut r);
+    common::bench(group, id, spec.batch_messages(), &mut r);
+}
+
+/// `send`, `sendmmsg`, `gso` (where `gso`) and volley's backends on `spec`.
+fn all_methods(group: &mut common::Group<'_>, spec: Spec, payload: &Payload, gso: bool) {
+    method(group, "send", MethodName::Naive, spec, payload);
+    method(group, "sendmmsg", MethodName::RawSendmmsg, spec, payload);
+    if gso {
+        method(group, "gso", MethodName::RawGso, spec, payload);
+    }
+    for (id, backend) in common::BACKENDS {
+        method(group, id, backend, spec, payload);
+    }
 }
 
 fn datagrams(c: &mut criterion::Criterion) {
@@ -145,19 +66,23 @@ fn datagrams(c: &mut criterion::Criterion) {
     for count in BATCHES {
         group.throughput(Throughput::Elements(count as u64));
         let spec = common::spec(ScenarioName::UdpGso, DATAGRAM_BYTES, count);
-        method(&mut group, "send", MethodName::Naive, spec, &payload);
-        sendmmsg(&mut group, spec, &payload);
-        method(&mut group, "gso", MethodName::RawGso, spec, &payload);
-        for (id, backend) in common::BACKENDS {
-            method(&mut group, id, backend, spec, &payload);
-        }
+        all_methods(&mut group, spec, &payload, true);
     }
+    group.finish();
+}
+
+fn relay(c: &mut criterion::Criterion) {
+    let spec = Spec::new(ScenarioName::UdpRelay, None, false);
+    let payload = Payload::new(spec.msg_size);
+    let mut group = c.benchmark_group("udp/relay");
+    group.throughput(Throughput::Elements(spec.batch_messages() as u64));
+    all_methods(&mut group, spec, &payload, false);
     group.finish();
 }
 
 criterion_group! {
     name = benches;
     config = common::config();
-    targets = datagrams
+    targets = datagrams, relay
 }
 criterion_main!(benches);

@@ -14,6 +14,11 @@
 //! covers, plus the flush — for the latency histogram. Transitions are the kernel's own count of
 //! `sys_enter` events on the bench thread during the timed section ([`crate::perf`]).
 //!
+//! Every method has a [`Role`]: one of volley's backends, a peer (another library, or std, used
+//! at its best) or a floor (no library, hand-built system calls). Every row carries its ratio to
+//! naive, to the scenario's best peer (the fastest peer that ran ok) and to its floor (the
+//! fastest floor that ran ok).
+//!
 //! The criterion benches (`benches/`) build the same methods with [`build`] and time
 //! [`Method::batch`] themselves.
 
@@ -21,7 +26,7 @@ mod naive;
 pub mod net;
 pub mod perf;
 mod quinn;
-mod raw_gso;
+mod raw;
 pub mod receiver;
 mod report;
 pub mod scenario;
@@ -65,27 +70,71 @@ pub enum MethodName {
     EpollPoll,
     /// volley on io_uring, driven with `try_flush` + `poll(2)`.
     UringPoll,
+    /// std `BufWriter` (64 KiB) per TCP socket, `write_all` per buffer, flushed per batch (TCP
+    /// only).
+    Bufwriter,
     /// tokio, one `write_all`/`send`/`send_to` per buffer, current-thread runtime.
     Tokio,
-    /// tokio-uring, one owned-buffer future per buffer, joined per batch.
+    /// tokio's `BufWriter` (64 KiB) per TCP socket, `write_all` per buffer, flushed per batch
+    /// (TCP only).
+    TokioBufwriter,
+    /// tokio-uring, one owned-buffer future per buffer, joined per batch (TCP buffers up to
+    /// 16 KiB: a short write of a larger one cannot be resumed in order).
     TokioUring,
+    /// tokio-uring, one `writev` of the whole batch per TCP socket (TCP only).
+    TokioUringWritev,
     /// quinn-udp with GSO `Transmit`s (udp-gso only).
     QuinnUdp,
-    /// No library: one hand-built GSO `sendmsg` per group (udp-gso only), the floor.
+    /// No library: one `sendmsg` per TCP socket per batch over prebuilt iovecs, the TCP floor.
+    RawWritev,
+    /// No library: one `sendmmsg` per 1024 datagrams over prebuilt headers (UDP), a UDP floor.
+    RawSendmmsg,
+    /// No library: one hand-built GSO `sendmsg` per group (udp-gso only), a UDP floor.
     RawGso,
+}
+
+/// The largest TCP buffer `tokio-uring` (one concurrent write per buffer) is run with: a short
+/// write, which a larger buffer often gets, cannot be resumed in order.
+const TOKIO_URING_MAX_WRITE: usize = 16 * 1024;
+
+/// What a method is, for the ratios of the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// One of volley's backends.
+    Volley,
+    /// Another library (or std) at its best: the fastest of them is the scenario's best peer.
+    Peer,
+    /// No library, hand-written system calls: the fastest is the scenario's floor.
+    Floor,
+}
+
+impl Role {
+    /// The JSON name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Volley => "volley",
+            Role::Peer => "peer",
+            Role::Floor => "floor",
+        }
+    }
 }
 
 impl MethodName {
     /// All methods in report order.
-    pub const ALL: [MethodName; 9] = [
+    pub const ALL: [MethodName; 14] = [
         MethodName::Naive,
         MethodName::Epoll,
         MethodName::Uring,
         MethodName::EpollPoll,
         MethodName::UringPoll,
+        MethodName::Bufwriter,
         MethodName::Tokio,
+        MethodName::TokioBufwriter,
         MethodName::TokioUring,
+        MethodName::TokioUringWritev,
         MethodName::QuinnUdp,
+        MethodName::RawWritev,
+        MethodName::RawSendmmsg,
         MethodName::RawGso,
     ];
 
@@ -97,10 +146,66 @@ impl MethodName {
             MethodName::Uring => "uring",
             MethodName::EpollPoll => "epoll-poll",
             MethodName::UringPoll => "uring-poll",
+            MethodName::Bufwriter => "bufwriter",
             MethodName::Tokio => "tokio",
+            MethodName::TokioBufwriter => "tokio-bufwriter",
             MethodName::TokioUring => "tokio-uring",
+            MethodName::TokioUringWritev => "tokio-uring-writev",
             MethodName::QuinnUdp => "quinn-udp",
+            MethodName::RawWritev => "raw-writev",
+            MethodName::RawSendmmsg => "raw-sendmmsg",
             MethodName::RawGso => "raw-gso",
+        }
+    }
+
+    /// Volley, peer or floor.
+    pub fn role(self) -> Role {
+        match self {
+            MethodName::Epoll
+            | MethodName::Uring
+            | MethodName::EpollPoll
+            | MethodName::UringPoll => Role::Volley,
+            MethodName::Naive
+            | MethodName::Bufwriter
+            | MethodName::Tokio
+            | MethodName::TokioBufwriter
+            | MethodName::TokioUring
+            | MethodName::TokioUringWritev
+            | MethodName::QuinnUdp => Role::Peer,
+            MethodName::RawWritev | MethodName::RawSendmmsg | MethodName::RawGso => Role::Floor,
+        }
+    }
+
+    /// Why the method does not apply to `spec`, if it does not.
+    pub fn not_applicable(self, spec: &Spec) -> Option<String> {
+        let what = self.name();
+        match self {
+            MethodName::Bufwriter
+            | MethodName::TokioBufwriter
+            | MethodName::TokioUringWritev
+            | MethodName::RawWritev
+                if !spec.is_tcp() =>
+            {
+                Some(format!("{what} is TCP only"))
+            }
+            MethodName::RawSendmmsg if spec.is_tcp() => Some(format!("{what} is UDP only")),
+            // Concurrent writes on one stream cannot resume a short write in order, and a lone
+            // 64 KiB write is often short.
+            MethodName::TokioUring if spec.is_tcp() && spec.msg_size > TOKIO_URING_MAX_WRITE => {
+                Some(format!(
+                    "{what}'s concurrent per-buffer writes cannot resume a short write in order, \
+                     and {} KiB writes are often short (tokio-uring-writev can)",
+                    spec.msg_size / 1024
+                ))
+            }
+            MethodName::QuinnUdp | MethodName::RawGso if spec.name != ScenarioName::UdpGso => {
+                Some(if spec.is_tcp() {
+                    format!("{what} is UDP only")
+                } else {
+                    format!("{what} is measured on udp-gso only")
+                })
+            }
+            _ => None,
         }
     }
 }
@@ -245,6 +350,10 @@ pub struct Row {
     pub scenario: &'static str,
     /// Method name.
     pub method: &'static str,
+    /// "volley", "peer" (another library at its best) or "floor" (no library).
+    pub role: &'static str,
+    /// Whether the UDP receivers had `UDP_GRO` on (`--udp-gro`; always false for TCP).
+    pub udp_gro: bool,
     /// Median over rounds.
     pub messages_per_sec: Option<f64>,
     /// Median over rounds (payload bytes).
@@ -261,6 +370,15 @@ pub struct Row {
     pub p999_us: Option<f64>,
     /// messages/s ÷ naive's messages/s in the same scenario.
     pub ratio_to_naive: Option<f64>,
+    /// The scenario's best peer: the fastest (median messages/s) non-volley library method
+    /// that ran ok (naive included).
+    pub best_peer: Option<&'static str>,
+    /// messages/s ÷ the best peer's messages/s.
+    pub ratio_to_best_peer: Option<f64>,
+    /// The scenario's floor: the fastest no-library method that ran ok.
+    pub floor: Option<&'static str>,
+    /// messages/s ÷ the floor's messages/s.
+    pub ratio_to_floor: Option<f64>,
     /// Whether every round ran and verified.
     pub ok: bool,
     /// "ok", "n/a" or "failed".
@@ -294,19 +412,13 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 /// [`Outcome::NotApplicable`] where the method does not apply to the scenario or cannot run
 /// here (e.g. io_uring unavailable), [`Outcome::Failed`] where setting it up failed.
 pub fn build(name: MethodName, spec: Spec, payload: &Payload) -> Result<Runner, Outcome> {
-    if matches!(name, MethodName::QuinnUdp | MethodName::RawGso)
-        && spec.name != ScenarioName::UdpGso
-    {
-        let what = name.name();
-        return Err(Outcome::NotApplicable(if spec.is_tcp() {
-            format!("{what} is UDP only")
-        } else {
-            format!("{what} is measured on udp-gso only")
-        }));
+    if let Some(why) = name.not_applicable(&spec) {
+        return Err(Outcome::NotApplicable(why));
     }
     let (conns, rx, work) = scenario::setup(spec, payload).map_err(Outcome::Failed)?;
     let method: Box<dyn Method> = match name {
         MethodName::Naive => Box::new(naive::Naive::new(conns)),
+        MethodName::Bufwriter => Box::new(naive::Naive::buffered(conns).map_err(Outcome::Failed)?),
         MethodName::Epoll | MethodName::Uring | MethodName::EpollPoll | MethodName::UringPoll => {
             let event_loop = matches!(name, MethodName::EpollPoll | MethodName::UringPoll);
             let backend = if matches!(name, MethodName::Epoll | MethodName::EpollPoll) {
@@ -324,15 +436,26 @@ pub fn build(name: MethodName, spec: Spec, payload: &Payload) -> Result<Runner, 
             )
         }
         MethodName::Tokio => Box::new(tokio::Tokio::new(conns).map_err(Outcome::Failed)?),
-        MethodName::TokioUring => {
-            Box::new(tokio_uring::TokioUring::new(conns).map_err(Outcome::NotApplicable)?)
+        MethodName::TokioBufwriter => {
+            Box::new(tokio::Tokio::buffered(conns).map_err(Outcome::Failed)?)
+        }
+        MethodName::TokioUring | MethodName::TokioUringWritev => {
+            let writev = name == MethodName::TokioUringWritev;
+            Box::new(tokio_uring::TokioUring::new(conns, writev).map_err(Outcome::NotApplicable)?)
         }
         MethodName::QuinnUdp => {
             let dest = work.dests[0];
             Box::new(quinn::Quinn::new(conns, dest, spec.msg_size).map_err(Outcome::Failed)?)
         }
+        MethodName::RawWritev => {
+            Box::new(raw::writev::RawWritev::new(conns, payload).map_err(Outcome::Failed)?)
+        }
+        MethodName::RawSendmmsg => Box::new(
+            raw::sendmmsg::RawSendmmsg::new(conns, spec, payload, &work.dests)
+                .map_err(Outcome::Failed)?,
+        ),
         MethodName::RawGso => {
-            Box::new(raw_gso::RawGso::new(conns, spec.msg_size).map_err(Outcome::Failed)?)
+            Box::new(raw::gso::RawGso::new(conns, spec.msg_size).map_err(Outcome::Failed)?)
         }
     };
     Ok(Runner { method, work, rx })
@@ -466,17 +589,35 @@ fn run_scenario(
     }
 
     let mut rows: Vec<Row> = entries.into_iter().map(|e| row(spec, e)).collect();
-    let naive = rows
-        .iter()
-        .find(|r| r.method == MethodName::Naive.name() && r.ok)
-        .and_then(|r| r.messages_per_sec);
-    for r in &mut rows {
-        r.ratio_to_naive = match (r.messages_per_sec, naive) {
-            (Some(m), Some(n)) if r.ok && n > 0.0 => Some(m / n),
+    set_ratios(&mut rows);
+    rows
+}
+
+/// The fastest ok row (median messages/s) that `pick` selects: (method, messages/s).
+fn fastest(rows: &[Row], pick: impl Fn(&Row) -> bool) -> Option<(&'static str, f64)> {
+    rows.iter()
+        .filter(|r| r.ok && pick(r))
+        .filter_map(|r| r.messages_per_sec.map(|m| (r.method, m)))
+        .filter(|&(_, m)| m > 0.0)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+/// Sets every row's ratios to naive, the best peer and the floor of its scenario (`rows`).
+fn set_ratios(rows: &mut [Row]) {
+    let naive = fastest(rows, |r| r.method == MethodName::Naive.name());
+    let peer = fastest(rows, |r| r.role == Role::Peer.name());
+    let floor = fastest(rows, |r| r.role == Role::Floor.name());
+    for r in rows {
+        let ratio = |to: Option<(&str, f64)>| match (r.messages_per_sec, to) {
+            (Some(m), Some((_, n))) if r.ok => Some(m / n),
             _ => None,
         };
+        r.ratio_to_naive = ratio(naive);
+        r.ratio_to_best_peer = ratio(peer);
+        r.ratio_to_floor = ratio(floor);
+        r.best_peer = peer.map(|p| p.0);
+        r.floor = floor.map(|f| f.0);
     }
-    rows
 }
 
 fn row(spec: Spec, e: Entry) -> Row {
@@ -515,6 +656,8 @@ fn row(spec: Spec, e: Entry) -> Row {
     Row {
         scenario: spec.name.name(),
         method: e.name.name(),
+        role: e.name.role().name(),
+        udp_gro: spec.udp_gro && !spec.is_tcp(),
         messages_per_sec: if ok { per_sec(|s| s.messages) } else { None },
         bytes_per_sec: if ok { per_sec(|s| s.bytes) } else { None },
         transitions_per_message: if ok { transitions } else { None },
@@ -523,6 +666,10 @@ fn row(spec: Spec, e: Entry) -> Row {
         p99_us: q(0.99),
         p999_us: q(0.999),
         ratio_to_naive: None,
+        best_peer: None,
+        ratio_to_best_peer: None,
+        floor: None,
+        ratio_to_floor: None,
         ok,
         status,
         error,
@@ -550,8 +697,8 @@ pub fn run(opts: &BenchOpts) -> Result<(), String> {
     } else {
         Plan {
             rounds: opts.rounds.unwrap_or(31),
-            round_target: Duration::from_millis(250),
-            warm_min: Duration::from_millis(50),
+            round_target: Duration::from_millis(80),
+            warm_min: Duration::from_millis(30),
         }
     };
     if plan.rounds == 0 {
@@ -641,4 +788,86 @@ fn dedup<T: PartialEq + Copy>(v: &[T]) -> Vec<T> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every method that applies to a scenario sends two batches that its receiver verifies;
+    /// one that does not apply says so. Methods that cannot run here (io_uring disabled) are
+    /// skipped.
+    #[test]
+    fn every_method_verifies_on_every_scenario() {
+        for scenario in ScenarioName::ALL {
+            let spec = Spec::new(scenario, None, true);
+            let payload = Payload::new(spec.msg_size);
+            for name in MethodName::ALL {
+                let what = format!("{} {}", scenario.name(), name.name());
+                let applies = name.not_applicable(&spec).is_none();
+                let mut r = match build(name, spec, &payload) {
+                    Ok(r) => r,
+                    Err(Outcome::NotApplicable(why)) => {
+                        assert!(!applies || why.contains("io_uring"), "{what}: {why}");
+                        continue;
+                    }
+                    Err(o) => panic!("{what}: {o:?}"),
+                };
+                assert!(applies, "{what} built where it does not apply");
+                let mut hist = histogram();
+                run_verified(&mut r, spec, 2, &mut hist, None)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+            }
+        }
+    }
+
+    fn row(method: MethodName, mps: Option<f64>) -> Row {
+        Row {
+            scenario: "s",
+            method: method.name(),
+            role: method.role().name(),
+            udp_gro: false,
+            messages_per_sec: mps,
+            bytes_per_sec: None,
+            transitions_per_message: None,
+            engine_transitions_per_message: None,
+            p50_us: None,
+            p99_us: None,
+            p999_us: None,
+            ratio_to_naive: None,
+            best_peer: None,
+            ratio_to_best_peer: None,
+            floor: None,
+            ratio_to_floor: None,
+            ok: mps.is_some(),
+            status: if mps.is_some() { "ok" } else { "failed" },
+            error: None,
+            rounds: 1,
+            messages_per_round: 1,
+            batch: 1,
+        }
+    }
+
+    #[test]
+    fn ratios_to_naive_best_peer_and_floor() {
+        let mut rows = vec![
+            row(MethodName::Naive, Some(100.0)),
+            row(MethodName::Uring, Some(1000.0)),
+            row(MethodName::Bufwriter, Some(500.0)),
+            row(MethodName::Tokio, None),
+            row(MethodName::RawWritev, Some(800.0)),
+        ];
+        set_ratios(&mut rows);
+        let uring = &rows[1];
+        assert_eq!(uring.best_peer, Some("bufwriter"));
+        assert_eq!(uring.floor, Some("raw-writev"));
+        assert_eq!(uring.ratio_to_naive, Some(10.0));
+        assert_eq!(uring.ratio_to_best_peer, Some(2.0));
+        assert_eq!(uring.ratio_to_floor, Some(1.25));
+        assert_eq!(
+            rows[3].ratio_to_best_peer, None,
+            "a failed row has no ratio"
+        );
+        assert_eq!(rows[2].ratio_to_best_peer, Some(1.0));
+    }
 }

@@ -1,4 +1,4 @@
-//! Text output: the machine header, one aligned table per scenario, the tcp-small targets.
+//! Text output: the machine header, one aligned table per scenario, the targets.
 
 use std::ffi::CStr;
 
@@ -32,7 +32,10 @@ pub fn header(plan: &str, counter: &str) -> String {
     format!(
         "volley bench on {}, {cpus} CPUs\n  transitions: {counter}\n  {plan}\n  \
          latency: per batch = the writes one flush covers plus the flush (naive/tokio: the \
-         writes; tokio-uring: the joined futures); verified by receivers every round",
+         writes; tokio-uring: the joined futures; bufwriters: writes + flush), per message where \
+         a batch is one message; verified by receivers every round\n  \
+         ×peer: over the scenario's best peer (fastest other library, naive included); \
+         ×floor: over the fastest no-library method (raw-*)",
         uname()
     )
 }
@@ -53,81 +56,64 @@ fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
     v.map_or_else(|| "-".to_string(), f)
 }
 
-/// One scenario's table.
-pub fn table(spec: Spec, rounds: usize, rows: &[Row]) -> String {
-    let what = match spec.kind {
+/// What a scenario sends, for its table's title.
+fn describe(spec: Spec) -> String {
+    let per_message = if spec.is_per_message() {
+        " (latency per message)"
+    } else {
+        ""
+    };
+    match spec.kind {
         Kind::Tcp if spec.peers == 1 => format!(
-            "{}-byte messages on 1 TCP connection, {} per flush",
-            spec.msg_size, spec.per_peer
+            "{} on 1 TCP connection, {} per flush{per_message}",
+            size(spec.msg_size),
+            spec.per_peer
         ),
         Kind::Tcp => format!(
-            "{} TCP connections × {} × {}-byte messages, one flush_all",
-            spec.peers, spec.per_peer, spec.msg_size
+            "{} TCP connections × {} × {}, one flush_all",
+            spec.peers,
+            spec.per_peer,
+            size(spec.msg_size)
         ),
         Kind::UdpConnected => format!(
-            "{}-byte datagrams on 1 connected UDP socket, {} per flush",
+            "{}-byte datagrams on 1 connected UDP socket, {} per flush{per_message}",
             spec.msg_size, spec.per_peer
+        ),
+        Kind::UdpUnconnected if spec.frame_major => format!(
+            "{}-byte frames to {} peers via 1 unconnected socket, frame-major (each frame to \
+             every peer in turn), {} frames per flush",
+            spec.msg_size, spec.peers, spec.per_peer
         ),
         Kind::UdpUnconnected => format!(
             "{}-byte datagrams to {} peers × {} via 1 unconnected socket, one flush",
             spec.msg_size, spec.peers, spec.per_peer
         ),
-    };
-    let mut out = format!(
-        "== {}: {what}; median of {rounds} rounds ==\n",
-        spec.name.name()
-    );
-    let head = [
-        "method",
-        "msgs/s",
-        "MB/s",
-        "trans/msg",
-        "p50 µs",
-        "p99 µs",
-        "p999 µs",
-        "×naive",
-        "msgs/round",
-        "status",
-    ];
-    let mut cells: Vec<[String; 10]> = vec![head.map(String::from)];
-    for r in rows {
-        let status = match (&r.error, r.status) {
-            (Some(e), "n/a") => format!("n/a: {e}"),
-            (Some(e), _) => format!("FAILED: {e}"),
-            (None, s) => s.to_string(),
-        };
-        let na = r.status == "n/a";
-        let dash = |s: String| if na { "n/a".to_string() } else { s };
-        cells.push([
-            r.method.to_string(),
-            dash(opt(r.messages_per_sec, si)),
-            dash(opt(r.bytes_per_sec, |v| format!("{:.1}", v / 1e6))),
-            if r.ok && r.transitions_per_message.is_none() {
-                "n/a".into()
-            } else {
-                dash(opt(r.transitions_per_message, |v| format!("{v:.4}")))
-            },
-            dash(opt(r.p50_us, |v| format!("{v:.1}"))),
-            dash(opt(r.p99_us, |v| format!("{v:.1}"))),
-            dash(opt(r.p999_us, |v| format!("{v:.1}"))),
-            dash(opt(r.ratio_to_naive, |v| format!("{v:.1}×"))),
-            if r.ok {
-                r.messages_per_round.to_string()
-            } else {
-                dash("-".into())
-            },
-            status,
-        ]);
     }
-    let mut widths = [0usize; 10];
-    for row in &cells {
+}
+
+/// "64-byte messages", "64 KiB buffers".
+fn size(bytes: usize) -> String {
+    if bytes >= 1024 && bytes % 1024 == 0 {
+        format!("{} KiB buffers", bytes / 1024)
+    } else {
+        format!("{bytes}-byte messages")
+    }
+}
+
+/// Lays out `cells` (the first row is the header): the first column left-aligned, the last
+/// unpadded, the others right-aligned.
+fn align(cells: &[Vec<String>]) -> String {
+    let cols = cells.first().map_or(0, Vec::len);
+    let mut widths = vec![0usize; cols];
+    for row in cells {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.chars().count());
         }
     }
-    for row in &cells {
+    let mut out = String::new();
+    for row in cells {
         let mut line = String::new();
-        for (i, (c, w)) in row.iter().zip(widths).enumerate() {
+        for (i, (c, w)) in row.iter().zip(&widths).enumerate() {
             let pad = w - c.chars().count();
             if i == 0 || i == row.len() - 1 {
                 line.push_str(c);
@@ -143,6 +129,89 @@ pub fn table(spec: Spec, rounds: usize, rows: &[Row]) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
+    out
+}
+
+/// One scenario's table: the rows, ratios to naive, the best peer and the floor, and a line
+/// naming the best peer and the floor.
+pub fn table(spec: Spec, rounds: usize, rows: &[Row]) -> String {
+    let mut out = format!(
+        "== {}: {}; median of {rounds} rounds ==\n",
+        spec.name.name(),
+        describe(spec)
+    );
+    // Bandwidth first where the messages are big (tcp-bulk).
+    let bytes_first = spec.msg_size >= 16 * 1024;
+    let (rate_a, rate_b) = if bytes_first {
+        ("MB/s", "msgs/s")
+    } else {
+        ("msgs/s", "MB/s")
+    };
+    let head = [
+        "method",
+        rate_a,
+        rate_b,
+        "trans/msg",
+        "p50 µs",
+        "p99 µs",
+        "p999 µs",
+        "×naive",
+        "×peer",
+        "×floor",
+        "msgs/round",
+        "status",
+    ];
+    let mut cells: Vec<Vec<String>> = vec![head.map(String::from).to_vec()];
+    for r in rows {
+        let status = match (&r.error, r.status) {
+            (Some(e), "n/a") => format!("n/a: {e}"),
+            (Some(e), _) => format!("FAILED: {e}"),
+            (None, s) => s.to_string(),
+        };
+        let na = r.status == "n/a";
+        let dash = |s: String| if na { "n/a".to_string() } else { s };
+        let msgs = dash(opt(r.messages_per_sec, si));
+        let mb = dash(opt(r.bytes_per_sec, |v| format!("{:.1}", v / 1e6)));
+        let (a, b) = if bytes_first { (mb, msgs) } else { (msgs, mb) };
+        let ratio = |v: Option<f64>| dash(opt(v, |v| format!("{v:.2}×")));
+        cells.push(vec![
+            r.method.to_string(),
+            a,
+            b,
+            if r.ok && r.transitions_per_message.is_none() {
+                "n/a".into()
+            } else {
+                dash(opt(r.transitions_per_message, |v| format!("{v:.4}")))
+            },
+            dash(opt(r.p50_us, |v| format!("{v:.1}"))),
+            dash(opt(r.p99_us, |v| format!("{v:.1}"))),
+            dash(opt(r.p999_us, |v| format!("{v:.1}"))),
+            dash(opt(r.ratio_to_naive, |v| format!("{v:.1}×"))),
+            ratio(r.ratio_to_best_peer),
+            ratio(r.ratio_to_floor),
+            if r.ok {
+                r.messages_per_round.to_string()
+            } else {
+                dash("-".into())
+            },
+            status,
+        ]);
+    }
+    out.push_str(&align(&cells));
+    let named = |name: Option<&str>| {
+        name.and_then(|n| rows.iter().find(|r| r.method == n))
+            .map_or_else(
+                || "none ran".to_string(),
+                |r| format!("{} ({} msgs/s)", r.method, opt(r.messages_per_sec, si)),
+            )
+    };
+    if let Some(first) = rows.first() {
+        out.push_str(&format!(
+            "best peer: {}; floor: {}\n",
+            named(first.best_peer),
+            named(first.floor)
+        ));
+    }
     for r in rows {
         if let (Some(k), Some(own)) = (r.transitions_per_message, r.engine_transitions_per_message)
         {
@@ -157,45 +226,161 @@ pub fn table(spec: Spec, rounds: usize, rows: &[Row]) -> String {
     out.trim_end().to_string()
 }
 
-/// The tcp-small targets (informational): uring ≥ 30× naive, ≥ 0.95× epoll, ≤ 1/32
-/// transitions per message.
+/// What a target compares.
+#[derive(Clone, Copy)]
+enum Check {
+    /// messages/s ≥ `x` × `other`'s (same scenario).
+    Rate { other: &'static str, x: f64 },
+    /// p99 batch latency ≤ `x` × `other`'s (same scenario).
+    P99 { other: &'static str, x: f64 },
+    /// Kernel-counted transitions per message ≤ `max`.
+    Transitions { max: f64 },
+    /// bytes/s ≥ `x` × the same method's bytes/s in scenario `of`.
+    Bandwidth { of: &'static str, x: f64 },
+}
+
+/// A target of the issue, checked on every run where its scenario ran (informational).
+struct Target {
+    scenario: &'static str,
+    /// `Some(gro)`: only on runs with (`true`) or without `--udp-gro`.
+    gro: Option<bool>,
+    method: &'static str,
+    check: Check,
+}
+
+const fn target(scenario: &'static str, method: &'static str, check: Check) -> Target {
+    Target {
+        scenario,
+        gro: None,
+        method,
+        check,
+    }
+}
+
+const fn rate(other: &'static str, x: f64) -> Check {
+    Check::Rate { other, x }
+}
+
+const fn p99(other: &'static str, x: f64) -> Check {
+    Check::P99 { other, x }
+}
+
+fn with_gro(gro: bool, t: Target) -> Target {
+    Target {
+        gro: Some(gro),
+        ..t
+    }
+}
+
+/// The issue's targets, in report order.
+fn all_targets() -> Vec<Target> {
+    let mut all = vec![
+        target("tcp-small", "uring", rate("naive", 30.0)),
+        target("tcp-small", "uring", rate("epoll", 0.95)),
+        target("tcp-small", "uring", Check::Transitions { max: 1.0 / 32.0 }),
+        target("tcp-small", "uring", rate("bufwriter", 1.0)),
+        target("tcp-small", "uring", rate("raw-writev", 0.9)),
+        target(
+            "tcp-small",
+            "uring",
+            Check::Bandwidth {
+                of: "tcp-bulk",
+                x: 0.4,
+            },
+        ),
+        target("tcp-fanout", "uring", rate("bufwriter", 1.2)),
+        target("tcp-fanout", "uring", rate("epoll", 1.2)),
+    ];
+    // The latency scenarios, both backends: ≥ 0.97× naive's messages/s, p99 ≤ 1.1× naive's.
+    for s in ["tcp-latency", "udp-latency"] {
+        for m in ["epoll", "uring"] {
+            all.push(target(s, m, rate("naive", 0.97)));
+            all.push(target(s, m, p99("naive", 1.1)));
+        }
+    }
+    all.extend([
+        target("udp-relay", "uring", rate("raw-sendmmsg", 2.0)),
+        target("udp-relay", "uring", rate("naive", 3.0)),
+        target("udp-fanout", "uring", rate("epoll", 1.0)),
+        with_gro(false, target("udp-gso", "uring", rate("raw-gso", 0.95))),
+        with_gro(true, target("udp-gso", "uring", rate("raw-gso", 0.95))),
+        with_gro(true, target("udp-gso", "uring", rate("quinn-udp", 1.0))),
+    ]);
+    all
+}
+
+/// The targets whose scenario ran, one line each (informational): the measured value and
+/// whether it is met, or why it could not be checked.
 pub fn targets(rows: &[Row]) -> Vec<String> {
-    let find = |m: &str| {
-        rows.iter()
-            .find(|r| r.scenario == "tcp-small" && r.method == m && r.ok)
-    };
-    let Some(uring) = find("uring") else {
-        return if rows.iter().any(|r| r.scenario == "tcp-small") {
-            vec!["targets (tcp-small): uring did not run or failed; nothing to check".into()]
-        } else {
-            Vec::new()
-        };
+    let find = |scenario: &str, gro: Option<bool>, method: &str| {
+        rows.iter().find(|r| {
+            r.scenario == scenario
+                && r.method == method
+                && r.ok
+                && gro.is_none_or(|g| r.udp_gro == g)
+        })
     };
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
-    let mut out = vec!["targets (tcp-small, informational):".to_string()];
-    let mps = uring.messages_per_sec.unwrap_or(0.0);
-    match find("naive").and_then(|r| r.messages_per_sec) {
-        Some(n) if n > 0.0 => out.push(format!(
-            "  uring ≥ 30× naive: {:.1}× — {}",
-            mps / n,
-            verdict(mps / n >= 30.0)
-        )),
-        _ => out.push("  uring ≥ 30× naive: naive did not run".into()),
+    let mut out = Vec::new();
+    for t in &all_targets() {
+        let ran = rows
+            .iter()
+            .any(|r| r.scenario == t.scenario && t.gro.is_none_or(|g| r.udp_gro == g));
+        if !ran {
+            continue;
+        }
+        let gro = match t.gro {
+            Some(true) => " (--udp-gro)",
+            _ => "",
+        };
+        let m = t.method;
+        let row = |method: &'static str| (method, find(t.scenario, t.gro, method));
+        let (what, result) = match t.check {
+            Check::Rate { other, x } => (
+                format!("{m} ≥ {x}× {other}"),
+                ratio_of(row(m), row(other), |r| r.messages_per_sec)
+                    .map(|v| format!("{v:.2}× — {}", verdict(v >= x))),
+            ),
+            Check::P99 { other, x } => (
+                format!("{m} p99 ≤ {x}× {other}'s"),
+                ratio_of(row(m), row(other), |r| r.p99_us)
+                    .map(|v| format!("{v:.2}× — {}", verdict(v <= x))),
+            ),
+            Check::Transitions { max } => (
+                format!("{m} ≤ {max:.4} transitions per message"),
+                match find(t.scenario, t.gro, m) {
+                    None => Err(format!("{m} did not run")),
+                    Some(r) => r.transitions_per_message.map_or_else(
+                        || Err("no kernel counter".into()),
+                        |v| Ok(format!("{v:.4} — {}", verdict(v <= max))),
+                    ),
+                },
+            ),
+            Check::Bandwidth { of, x } => (
+                format!("{m} bytes/s ≥ {:.0} % of {of}'s", x * 100.0),
+                ratio_of(row(m), (of, find(of, t.gro, m)), |r| r.bytes_per_sec)
+                    .map(|v| format!("{:.0} % — {}", v * 100.0, verdict(v >= x))),
+            ),
+        };
+        let result = result.unwrap_or_else(|why| format!("n/a ({why})"));
+        out.push(format!("  {}{gro}: {what}: {result}", t.scenario));
     }
-    match find("epoll").and_then(|r| r.messages_per_sec) {
-        Some(e) if e > 0.0 => out.push(format!(
-            "  uring ≥ 0.95× epoll: {:.2}× — {}",
-            mps / e,
-            verdict(mps / e >= 0.95)
-        )),
-        _ => out.push("  uring ≥ 0.95× epoll: epoll did not run".into()),
-    }
-    match uring.transitions_per_message {
-        Some(t) => out.push(format!(
-            "  uring ≤ 1/32 transitions per message: {t:.4} (1/32 = 0.0312) — {}",
-            verdict(t <= 1.0 / 32.0)
-        )),
-        None => out.push("  uring ≤ 1/32 transitions per message: n/a (no kernel counter)".into()),
+    if !out.is_empty() {
+        out.insert(0, "targets (informational):".into());
     }
     out
+}
+
+/// `field` of row `a` over `field` of row `b` (each with its name), or why there is none.
+fn ratio_of(
+    (a_name, a): (&str, Option<&Row>),
+    (b_name, b): (&str, Option<&Row>),
+    field: fn(&Row) -> Option<f64>,
+) -> Result<f64, String> {
+    let a = a.ok_or_else(|| format!("{a_name} did not run"))?;
+    let b = b.ok_or_else(|| format!("{b_name} did not run"))?;
+    match (field(a), field(b)) {
+        (Some(x), Some(y)) if y > 0.0 => Ok(x / y),
+        _ => Err("no value".into()),
+    }
 }

@@ -1,4 +1,5 @@
-//! The four scenarios: what is sent, to how many sockets, and how it is grouped into batches.
+//! The scenarios: what is sent, to how many sockets, in which order, and how it is grouped into
+//! batches.
 
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 
@@ -15,19 +16,33 @@ pub enum ScenarioName {
     TcpSmall,
     /// 64 TCP connections, 16 × 64-byte messages each, one flush of everything.
     TcpFanout,
+    /// 64 KiB buffers on one loopback TCP connection, 16 per flush: the bandwidth limit that
+    /// small messages are held to.
+    TcpBulk,
+    /// 64-byte messages on one TCP connection, one per flush (per-message latency).
+    TcpLatency,
     /// 1200-byte datagrams on one connected UDP socket (GSO territory).
     UdpGso,
-    /// 172-byte datagrams to 256 peers through one unconnected UDP socket.
+    /// 172-byte datagrams to 256 peers through one unconnected UDP socket, peer by peer.
     UdpFanout,
+    /// 172-byte frames to 256 peers through one unconnected UDP socket, frame-major (each frame
+    /// to every peer in turn), 16 frames per flush: what a VoIP SFU produces.
+    UdpRelay,
+    /// 172-byte datagrams on one connected UDP socket, one per flush (per-message latency).
+    UdpLatency,
 }
 
 impl ScenarioName {
     /// All scenarios in report order.
-    pub const ALL: [ScenarioName; 4] = [
+    pub const ALL: [ScenarioName; 8] = [
         ScenarioName::TcpSmall,
         ScenarioName::TcpFanout,
+        ScenarioName::TcpBulk,
+        ScenarioName::TcpLatency,
         ScenarioName::UdpGso,
         ScenarioName::UdpFanout,
+        ScenarioName::UdpRelay,
+        ScenarioName::UdpLatency,
     ];
 
     /// The CLI name.
@@ -35,8 +50,12 @@ impl ScenarioName {
         match self {
             ScenarioName::TcpSmall => "tcp-small",
             ScenarioName::TcpFanout => "tcp-fanout",
+            ScenarioName::TcpBulk => "tcp-bulk",
+            ScenarioName::TcpLatency => "tcp-latency",
             ScenarioName::UdpGso => "udp-gso",
             ScenarioName::UdpFanout => "udp-fanout",
+            ScenarioName::UdpRelay => "udp-relay",
+            ScenarioName::UdpLatency => "udp-latency",
         }
     }
 }
@@ -65,6 +84,9 @@ pub struct Spec {
     pub peers: usize,
     /// Messages per peer per batch; a batch ends with one flush.
     pub per_peer: usize,
+    /// The order of a batch's messages across peers (see [`Spec::send_order`]): frame-major
+    /// (message 0 to every peer, then message 1 to every peer, …) instead of peer by peer.
+    pub frame_major: bool,
     /// Cap on messages per round (UDP: what the receive buffers hold with margin).
     pub max_round_messages: usize,
     /// UDP receivers enable `UDP_GRO` (see `BenchOpts::udp_gro`).
@@ -75,45 +97,59 @@ impl Spec {
     /// The scenario's sizes; `batch` overrides messages per flush for tcp-small and udp-gso.
     pub fn new(name: ScenarioName, batch: Option<usize>, quick: bool) -> Spec {
         let scale = if quick { 1 } else { 32 };
+        let base = Spec {
+            name,
+            kind: Kind::Tcp,
+            msg_size: 64,
+            peers: 1,
+            per_peer: 1,
+            frame_major: false,
+            max_round_messages: scale * 64 * 1024,
+            udp_gro: false,
+        };
         match name {
             ScenarioName::TcpSmall => Spec {
-                name,
-                kind: Kind::Tcp,
-                msg_size: 64,
-                peers: 1,
                 per_peer: batch.unwrap_or(1024),
-                max_round_messages: scale * 64 * 1024,
-                udp_gro: false,
+                ..base
             },
             ScenarioName::TcpFanout => Spec {
-                name,
-                kind: Kind::Tcp,
-                msg_size: 64,
                 peers: 64,
                 per_peer: 16,
-                max_round_messages: scale * 64 * 1024,
-                udp_gro: false,
+                ..base
             },
+            ScenarioName::TcpBulk => Spec {
+                msg_size: 64 * 1024,
+                per_peer: 16,
+                // 128 MiB (quick) or 1 GiB a round at most; rounds end on time before that.
+                max_round_messages: if quick { 2 * 1024 } else { 16 * 1024 },
+                ..base
+            },
+            ScenarioName::TcpLatency => base,
             ScenarioName::UdpGso => Spec {
-                name,
                 kind: Kind::UdpConnected,
                 msg_size: 1200,
-                peers: 1,
                 per_peer: batch.unwrap_or(1024),
                 // 32 Ki × 1200 B (≈ 80 MB of skb truesize) fits the 128 MiB receive buffer
                 // even if the receiver drained nothing during the round.
                 max_round_messages: if quick { 16 * 1024 } else { 32 * 1024 },
-                udp_gro: false,
+                ..base
             },
-            ScenarioName::UdpFanout => Spec {
-                name,
+            ScenarioName::UdpFanout | ScenarioName::UdpRelay => Spec {
                 kind: Kind::UdpUnconnected,
                 msg_size: 172,
                 peers: 256,
                 per_peer: 16,
+                frame_major: name == ScenarioName::UdpRelay,
                 // Up to 512 per peer: well inside each peer's 4 MiB receive buffer.
                 max_round_messages: if quick { 64 * 1024 } else { 128 * 1024 },
-                udp_gro: false,
+                ..base
+            },
+            ScenarioName::UdpLatency => Spec {
+                kind: Kind::UdpConnected,
+                msg_size: 172,
+                // As udp-gso: well inside the 128 MiB receive buffer.
+                max_round_messages: if quick { 16 * 1024 } else { 32 * 1024 },
+                ..base
             },
         }
     }
@@ -121,6 +157,25 @@ impl Spec {
     /// Messages per batch (per flush).
     pub fn batch_messages(&self) -> usize {
         self.peers * self.per_peer
+    }
+
+    /// A batch's messages in send order, as (peer, frame): the frame is the message's index
+    /// among that peer's messages of the batch. Peer by peer, or frame-major (`frame_major`).
+    #[inline]
+    pub fn send_order(&self) -> impl Iterator<Item = (usize, usize)> {
+        let (peers, per_peer, frame_major) = (self.peers, self.per_peer, self.frame_major);
+        let (outer, inner) = if frame_major {
+            (per_peer, peers)
+        } else {
+            (peers, per_peer)
+        };
+        (0..outer)
+            .flat_map(move |o| (0..inner).map(move |i| if frame_major { (i, o) } else { (o, i) }))
+    }
+
+    /// Whether a batch is one message (the latency scenarios): batch latency is per message.
+    pub fn is_per_message(&self) -> bool {
+        self.batch_messages() == 1
     }
 
     /// Whether the scenario is TCP.
@@ -132,13 +187,15 @@ impl Spec {
 /// Messages in a pre-filled buffer; each message is a `Bytes` slice of it (no allocation).
 #[derive(Debug, Clone)]
 pub struct Payload {
-    /// The buffer: `PAYLOAD_MESSAGES` messages back to back, filled with `pattern`.
+    /// The buffer: 4096 messages (at most 8 MiB of them) back to back, filled with `pattern`.
     pub big: Bytes,
     /// Bytes per message.
     pub size: usize,
 }
 
+/// Messages in a payload, fewer where they would take more than `PAYLOAD_MAX_BYTES`.
 const PAYLOAD_MESSAGES: usize = 4096;
+const PAYLOAD_MAX_BYTES: usize = 8 << 20;
 
 /// The byte at offset `i` of every stream: a period (251, prime) that no message size divides,
 /// so a reordered, lost or repeated message breaks the pattern.
@@ -149,7 +206,8 @@ fn pattern(i: usize) -> u8 {
 impl Payload {
     /// A payload of `size`-byte messages.
     pub fn new(size: usize) -> Payload {
-        let big: Vec<u8> = (0..size * PAYLOAD_MESSAGES).map(pattern).collect();
+        let messages = (PAYLOAD_MAX_BYTES / size.max(1)).clamp(1, PAYLOAD_MESSAGES);
+        let big: Vec<u8> = (0..size * messages).map(pattern).collect();
         // A static buffer (leaked once per scenario, a few MiB): slicing and dropping a static
         // `Bytes` touches no reference count, so buffer ownership — an application cost that
         // differs per application — is measured for no method, and every method gets the same
@@ -158,6 +216,11 @@ impl Payload {
             big: Bytes::from_static(Box::leak(big.into_boxed_slice())),
             size,
         }
+    }
+
+    /// How many messages the buffer holds.
+    pub fn messages(&self) -> usize {
+        self.big.len() / self.size
     }
 }
 
@@ -197,6 +260,16 @@ impl Workload {
             next
         };
         b
+    }
+
+    /// Takes the next `n` messages for `peer` without slicing them out (for methods that
+    /// address the payload themselves): returns the index of the first in the payload; the
+    /// messages are that index and the `n - 1` after it, modulo [`Payload::messages`].
+    pub fn skip(&mut self, peer: usize, n: usize) -> usize {
+        let size = self.payload.size;
+        let pos = self.cursors[peer];
+        self.cursors[peer] = (pos + n % self.payload.messages() * size) % self.payload.big.len();
+        pos / size
     }
 
     /// Up to `max` whole messages for `peer` as one contiguous slice (for GSO sends); returns
@@ -287,6 +360,50 @@ pub fn setup(spec: Spec, payload: &Payload) -> Result<(Conns, Receiver, Workload
                 rx,
                 Workload::new(spec, payload.clone(), dests),
             ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_order_peer_by_peer_or_frame_major() {
+        let fanout = Spec::new(ScenarioName::UdpFanout, None, true);
+        let relay = Spec::new(ScenarioName::UdpRelay, None, true);
+        let f: Vec<_> = fanout.send_order().collect();
+        let r: Vec<_> = relay.send_order().collect();
+        assert_eq!(f.len(), 256 * 16);
+        assert_eq!(r.len(), 256 * 16);
+        assert_eq!(&f[..3], &[(0, 0), (0, 1), (0, 2)]);
+        assert_eq!(&r[..3], &[(0, 0), (1, 0), (2, 0)]);
+        assert_eq!(r[256], (0, 1));
+        let (mut f, mut r) = (f, r);
+        f.sort_unstable();
+        r.sort_unstable();
+        assert_eq!(f, r, "the same datagrams, in another order");
+    }
+
+    #[test]
+    fn skip_takes_the_messages_next_would() {
+        let spec = Spec::new(ScenarioName::TcpBulk, None, true);
+        let payload = Payload::new(spec.msg_size);
+        let m = payload.messages();
+        assert!(m >= 16 && payload.big.len() <= PAYLOAD_MAX_BYTES);
+        let mut a = Workload::new(spec, payload.clone(), Vec::new());
+        let mut b = Workload::new(spec, payload.clone(), Vec::new());
+        for n in [1, 5, m - 1, m, 2 * m + 3] {
+            let first = a.skip(0, n);
+            for i in 0..n {
+                let want = b.next(0);
+                let at = (first + i) % m * spec.msg_size;
+                assert_eq!(
+                    want,
+                    payload.big.slice(at..at + spec.msg_size),
+                    "n {n}, i {i}"
+                );
+            }
         }
     }
 }

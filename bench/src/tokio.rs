@@ -1,23 +1,49 @@
 //! `tokio`: `write_all` / `send` / `send_to` per buffer on a current-thread runtime that runs on
-//! the bench thread (so its system calls are counted like everyone else's).
+//! the bench thread (so its system calls are counted like everyone else's). `tokio-bufwriter`:
+//! the same `write_all`s through tokio's `BufWriter` (64 KiB) per TCP socket, flushed at the end
+//! of every batch.
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::runtime::{Builder, Runtime};
 
+use crate::naive::BUFWRITER_CAPACITY;
 use crate::scenario::{Conns, Kind, Workload};
 use crate::Method;
 
-/// A current-thread runtime and the sender sockets converted to tokio's.
+/// A current-thread runtime and the sender sockets converted to tokio's; `W` is the TCP
+/// writer: the stream (`tokio`) or a `BufWriter` over it (`tokio-bufwriter`).
 #[derive(Debug)]
-pub struct Tokio {
-    tcp: Vec<TcpStream>,
+pub struct Tokio<W = TcpStream> {
+    tcp: Vec<W>,
     udp: Option<UdpSocket>,
+    /// Flush every TCP writer at the end of a batch (`tokio-bufwriter`).
+    buffered: bool,
     // Dropped after the sockets (field order), which deregister from its reactor.
     rt: Runtime,
 }
 
 impl Tokio {
+    /// `tokio-bufwriter`: as [`Tokio::new`], with a `BufWriter` of 64 KiB over every TCP stream.
+    ///
+    /// # Errors
+    /// As [`Tokio::new`], and when the sockets are not TCP.
+    pub fn buffered(conns: Conns) -> Result<Tokio<BufWriter<TcpStream>>, String> {
+        if !matches!(conns, Conns::Tcp(_)) {
+            return Err("tokio-bufwriter needs TCP streams".into());
+        }
+        let Tokio { tcp, udp, rt, .. } = Tokio::new(conns)?;
+        Ok(Tokio {
+            tcp: tcp
+                .into_iter()
+                .map(|s| BufWriter::with_capacity(BUFWRITER_CAPACITY, s))
+                .collect(),
+            udp,
+            buffered: true,
+            rt,
+        })
+    }
+
     /// Builds the runtime and converts the sockets.
     ///
     /// # Errors
@@ -49,13 +75,23 @@ impl Tokio {
                 }
             }
         };
-        Ok(Tokio { tcp, udp, rt })
+        Ok(Tokio {
+            tcp,
+            udp,
+            buffered: false,
+            rt,
+        })
     }
 }
 
-impl Method for Tokio {
+impl<W: AsyncWrite + Unpin> Method for Tokio<W> {
     fn batch(&mut self, w: &mut Workload) -> Result<(), String> {
-        let Tokio { tcp, udp, rt } = self;
+        let Tokio {
+            tcp,
+            udp,
+            buffered,
+            rt,
+        } = self;
         let spec = w.spec;
         rt.block_on(async {
             match (spec.kind, &*udp) {
@@ -66,6 +102,11 @@ impl Method for Tokio {
                             s.write_all(&b)
                                 .await
                                 .map_err(|e| format!("write_all: {e}"))?;
+                        }
+                    }
+                    if *buffered {
+                        for s in tcp.iter_mut() {
+                            s.flush().await.map_err(|e| format!("flush: {e}"))?;
                         }
                     }
                 }
@@ -79,17 +120,14 @@ impl Method for Tokio {
                     }
                 }
                 (Kind::UdpUnconnected, Some(u)) => {
-                    for peer in 0..spec.peers {
-                        let dest = w.dests[peer];
-                        for _ in 0..spec.per_peer {
-                            let b = w.next(peer);
-                            let n = u
-                                .send_to(&b, dest)
-                                .await
-                                .map_err(|e| format!("send_to: {e}"))?;
-                            if n != b.len() {
-                                return Err(format!("short send: {n} of {}", b.len()));
-                            }
+                    for (peer, _) in spec.send_order() {
+                        let b = w.next(peer);
+                        let n = u
+                            .send_to(&b, w.dests[peer])
+                            .await
+                            .map_err(|e| format!("send_to: {e}"))?;
+                        if n != b.len() {
+                            return Err(format!("short send: {n} of {}", b.len()));
                         }
                     }
                 }

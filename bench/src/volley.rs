@@ -166,11 +166,9 @@ impl Method for Volley {
             }
             Kind::UdpUnconnected => {
                 let id = ids[0];
-                for peer in 0..spec.peers {
+                for (peer, _) in spec.send_order() {
                     let dest = Some(w.dests[peer]);
-                    for _ in 0..spec.per_peer {
-                        send(&mut self.engine, id, w, peer, dest)?;
-                    }
+                    send(&mut self.engine, id, w, peer, dest)?;
                 }
                 check_udp(self.flush(id))?;
             }

@@ -8,6 +8,7 @@ use std::os::fd::AsRawFd;
 
 use volley::limits::{GSO_MAX_SEGMENTS, UDP_MAX_PAYLOAD};
 
+use super::{iovec, msghdr, sendmsg};
 use crate::scenario::{Conns, Workload};
 use crate::Method;
 
@@ -37,15 +38,9 @@ impl RawGso {
 
     /// One `sendmsg` of `buf` as `buf.len() / seg` datagrams (a plain send when it is one).
     fn send_group(&self, buf: &[u8], seg: usize) -> io::Result<()> {
-        let mut iov = libc::iovec {
-            iov_base: buf.as_ptr().cast_mut().cast(),
-            iov_len: buf.len(),
-        };
+        let iov = [iovec(buf)];
         let mut cmsg = Cmsg([0; 32]);
-        // SAFETY: msghdr is plain old data; all-zero is a valid (empty) value.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
+        let mut msg = msghdr(&iov);
         if buf.len() > seg {
             let seg = u16::try_from(seg).map_err(|_| io::Error::other("segment over 64 KiB"))?;
             msg.msg_control = cmsg.0.as_mut_ptr().cast();
@@ -61,15 +56,14 @@ impl RawGso {
                 std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
             }
         }
-        // SAFETY: `msg` points at `iov` (over `buf`) and `cmsg`, all live for the call.
-        let n = unsafe { libc::sendmsg(self.sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-        match usize::try_from(n) {
-            Ok(n) if n == buf.len() => Ok(()),
-            Ok(n) => Err(io::Error::other(format!(
+        let n = sendmsg(self.sock.as_raw_fd(), &msg)?;
+        if n == buf.len() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
                 "short GSO send: {n} of {} bytes",
                 buf.len()
-            ))),
-            Err(_) => Err(io::Error::last_os_error()),
+            )))
         }
     }
 }
