@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::core::{Config, Core, DgramQueue, Event, Planned, Queue, StreamQueue};
+use crate::core::{Clock, Config, Core, DgramQueue, Event, Planned, Queue, StreamQueue};
 use crate::error::{Error, SendError};
 use crate::report::{FlushAllReport, FlushReport};
 use crate::stats::Stats;
@@ -159,9 +159,10 @@ impl EngineBuilder {
         self
     }
 
-    /// Stream writes of at most `n` bytes are copied into one contiguous run per op (up to 256 KiB
-    /// per op), so the kernel sees one iovec for a run of small writes instead of one each: the
-    /// kernel's per-iovec cost is far above a short memcpy. 0 turns copying off. Default 512.
+    /// Stream writes of at most `n` bytes are copied, when they are queued, into a staging chunk
+    /// (64 KiB) and their `Bytes` released at once: no queue entry per message, and a run of
+    /// small writes costs the kernel one iovec (its per-iovec cost is far above a short memcpy).
+    /// Bigger writes are queued by reference, never copied. 0 turns copying off. Default 512.
     pub fn coalesce_below(mut self, n: usize) -> Self {
         self.cfg.coalesce_below_bytes = n;
         self
@@ -466,9 +467,11 @@ impl Engine {
         let mut result = Ok(());
         loop {
             if !self.events.is_empty() {
-                let now = self.driver.now_ns();
+                let driver = &self.driver;
+                let read = || driver.now_ns();
+                let mut clock = Clock::new(&read);
                 for ev in self.events.drain(..) {
-                    self.core.apply(ev, now);
+                    self.core.apply(ev, &mut clock);
                 }
             }
             while let Some((idx, fd)) = self.core.take_errqueue() {
@@ -495,11 +498,14 @@ impl Engine {
         result
     }
 
-    /// Hands every op that can go now to the driver (epoll: sent at once, and again while the
-    /// results make more ready; io_uring: into the SQ, for the next `enter`).
+    /// Hands every op that can go now to the driver (epoll: sent at once; io_uring: into the SQ
+    /// for the next `enter`, or sent directly when it is alone), and again while the results
+    /// make more ready — so nothing ready is left behind before a wait.
     fn pump(&mut self) -> Result<(), Error> {
         loop {
-            self.core.poll_timers(self.driver.now_ns());
+            if self.core.has_timers() {
+                self.core.poll_timers(self.driver.now_ns());
+            }
             self.batch.clear();
             while let Some(p) = self.core.next_op() {
                 self.batch.push(p);
@@ -507,12 +513,11 @@ impl Engine {
             if self.batch.is_empty() {
                 return Ok(());
             }
-            let issued = self.driver.issue(&self.core, &self.batch, &mut self.events);
+            let issued = self
+                .driver
+                .issue(&self.core, &self.batch, &mut self.events);
             self.absorb()?;
             issued?;
-            if !self.driver.completes_inline() {
-                return Ok(());
-            }
         }
     }
 
@@ -555,9 +560,8 @@ impl Engine {
                 self.progress()?;
                 return Ok(true);
             }
-            let now = self.driver.now_ns();
             let wait = match deadline {
-                Some(d) if now >= d => Wait::No,
+                Some(d) if self.driver.now_ns() >= d => Wait::No,
                 _ => Wait::Until(earliest(deadline, self.core.next_timer())),
             };
             self.enter(wait)?;

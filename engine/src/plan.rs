@@ -30,7 +30,6 @@ pub struct StreamCut {
 ///
 /// At most `max_iovecs` entries and `max_bytes` bytes (the last entry is truncated to fit; an entry
 /// larger than `max_bytes` is sent in several ops). Returns `None` when `lens` is empty.
-#[cfg(any(test, fuzzing, feature = "sim"))]
 pub fn cut_stream(
     lens: impl IntoIterator<Item = usize>,
     max_iovecs: usize,
@@ -52,71 +51,9 @@ pub fn cut_stream(
     (cut.entries > 0).then_some(cut)
 }
 
-/// Limits for [`cut_stream_staged`].
-#[derive(Debug, Clone, Copy)]
-pub struct StageLimits {
-    /// iovecs per op (clamped to `1..=IOV_MAX`).
-    pub max_iovecs: usize,
-    /// Bytes per op (clamped to `1..=MAX_RW_COUNT`).
-    pub max_bytes: usize,
-    /// Entries whose (remaining) length is at most this are copied into the staging run; 0: none.
-    pub stage_below: usize,
-    /// Most bytes staged per op.
-    pub stage_max: usize,
-}
-
-/// One entry of a staged stream cut: queue index, bytes taken, and whether they are copied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StagedItem {
-    /// Index in the queue (0 is the front).
-    pub idx: usize,
-    /// Bytes of it the op carries.
-    pub len: usize,
-    /// Copied into the staging run (consecutive staged items share one iovec).
-    pub staged: bool,
-}
-
-/// Like [`cut_stream`], but small entries are copied into a contiguous staging run, so that a
-/// run of consecutive small entries costs one iovec: the op may then cover more than `max_iovecs`
-/// entries while its iovec count stays within the limit. `emit` receives one item per entry
-/// covered, in order, as it is decided.
-pub fn cut_stream_staged(
-    lens: impl IntoIterator<Item = usize>,
-    limits: &StageLimits,
-    mut emit: impl FnMut(StagedItem),
-) -> Option<StreamCut> {
-    let max_iovecs = limits.max_iovecs.clamp(1, IOV_MAX);
-    let max_bytes = limits.max_bytes.clamp(1, MAX_RW_COUNT);
-    let (mut bytes, mut iovecs, mut staged_bytes, mut entries) = (0usize, 0usize, 0usize, 0usize);
-    let mut prev_staged = false;
-    for (idx, len) in lens.into_iter().enumerate() {
-        if bytes == max_bytes {
-            break;
-        }
-        let take = len.min(max_bytes - bytes);
-        let staged = take <= limits.stage_below && staged_bytes + take <= limits.stage_max;
-        let new_iovec = !(staged && prev_staged);
-        if new_iovec && iovecs == max_iovecs {
-            break;
-        }
-        iovecs += usize::from(new_iovec);
-        if staged {
-            staged_bytes += take;
-        }
-        prev_staged = staged;
-        bytes += take;
-        entries += 1;
-        emit(StagedItem {
-            idx,
-            len: take,
-            staged,
-        });
-    }
-    (entries > 0).then_some(StreamCut { entries, bytes })
-}
-
 /// How one datagram op is cut: `count` datagrams; `segment_size` is `Some` only for a GSO send of
 /// at least two segments.
+#[cfg(any(test, fuzzing, feature = "sim"))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DgramCut {
     /// Datagrams in the op.
@@ -127,13 +64,58 @@ pub struct DgramCut {
     pub bytes: usize,
 }
 
+/// Whether a datagram of `len` bytes may start a GSO group (a group of one is sent without the
+/// cmsg): not empty, within `max_bytes` (≤ [`UDP_MAX_PAYLOAD`]), and groups allowed at all.
+pub fn gso_can_lead(len: usize, max_segments: usize, max_bytes: usize) -> bool {
+    len > 0
+        && len <= max_bytes.min(UDP_MAX_PAYLOAD)
+        && max_segments.min(GSO_MAX_SEGMENTS) >= 2
+        && u16::try_from(len).is_ok()
+}
+
+/// Whether a datagram may join a GSO group, and whether the group is then complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Join {
+    /// It joins; more may follow.
+    Yes,
+    /// It joins as the last segment (shorter than the others, or the group is full).
+    Last,
+    /// It does not fit: it starts another send.
+    No,
+}
+
+/// The GSO shape rules (FAILURES.md item 15) for adding a datagram of `len` bytes to a group of
+/// `count` segments of `seg` bytes (the last may be shorter), `bytes` in all: every segment has
+/// the first one's size except the last, which may be shorter; at most `max_segments` segments
+/// (≤ [`GSO_MAX_SEGMENTS`]) and `max_bytes` payload bytes (≤ [`UDP_MAX_PAYLOAD`]); no empty
+/// segment.
+pub fn gso_join(
+    seg: usize,
+    count: usize,
+    bytes: usize,
+    len: usize,
+    max_segments: usize,
+    max_bytes: usize,
+) -> Join {
+    let max_segments = max_segments.min(GSO_MAX_SEGMENTS);
+    let max_bytes = max_bytes.min(UDP_MAX_PAYLOAD);
+    if count >= max_segments || len == 0 || len > seg || bytes + len > max_bytes {
+        Join::No
+    } else if len < seg || count + 1 == max_segments {
+        Join::Last
+    } else {
+        Join::Yes
+    }
+}
+
 /// Groups consecutive datagrams for one send. `lens` yields the lengths of the datagrams that are
 /// *eligible* to join the first one (queued, same destination, not marked solo), in order, starting
 /// with the first datagram itself; the caller stops the iterator at the first ineligible one.
 ///
-/// Rules (FAILURES.md item 15): every segment has the first one's size except the last, which may be
-/// shorter; at most `max_segments` segments and `max_bytes` payload bytes; no GSO for a single
-/// datagram or for zero-length datagrams. With `gso == false` every op is one datagram.
+/// Rules: [`gso_join`]; no GSO for a single datagram or for zero-length datagrams. With
+/// `gso == false` every op is one datagram. (The engine groups by destination across a whole
+/// pass with the same rules; this is the rule set on one run, which the fuzz targets check.)
+#[cfg(any(test, fuzzing, feature = "sim"))]
 pub fn cut_dgram(
     lens: impl IntoIterator<Item = usize>,
     gso: bool,
@@ -147,30 +129,27 @@ pub fn cut_dgram(
         segment_size: None,
         bytes: first,
     };
-    let max_segments = max_segments.min(GSO_MAX_SEGMENTS);
-    let max_bytes = max_bytes.min(UDP_MAX_PAYLOAD);
-    if !gso || first == 0 || first > max_bytes || max_segments < 2 {
+    if !gso || !gso_can_lead(first, max_segments, max_bytes) {
         return Some(single);
     }
-    let Ok(seg) = u16::try_from(first) else {
-        return Some(single);
-    };
-    let mut cut = DgramCut {
-        count: 1,
-        segment_size: Some(seg),
-        bytes: first,
-    };
+    let mut cut = single;
     for len in it {
-        if cut.count == max_segments || len == 0 || len > first || cut.bytes + len > max_bytes {
-            break;
-        }
-        cut.count += 1;
-        cut.bytes += len;
-        if len < first {
-            break;
+        match gso_join(first, cut.count, cut.bytes, len, max_segments, max_bytes) {
+            Join::No => break,
+            j => {
+                cut.count += 1;
+                cut.bytes += len;
+                if j == Join::Last {
+                    break;
+                }
+            }
         }
     }
-    Some(if cut.count >= 2 { cut } else { single })
+    if cut.count < 2 {
+        return Some(single);
+    }
+    cut.segment_size = u16::try_from(first).ok();
+    Some(cut)
 }
 
 #[cfg(test)]
@@ -215,51 +194,6 @@ mod tests {
         // a caller asking for more than IOV_MAX is clamped
         let c = cut_stream(std::iter::repeat_n(1, 5000), 99_999, 1 << 20).unwrap();
         assert_eq!(c.entries, IOV_MAX);
-    }
-
-    #[test]
-    fn staged_cut_groups_small_entries_into_runs() {
-        let limits = StageLimits {
-            max_iovecs: 3,
-            max_bytes: 1 << 20,
-            stage_below: 100,
-            stage_max: 1000,
-        };
-        let mut items = Vec::new();
-        // [10 20] [500] [30 40] | 50 would open a 4th iovec.
-        let cut =
-            cut_stream_staged([10, 20, 500, 30, 40, 600, 50], &limits, |i| items.push(i)).unwrap();
-        assert_eq!(
-            cut,
-            StreamCut {
-                entries: 5,
-                bytes: 600
-            }
-        );
-        let staged: Vec<bool> = items.iter().map(|i| i.staged).collect();
-        assert_eq!(staged, [true, true, false, true, true]);
-        // The staging budget ends a run: the third small entry is sent as its own iovec.
-        let limits = StageLimits {
-            max_iovecs: 8,
-            max_bytes: 1 << 20,
-            stage_below: 100,
-            stage_max: 150,
-        };
-        items.clear();
-        let cut = cut_stream_staged([60, 60, 60, 60], &limits, |i| items.push(i)).unwrap();
-        assert_eq!(cut.entries, 4);
-        assert_eq!(items.iter().filter(|i| i.staged).count(), 2);
-        // Staging off: the same cut as `cut_stream`.
-        let off = StageLimits {
-            stage_below: 0,
-            stage_max: 0,
-            ..limits
-        };
-        let lens = [5, 6, 7, 8, 9, 10, 11, 12, 13];
-        assert_eq!(
-            cut_stream_staged(lens, &off, |_| {}),
-            cut_stream(lens, 8, 1 << 20)
-        );
     }
 
     #[test]

@@ -1,17 +1,27 @@
-//! The datagram queue: many ops in flight, GSO grouping, per-datagram outcomes.
+//! The datagram queue: many ops in flight, destination-grouped GSO, per-datagram outcomes.
+//!
+//! Planning groups the queued datagrams of one pass by destination: datagrams to the same
+//! destination join one GSO send even when other destinations' datagrams sit between them (a
+//! relay sends each frame to every peer in turn), in their order per destination, under the GSO
+//! shape rules of [`crate::plan::gso_join`]. Groups are issued in the order of their first
+//! datagram. Order across destinations is not kept (it has no meaning on the wire); order per
+//! destination is.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 
 use bytes::Bytes;
 
-use super::{is_icmp_errno, is_retry, Config, Core, OpShape, Queue};
+use super::{is_icmp_errno, is_retry, Clock, Config, Core, OpShape, Queue};
 use crate::error::Error;
-use crate::plan::cut_dgram;
+use crate::plan::{gso_can_lead, gso_join, Join};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Queued,
+    /// In a group of `DgramQueue::ahead`, not yet issued.
+    Planned,
     InFlight,
     Sent,
     Failed,
@@ -31,8 +41,39 @@ struct Dgram {
     stale: u8,
 }
 
-/// Datagrams of one socket, oldest first; terminal ones leave from the front.
+/// A group planned by a pass: datagrams (by sequence number) for one send.
 #[derive(Debug)]
+struct Group {
+    seqs: Vec<u64>,
+    dest: Option<SocketAddr>,
+    /// The first datagram's length: every other segment has it, the last may be shorter.
+    seg: usize,
+    bytes: usize,
+    /// Takes no more datagrams.
+    closed: bool,
+}
+
+/// FNV-1a: destinations are hashed once per datagram per pass; SipHash's resistance is not
+/// needed for addresses the application chose.
+#[derive(Debug, Default, Clone, Copy)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+/// Datagrams of one socket, oldest first; terminal ones leave from the front.
+#[derive(Debug, Default)]
 pub(crate) struct DgramQueue {
     q: VecDeque<Dgram>,
     front_seq: u64,
@@ -43,17 +84,22 @@ pub(crate) struct DgramQueue {
     queued: usize,
     /// GSO for this socket (turned off at run time after EIO/EINVAL).
     pub gso: bool,
+    /// Groups planned by the last pass and not yet issued, by their first datagram.
+    ahead: VecDeque<Group>,
+    /// The datagrams of each op in flight, by group slot (`OpShape::Dgram::group`).
+    flying: Vec<Vec<u64>>,
+    free_slots: Vec<u32>,
+    /// Spare sequence vectors (no allocation per op in the steady state).
+    spare: Vec<Vec<u64>>,
+    /// Reused by each pass: destination → index in `ahead` of its open group.
+    open: HashMap<Option<SocketAddr>, usize, BuildHasherDefault<Fnv>>,
 }
 
 impl DgramQueue {
     pub fn new(gso: bool) -> DgramQueue {
         DgramQueue {
-            q: VecDeque::new(),
-            front_seq: 0,
-            next_seq: 0,
-            scan: 0,
-            queued: 0,
             gso,
+            ..DgramQueue::default()
         }
     }
 
@@ -77,7 +123,7 @@ impl DgramQueue {
     }
 
     pub fn has_queued(&self) -> bool {
-        self.queued > 0
+        self.queued > 0 || !self.ahead.is_empty()
     }
 
     pub fn next_seq(&self) -> u64 {
@@ -92,97 +138,219 @@ impl DgramQueue {
         }
     }
 
-    pub fn plan(&mut self, cfg: &Config) -> Option<(OpShape, Option<SocketAddr>)> {
-        while self.scan < self.q.len() && self.q[self.scan].state != State::Queued {
-            self.scan += 1;
-        }
-        let first = self.q.get(self.scan)?;
-        let dest = first.dest;
-        let gso = cfg.gso && self.gso && !first.solo;
-        // The first datagram always goes (alone if it is solo); others join only if eligible.
-        let lens = self
-            .q
-            .range(self.scan..)
-            .enumerate()
-            .take_while(|(i, d)| *i == 0 || (d.state == State::Queued && d.dest == dest && !d.solo))
-            .map(|(_, d)| d.data.len());
-        let cut = cut_dgram(lens, gso, cfg.gso_max_segments, cfg.gso_max_bytes)?;
-        let start = self.scan;
-        for d in self.q.range_mut(start..start + cut.count) {
-            d.state = State::InFlight;
-        }
-        self.queued -= cut.count;
-        self.scan += cut.count;
-        let shape = OpShape::Dgram {
-            first_seq: self.front_seq + start as u64,
-            count: cut.count,
-            segment_size: cut.segment_size,
-            bytes: cut.bytes,
-        };
-        Some((shape, dest))
-    }
-
     fn index(&self, seq: u64) -> usize {
         usize::try_from(seq - self.front_seq).expect("in-flight datagram index fits usize")
     }
 
-    pub fn slices(&self, first_seq: u64, count: usize, f: &mut impl FnMut(&[u8])) {
-        let i = self.index(first_seq);
-        for d in self.q.range(i..i + count) {
-            f(&d.data);
+    fn spare_vec(&mut self) -> Vec<u64> {
+        self.spare.pop().unwrap_or_default()
+    }
+
+    fn recycle(&mut self, mut v: Vec<u64>) {
+        v.clear();
+        self.spare.push(v);
+    }
+
+    /// Groups every queued datagram by destination (see the module docs) into `ahead`.
+    fn group_pass(&mut self, cfg: &Config) {
+        let gso = cfg.gso && self.gso;
+        let max_segments = cfg.gso_max_segments;
+        let max_bytes = cfg.gso_max_bytes;
+        self.open.clear();
+        // The destination of the last datagram and its open group: runs to one destination
+        // (a connected socket, a burst to one peer) skip the hash.
+        let mut last: Option<(Option<SocketAddr>, usize)> = None;
+        for i in self.scan..self.q.len() {
+            if self.q[i].state != State::Queued {
+                continue;
+            }
+            let seq = self.front_seq + i as u64;
+            let d = &mut self.q[i];
+            d.state = State::Planned;
+            let (dest, len, solo) = (d.dest, d.data.len(), d.solo);
+            self.queued -= 1;
+            let open = if !gso || solo {
+                None
+            } else if let Some((_, gi)) = last.filter(|(dst, _)| *dst == dest) {
+                Some(gi)
+            } else {
+                self.open.get(&dest).copied()
+            };
+            let joined = match open {
+                Some(gi) => {
+                    let g = &mut self.ahead[gi];
+                    match gso_join(g.seg, g.seqs.len(), g.bytes, len, max_segments, max_bytes) {
+                        Join::Yes => {
+                            g.seqs.push(seq);
+                            g.bytes += len;
+                            true
+                        }
+                        Join::Last => {
+                            g.seqs.push(seq);
+                            g.bytes += len;
+                            g.closed = true;
+                            self.open.remove(&dest);
+                            last = None;
+                            true
+                        }
+                        Join::No => false,
+                    }
+                }
+                None => false,
+            };
+            if joined {
+                continue;
+            }
+            let mut seqs = self.spare_vec();
+            seqs.push(seq);
+            // A datagram that cannot lead a group (GSO off, solo, empty, too big) goes alone.
+            let alone = !gso || solo || !gso_can_lead(len, max_segments, max_bytes);
+            self.ahead.push_back(Group {
+                seqs,
+                dest,
+                seg: len,
+                bytes: len,
+                closed: alone,
+            });
+            if alone {
+                if open.is_some() {
+                    self.open.remove(&dest);
+                }
+                last = None;
+            } else {
+                let gi = self.ahead.len() - 1;
+                self.open.insert(dest, gi);
+                last = Some((dest, gi));
+            }
+        }
+        self.scan = self.q.len();
+    }
+
+    /// The next op: a group of the current pass (a new pass when none is left).
+    pub fn plan(&mut self, cfg: &Config) -> Option<(OpShape, Option<SocketAddr>)> {
+        if self.ahead.is_empty() {
+            self.group_pass(cfg);
+        }
+        let g = self.ahead.pop_front()?;
+        for &seq in &g.seqs {
+            let i = self.index(seq);
+            self.q[i].state = State::InFlight;
+        }
+        let count = g.seqs.len();
+        let segment_size = if count >= 2 {
+            u16::try_from(g.seg).ok()
+        } else {
+            None
+        };
+        let first_seq = g.seqs[0];
+        let slot = match self.free_slots.pop() {
+            Some(s) => {
+                self.flying[s as usize] = g.seqs;
+                s
+            }
+            None => {
+                self.flying.push(g.seqs);
+                u32::try_from(self.flying.len() - 1).expect("fewer than 4 Gi ops in flight")
+            }
+        };
+        let shape = OpShape::Dgram {
+            first_seq,
+            count,
+            segment_size,
+            bytes: g.bytes,
+            group: slot,
+        };
+        Some((shape, g.dest))
+    }
+
+    pub fn slices(&self, group: u32, f: &mut impl FnMut(&[u8])) {
+        for &seq in &self.flying[group as usize] {
+            f(&self.q[self.index(seq)].data);
         }
     }
 
-    /// For an ENOBUFS result on the datagram at `first_seq`: counts it and returns the backoff
-    /// before the next try (1, 2, 4, 8 ms: ≤ 16 ms in all), or `None` once `retries` are used up
-    /// (the datagram then counts as dropped) or for any other errno.
-    fn nobufs_backoff_ns(&mut self, errno: i32, first_seq: u64, retries: u8) -> Option<u64> {
+    /// The sequence numbers of an op's datagrams, in order (the simulated kernel).
+    #[cfg(any(test, fuzzing, feature = "sim"))]
+    pub fn group_seqs(&self, group: u32) -> &[u64] {
+        &self.flying[group as usize]
+    }
+
+    /// The sequence numbers of an op's datagrams, in order (the simulated kernel's view).
+    #[cfg(any(test, fuzzing, feature = "sim"))]
+    pub fn seqs(&self, group: u32) -> &[u64] {
+        &self.flying[group as usize]
+    }
+
+    /// Puts an op back unsent (a driver did not issue it).
+    pub fn requeue_group(&mut self, group: u32) {
+        let seqs = self.take_group(group);
+        self.requeue(&seqs, false);
+        self.recycle(seqs);
+    }
+
+    /// Ends an op: its group slot is free again; returns its datagrams' sequence numbers.
+    fn take_group(&mut self, group: u32) -> Vec<u64> {
+        self.free_slots.push(group);
+        std::mem::take(&mut self.flying[group as usize])
+    }
+
+    /// For an ENOBUFS result on the datagram `seq`: counts it and returns the backoff before the
+    /// next try (1, 2, 4, 8 ms: ≤ 16 ms in all), or `None` once `retries` are used up (the
+    /// datagram then counts as dropped) or for any other errno.
+    fn nobufs_backoff_ns(&mut self, errno: i32, seq: u64, retries: u8) -> Option<u64> {
         if errno != libc::ENOBUFS {
             return None;
         }
-        let i = self.index(first_seq);
+        let i = self.index(seq);
         let d = &mut self.q[i];
         d.nobufs += 1;
         (d.nobufs <= retries).then(|| 1_000_000u64 << (d.nobufs - 1))
     }
 
-    /// For a pending-error result (`is_icmp_errno`): the error is about an earlier datagram and nothing of this op was sent, so it goes again —
-    /// at most `STALE_RESENDS` times per datagram. Each pending error is consumed by the one send
-    /// that picks it up and comes from an earlier datagram that was sent, so resends end by
-    /// themselves; the bound holds even against a stream of forged ICMP messages. It is high
-    /// because a batch mixing many dead and live destinations chains: a resent datagram can
-    /// pick up the error of a resent dead one ahead of it, round after round.
-    fn stale_resend(&mut self, first_seq: u64) -> bool {
+    /// For a pending-error result (`is_icmp_errno`): the error is about an earlier datagram and
+    /// nothing of this op was sent, so it goes again — at most `STALE_RESENDS` times per
+    /// datagram. Each pending error is consumed by the one send that picks it up and comes from
+    /// an earlier datagram that was sent, so resends end by themselves; the bound holds even
+    /// against a stream of forged ICMP messages. It is high because a batch mixing many dead and
+    /// live destinations chains: a resent datagram can pick up the error of a resent dead one
+    /// ahead of it, round after round.
+    fn stale_resend(&mut self, seq: u64) -> bool {
         const STALE_RESENDS: u8 = 32;
-        let i = self.index(first_seq);
+        let i = self.index(seq);
         let d = &mut self.q[i];
         d.stale += 1;
         d.stale <= STALE_RESENDS
     }
 
-    /// Datagrams in flight from `first_seq` go back to the queue; `solo` keeps them out of groups.
-    pub fn requeue(&mut self, first_seq: u64, count: usize, solo: bool) {
-        let i = self.index(first_seq);
-        for d in self.q.range_mut(i..i + count) {
+    /// Datagrams go back to the queue; `solo` keeps them out of groups. The groups planned ahead
+    /// are dissolved too, so the next pass keeps each destination's order.
+    fn requeue(&mut self, seqs: &[u64], solo: bool) {
+        for &seq in seqs {
+            let i = self.index(seq);
+            let d = &mut self.q[i];
             d.state = State::Queued;
             d.solo |= solo;
+            self.scan = self.scan.min(i);
         }
-        self.queued += count;
-        self.scan = self.scan.min(i);
+        self.queued += seqs.len();
+        while let Some(g) = self.ahead.pop_front() {
+            for &seq in &g.seqs {
+                let i = self.index(seq);
+                self.q[i].state = State::Queued;
+                self.scan = self.scan.min(i);
+            }
+            self.queued += g.seqs.len();
+            self.recycle(g.seqs);
+        }
     }
 
     /// Marks datagrams terminal; pushes (length, queued time) of every one for a failure, of the
     /// sampled ones for a success; returns their total length.
-    fn mark(
-        &mut self,
-        first_seq: u64,
-        count: usize,
-        state: State,
-        out: &mut Vec<(usize, u64)>,
-    ) -> usize {
-        let i = self.index(first_seq);
+    fn mark(&mut self, seqs: &[u64], state: State, out: &mut Vec<(usize, u64)>) -> usize {
         let mut total = 0;
-        for d in self.q.range_mut(i..i + count) {
+        for &seq in seqs {
+            let i = self.index(seq);
+            let d = &mut self.q[i];
             d.state = state;
             total += d.data.len();
             if state == State::Failed || d.queued_ns != 0 {
@@ -212,7 +380,14 @@ impl DgramQueue {
 
     /// Fails every datagram that is not in flight.
     pub fn drain_queued(&mut self, out: &mut Vec<(usize, u64)>) {
-        for d in self.q.iter_mut().filter(|d| d.state == State::Queued) {
+        while let Some(g) = self.ahead.pop_front() {
+            self.recycle(g.seqs);
+        }
+        for d in self
+            .q
+            .iter_mut()
+            .filter(|d| matches!(d.state, State::Queued | State::Planned))
+        {
             d.state = State::Failed;
             out.push((d.data.len(), d.queued_ns));
         }
@@ -227,12 +402,12 @@ impl Core {
     pub(super) fn complete_dgram(
         &mut self,
         idx: u32,
-        first_seq: u64,
+        group: u32,
         count: usize,
         gso: bool,
         bytes: usize,
         res: i32,
-        now_ns: u64,
+        clock: &mut Clock<'_>,
     ) -> bool {
         let id = self.id_of(idx);
         let nobufs_retries = self.cfg.nobufs_retries;
@@ -244,25 +419,27 @@ impl Core {
         let Queue::Dgram(q) = &mut s.queue else {
             return false;
         };
+        let seqs = q.take_group(group);
+        let first_seq = seqs[0];
         let mut done = std::mem::take(&mut self.scratch);
         let mut failed: Option<Error> = None;
         let mut again = false;
         let mut errqueue = false;
         if res >= 0 {
             // UDP sends are all or nothing: a result means every datagram of the op left.
-            let total = q.mark(first_seq, count, State::Sent, &mut done);
+            let total = q.mark(&seqs, State::Sent, &mut done);
             if gso && count > 1 {
                 self.stats.gso_sends += 1;
             }
             self.stats.bytes_sent += bytes as u64;
             s.acc.bytes += bytes as u64;
-            self.ended_ok(idx, count as u64, total, &done, now_ns);
+            self.ended_ok(idx, count as u64, total, &done, clock);
             done.clear();
         } else {
             // `wrapping_neg`: a corrupt `i32::MIN` result must not panic (it maps to `Other`).
             let errno = res.wrapping_neg();
             if is_retry(errno) {
-                q.requeue(first_seq, count, false);
+                q.requeue(&seqs, false);
                 self.stats.retries += 1;
                 again = errno == libc::EAGAIN;
             } else if gso
@@ -277,14 +454,17 @@ impl Core {
                 // gets its own outcome (FAILURES.md items 13, 14).
                 if errno == libc::EIO || errno == libc::EINVAL {
                     q.gso = false;
-                    q.requeue(first_seq, count, false);
+                    q.requeue(&seqs, false);
                 } else {
-                    q.requeue(first_seq, count, true);
+                    q.requeue(&seqs, true);
                 }
                 self.stats.gso_fallbacks += 1;
             } else if let Some(delay_ns) = q.nobufs_backoff_ns(errno, first_seq, nobufs_retries) {
-                q.requeue(first_seq, count, false);
-                s.retry_at_ns = Some(now_ns + delay_ns);
+                q.requeue(&seqs, false);
+                // Keep a longer backoff another datagram of this socket already started (several
+                // ops in flight can end with ENOBUFS in one batch, in any order).
+                let at = clock.get() + delay_ns;
+                s.retry_at_ns = Some(s.retry_at_ns.map_or(at, |t| t.max(at)));
                 self.backoff.push(idx);
                 self.stats.retries += 1;
             } else if is_icmp_errno(errno) && q.stale_resend(first_seq) {
@@ -296,7 +476,7 @@ impl Core {
                 // `sendmmsg` consumes such an error silently on epoll, and resending is what
                 // io_uring must do to agree). With IP_RECVERR the error queue names the
                 // destination the error is about ([`Core::peer_error`]).
-                q.requeue(first_seq, count, false);
+                q.requeue(&seqs, false);
                 self.stats.stale_error_resends += count as u64;
                 errqueue = true;
             } else {
@@ -309,14 +489,15 @@ impl Core {
                 errqueue = is_icmp_errno(errno);
                 let i = q.index(first_seq);
                 let dest = q.q[i].dest.or(peer);
-                q.mark(first_seq, 1, State::Failed, &mut done);
+                q.mark(&seqs[..1], State::Failed, &mut done);
                 if count > 1 {
-                    q.requeue(first_seq + 1, count - 1, false);
+                    q.requeue(&seqs[1..], false);
                 }
                 failed = Some(Error::socket(errno, id, dest));
             }
         }
         if let Some(err) = &failed {
+            let now_ns = clock.get();
             for &(len, t) in &done {
                 self.ended_failed(idx, len, t, now_ns, err);
             }
@@ -324,6 +505,7 @@ impl Core {
         if let Some(Queue::Dgram(q)) = self.socks[idx as usize].sock.as_mut().map(|s| &mut s.queue)
         {
             q.pop_terminal();
+            q.recycle(seqs);
         }
         done.clear();
         self.scratch = done;

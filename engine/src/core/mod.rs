@@ -42,9 +42,10 @@ pub struct Config {
     pub max_iovecs_per_op: usize,
     /// Bytes per stream op (1..=`MAX_RW_COUNT`).
     pub max_bytes_per_op: usize,
-    /// Stream writes of at most this many bytes are copied into one contiguous run (0: never).
+    /// Stream writes of at most this many bytes are copied into a staging chunk at `send` time
+    /// (their `Bytes` released at once; 0: never).
     pub coalesce_below_bytes: usize,
-    /// Most bytes copied per stream op.
+    /// Bytes per staging chunk (1..=`u32::MAX`); a chunk that would grow past it is sealed.
     pub coalesce_max_bytes: usize,
     /// UDP GSO.
     pub gso: bool,
@@ -71,6 +72,11 @@ impl Config {
             max_in_flight_per_socket: self.max_in_flight_per_socket.max(1),
             max_iovecs_per_op: self.max_iovecs_per_op.clamp(1, crate::plan::IOV_MAX),
             max_bytes_per_op: self.max_bytes_per_op.clamp(1, crate::plan::MAX_RW_COUNT),
+            // Chunk offsets are u32; a write above the chunk size is never staged.
+            coalesce_max_bytes: self.coalesce_max_bytes.clamp(1, u32::MAX as usize),
+            coalesce_below_bytes: self
+                .coalesce_below_bytes
+                .min(self.coalesce_max_bytes.clamp(1, u32::MAX as usize)),
             gso_max_segments: self
                 .gso_max_segments
                 .clamp(1, crate::plan::GSO_MAX_SEGMENTS),
@@ -92,13 +98,37 @@ impl Default for Config {
             max_iovecs_per_op: crate::plan::IOV_MAX,
             max_bytes_per_op: 8 << 20,
             coalesce_below_bytes: 512,
-            coalesce_max_bytes: 256 << 10,
+            coalesce_max_bytes: 64 << 10,
             gso: true,
             gso_max_segments: crate::plan::GSO_MAX_SEGMENTS,
             gso_max_bytes: crate::plan::UDP_MAX_PAYLOAD,
             nobufs_retries: 4,
             recverr: true,
         }
+    }
+}
+
+/// The driver's clock as the core sees it: read at most once per batch of events, and only when
+/// a result needs the time (a sampled write's latency, a failure, a backoff). A clock read is a
+/// system call on some machines, about as costly as the send it would time.
+pub(crate) struct Clock<'a> {
+    read: &'a dyn Fn() -> u64,
+    at: Option<u64>,
+}
+
+impl<'a> Clock<'a> {
+    pub fn new(read: &'a dyn Fn() -> u64) -> Clock<'a> {
+        Clock { read, at: None }
+    }
+
+    pub fn get(&mut self) -> u64 {
+        *self.at.get_or_insert_with(|| (self.read)())
+    }
+}
+
+impl std::fmt::Debug for Clock<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Clock").field("at", &self.at).finish()
     }
 }
 
@@ -456,7 +486,12 @@ impl Core {
         }
         let connected = s.peer.is_some();
         match &mut s.queue {
-            Queue::Stream(q) => q.push(data, queued_ns),
+            Queue::Stream(q) => q.push(
+                data,
+                queued_ns,
+                cfg.coalesce_below_bytes,
+                cfg.coalesce_max_bytes,
+            ),
             Queue::Dgram(q) => match (connected, dest) {
                 (true, None) | (false, Some(_)) => q.push(data, dest, queued_ns),
                 (true, Some(_)) => {
@@ -527,6 +562,12 @@ impl Core {
     /// Whether some socket may have an op to plan (the ready list is not empty).
     pub fn has_ready(&self) -> bool {
         !self.ready.is_empty()
+    }
+
+    /// Whether an ENOBUFS backoff is pending (the clock is read only then).
+    #[inline]
+    pub fn has_timers(&self) -> bool {
+        !self.backoff.is_empty()
     }
 
     /// The earliest ENOBUFS backoff deadline, if any.
@@ -683,14 +724,32 @@ impl Core {
             return;
         };
         match (&s.queue, p.shape) {
-            (Queue::Stream(q), OpShape::Stream { .. }) => q.slices(&mut f),
+            (Queue::Stream(q), OpShape::Stream { bytes, .. }) => q.slices(bytes, &mut f),
             (
                 Queue::Dgram(q),
-                OpShape::Dgram {
-                    first_seq, count, ..
-                },
-            ) => q.slices(first_seq, count, &mut f),
+                OpShape::Dgram { group, .. },
+            ) => q.slices(group, &mut f),
             _ => {}
+        }
+    }
+
+    /// The sequence numbers of a planned datagram op's datagrams, in order (the simulated
+    /// kernel attributes each datagram it delivers); empty for a stream op.
+    #[cfg(any(test, fuzzing, feature = "sim"))]
+    pub fn dgram_seqs(&self, p: &Planned) -> &[u64] {
+        match (self.sock_at(p.sock).map(|s| &s.queue), p.shape) {
+            (Some(Queue::Dgram(q)), OpShape::Dgram { group, .. }) => q.group_seqs(group),
+            _ => &[],
+        }
+    }
+
+    /// The queue sequence numbers of a datagram op's datagrams, in order: a destination's GSO
+    /// group need not be adjacent in the queue (the simulated kernel's view; empty for streams).
+    #[cfg(any(test, fuzzing, feature = "sim"))]
+    pub fn dgram_seqs(&self, p: &Planned) -> Vec<u64> {
+        match (self.sock_at(p.sock).map(|s| &s.queue), p.shape) {
+            (Some(Queue::Dgram(q)), OpShape::Dgram { group, .. }) => q.seqs(group).to_vec(),
+            _ => Vec::new(),
         }
     }
 
@@ -716,9 +775,9 @@ impl Core {
     }
 
     /// Applies what a driver reported.
-    pub fn apply(&mut self, ev: Event, now_ns: u64) {
+    pub fn apply(&mut self, ev: Event, clock: &mut Clock<'_>) {
         match ev {
-            Event::Done { token, res } => self.complete(token, res, now_ns),
+            Event::Done { token, res } => self.complete(token, res, clock),
             Event::NotIssued { token } => {
                 self.requeue(token);
             }
@@ -748,10 +807,8 @@ impl Core {
             (Queue::Stream(q), OpShape::Stream { .. }) => q.unplan(),
             (
                 Queue::Dgram(q),
-                OpShape::Dgram {
-                    first_seq, count, ..
-                },
-            ) => q.requeue(first_seq, count, false),
+                OpShape::Dgram { group, .. },
+            ) => q.requeue_group(group),
             _ => {}
         }
         self.wake(info.sock);
@@ -760,7 +817,7 @@ impl Core {
 
     /// Applies a kernel result: `res >= 0` is bytes sent, `res < 0` is `-errno`. Stale and
     /// unknown tokens change nothing.
-    fn complete(&mut self, t: Token, res: i32, now_ns: u64) {
+    fn complete(&mut self, t: Token, res: i32, clock: &mut Clock<'_>) {
         let Some(info) = self.take_op(t) else {
             return;
         };
@@ -771,21 +828,22 @@ impl Core {
         let idx = info.sock;
         let again = match info.shape {
             OpShape::Stream { entries, bytes } => {
-                self.complete_stream(idx, entries, bytes, res, now_ns)
+                self.complete_stream(idx, entries, bytes, res, clock)
             }
             OpShape::Dgram {
-                first_seq,
+                group,
                 count,
                 segment_size,
                 bytes,
+                ..
             } => self.complete_dgram(
                 idx,
-                first_seq,
+                group,
                 count,
                 segment_size.is_some(),
                 bytes,
                 res,
-                now_ns,
+                clock,
             ),
         };
         if again {
@@ -819,7 +877,7 @@ impl Core {
         count: u64,
         total: usize,
         sampled: &[(usize, u64)],
-        now_ns: u64,
+        clock: &mut Clock<'_>,
     ) {
         if let Some(s) = self.socks[idx as usize].sock.as_mut() {
             s.queued_bytes -= total;
@@ -828,8 +886,11 @@ impl Core {
         self.queued_bytes -= total;
         self.pending_writes -= count;
         self.stats.writes_sent += count;
-        for &(_, t) in sampled {
-            self.record_latency(t, now_ns);
+        if !sampled.is_empty() {
+            let now_ns = clock.get();
+            for &(_, t) in sampled {
+                self.record_latency(t, now_ns);
+            }
         }
     }
 
@@ -990,42 +1051,6 @@ fn refuse(s: &Sock, cfg: &Config, total: usize, id: SocketId, len: usize) -> Res
         });
     }
     Ok(())
-}
-
-/// What the legacy simulator (`crate::sim`, which drives the core op by op) learns from a
-/// completion.
-#[cfg(any(test, fuzzing, feature = "sim"))]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Completed {
-    /// Taken into account.
-    Done { sock: u32 },
-    /// EAGAIN: the socket waits for writability.
-    Again { sock: u32 },
-    /// The token was unknown or stale; nothing changed.
-    Ignored,
-}
-
-#[cfg(any(test, fuzzing, feature = "sim"))]
-impl Core {
-    /// Applies a completion as a driver would report it, and says what became of it.
-    pub fn sim_complete(&mut self, t: u64, res: i32, now_ns: u64) -> Completed {
-        let token = Token(t);
-        let sock = match self.ops.get(token.slot()) {
-            Some(OpSlot { gen, op: Some(op) }) if *gen == token.gen() => op.sock,
-            _ => return Completed::Ignored,
-        };
-        self.apply(Event::Done { token, res }, now_ns);
-        if res.wrapping_neg() == libc::EAGAIN {
-            Completed::Again { sock }
-        } else {
-            Completed::Done { sock }
-        }
-    }
-
-    /// Puts an op back unsent, as a driver's `NotIssued` does.
-    pub fn sim_requeue(&mut self, t: u64) {
-        self.apply(Event::NotIssued { token: Token(t) }, 0);
-    }
 }
 
 #[cfg(test)]

@@ -36,12 +36,16 @@ impl Token {
 pub(crate) enum OpShape {
     /// A `sendmsg` with `entries` iovecs, `bytes` in all, from the front of a stream queue.
     Stream { entries: usize, bytes: usize },
-    /// `count` datagrams starting at queue sequence `first_seq`; GSO when `segment_size` is set.
+    /// `count` datagrams, the first with queue sequence `first_seq` (the others follow it in
+    /// the queue, not necessarily adjacent: a destination's group skips other destinations'
+    /// datagrams); GSO when `segment_size` is set. `group` names the op's datagram list in the
+    /// socket's queue.
     Dgram {
         first_seq: u64,
         count: usize,
         segment_size: Option<u16>,
         bytes: usize,
+        group: u32,
     },
 }
 

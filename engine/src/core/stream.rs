@@ -1,59 +1,123 @@
-//! The TCP stream queue: at most one op in flight, short sends resume at the exact byte.
+//! The TCP stream queue: at most one op in flight, short sends resume at the exact byte, and
+//! small writes copied at `send` time into staging chunks.
+//!
+//! A write of at most `coalesce_below_bytes` is copied into the open staging chunk when it is
+//! queued and its `Bytes` released at once: no queue entry per message, and a run of small
+//! writes costs the kernel one iovec. The chunk is sealed (frozen into an entry) when an op is
+//! planned or it is full; writes queued while an op is in flight go into the next chunk. Bigger
+//! writes are queued by reference (no copy). Each write keeps its own outcome: a chunk records
+//! where each of its writes ends, so a short send completes exactly the writes it covered.
 
 use std::collections::VecDeque;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
-use super::{is_retry, Config, Core, OpShape, Queue};
+use super::{is_retry, Clock, Config, Core, OpShape, Queue};
 use crate::error::Error;
-use crate::plan::{cut_stream_staged, StageLimits};
+use crate::plan::cut_stream;
+
+/// One queued entry: a write taken by reference, or a sealed staging chunk of small writes.
+#[derive(Debug)]
+struct Entry {
+    data: Bytes,
+    /// For a chunk: the end offset of each of its writes in `data`; empty for a single write.
+    ends: Vec<u32>,
+    /// Writes of this entry already completed (a chunk that was partly sent).
+    counted: usize,
+    /// Queue time of the entry's sampled write (0: none sampled).
+    queued_ns: u64,
+}
+
+impl Entry {
+    fn writes(&self) -> usize {
+        self.ends.len().max(1)
+    }
+
+    /// Length of write `i` of this entry.
+    fn write_len(&self, i: usize) -> usize {
+        if self.ends.is_empty() {
+            return self.data.len();
+        }
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        self.ends[i] as usize - start
+    }
+}
 
 /// Writes of one stream, oldest first. The front entry may be partly sent (`head_off`).
 #[derive(Debug, Default)]
 pub(crate) struct StreamQueue {
-    q: VecDeque<(Bytes, u64)>,
-    /// Sequence number of the front entry.
+    q: VecDeque<Entry>,
+    /// The open staging chunk: small writes queued since the last seal.
+    tail: BytesMut,
+    /// End offsets of the writes in `tail`.
+    tail_ends: Vec<u32>,
+    tail_ns: u64,
+    /// Sequence number of the oldest write that is not terminal.
     front_seq: u64,
     next_seq: u64,
+    /// Writes accepted and not terminal.
+    pending: usize,
     /// Bytes of the front entry the kernel has already taken.
     head_off: usize,
     /// Entries covered by the op in flight, if one is.
     planned: Option<usize>,
-    /// Copies of the small writes of the op in flight, contiguous, so a run of them costs the
-    /// kernel one iovec instead of one each (the kernel's per-iovec cost is far above a short
-    /// memcpy). Rebuilt at every plan; stable while the op is in flight (one op per stream).
-    stage: Vec<u8>,
-    /// The iovecs of the op in flight, in order.
-    segs: Vec<Seg>,
-}
-
-/// One iovec of a stream op: a run in the staging buffer, or a slice of one queued write.
-#[derive(Debug, Clone, Copy)]
-enum Seg {
-    Stage {
-        start: usize,
-        len: usize,
-    },
-    Entry {
-        idx: usize,
-        start: usize,
-        len: usize,
-    },
 }
 
 impl StreamQueue {
+    /// Queues a write: copied into the staging chunk if it is at most `stage_below` bytes (the
+    /// chunk sealed first if it would grow past `chunk_bytes`), else taken by reference.
     #[inline]
-    pub fn push(&mut self, data: Bytes, queued_ns: u64) {
-        self.q.push_back((data, queued_ns));
+    pub fn push(&mut self, data: Bytes, queued_ns: u64, stage_below: usize, chunk_bytes: usize) {
+        if data.len() <= stage_below {
+            if self.tail.len() + data.len() > chunk_bytes && !self.tail.is_empty() {
+                self.seal();
+            }
+            if self.tail.capacity() - self.tail.len() < data.len() {
+                self.tail.reserve(chunk_bytes.max(data.len()));
+            }
+            self.tail.extend_from_slice(&data);
+            // A chunk stays below `coalesce_max_bytes` (clamped to u32 range by Config).
+            self.tail_ends
+                .push(u32::try_from(self.tail.len()).unwrap_or(u32::MAX));
+            if self.tail_ns == 0 {
+                self.tail_ns = queued_ns;
+            }
+        } else {
+            self.seal();
+            self.q.push_back(Entry {
+                data,
+                ends: Vec::new(),
+                counted: 0,
+                queued_ns,
+            });
+        }
         self.next_seq += 1;
+        self.pending += 1;
     }
 
+    /// Freezes the open staging chunk into an entry (the kernel may read it from now on; later
+    /// small writes go into fresh memory after it).
+    fn seal(&mut self) {
+        if self.tail_ends.is_empty() {
+            return;
+        }
+        let data = self.tail.split().freeze();
+        let ends = std::mem::take(&mut self.tail_ends);
+        self.q.push_back(Entry {
+            data,
+            ends,
+            counted: 0,
+            queued_ns: std::mem::take(&mut self.tail_ns),
+        });
+    }
+
+    /// Writes accepted and not terminal.
     pub fn len(&self) -> usize {
-        self.q.len()
+        self.pending
     }
 
     pub fn has_unsent(&self) -> bool {
-        self.planned.is_none() && !self.q.is_empty()
+        self.planned.is_none() && (!self.q.is_empty() || !self.tail_ends.is_empty())
     }
 
     pub fn next_seq(&self) -> u64 {
@@ -62,7 +126,7 @@ impl StreamQueue {
 
     /// Every write with a sequence number below this is terminal.
     pub fn done_upto(&self) -> u64 {
-        if self.q.is_empty() {
+        if self.pending == 0 {
             self.next_seq
         } else {
             self.front_seq
@@ -73,41 +137,16 @@ impl StreamQueue {
         if self.planned.is_some() {
             return None;
         }
+        self.seal();
         let head_off = self.head_off;
-        let limits = StageLimits {
-            max_iovecs: cfg.max_iovecs_per_op,
-            max_bytes: cfg.max_bytes_per_op,
-            stage_below: cfg.coalesce_below_bytes,
-            stage_max: cfg.coalesce_max_bytes,
-        };
-        self.segs.clear();
-        self.stage.clear();
-        let (q, segs, stage) = (&self.q, &mut self.segs, &mut self.stage);
-        let lens = q
-            .iter()
-            .enumerate()
-            .map(|(i, (b, _))| if i == 0 { b.len() - head_off } else { b.len() });
-        // One pass: the planner decides, and each decision is carried out as it is made.
-        let cut = cut_stream_staged(lens, &limits, |item| {
-            let start = if item.idx == 0 { head_off } else { 0 };
-            if item.staged {
-                match segs.last_mut() {
-                    Some(Seg::Stage { len, .. }) => *len += item.len,
-                    _ => segs.push(Seg::Stage {
-                        start: stage.len(),
-                        len: item.len,
-                    }),
-                }
-                stage.extend_from_slice(&q[item.idx].0[start..start + item.len]);
+        let lens = self.q.iter().enumerate().map(|(i, e)| {
+            if i == 0 {
+                e.data.len() - head_off
             } else {
-                segs.push(Seg::Entry {
-                    idx: item.idx,
-                    start,
-                    len: item.len,
-                });
+                e.data.len()
             }
         });
-        let cut = cut?;
+        let cut = cut_stream(lens, cfg.max_iovecs_per_op, cfg.max_bytes_per_op)?;
         self.planned = Some(cut.entries);
         Some(OpShape::Stream {
             entries: cut.entries,
@@ -119,55 +158,79 @@ impl StreamQueue {
         self.planned = None;
     }
 
-    /// The iovecs of the op in flight (staged runs and whole writes, in order).
-    pub fn slices(&self, f: &mut impl FnMut(&[u8])) {
-        if self.planned.is_none() {
+    /// The iovecs of the op in flight: its entries, the first from `head_off`, the last cut at
+    /// the op's byte count by the caller's iovec builder.
+    pub fn slices(&self, bytes: usize, f: &mut impl FnMut(&[u8])) {
+        let Some(entries) = self.planned else {
             return;
-        }
-        for seg in &self.segs {
-            match *seg {
-                Seg::Stage { start, len } => f(&self.stage[start..start + len]),
-                Seg::Entry { idx, start, len } => f(&self.q[idx].0[start..start + len]),
-            }
+        };
+        let mut left = bytes;
+        for (i, e) in self.q.iter().take(entries).enumerate() {
+            let start = if i == 0 { self.head_off } else { 0 };
+            let len = (e.data.len() - start).min(left);
+            f(&e.data[start..start + len]);
+            left -= len;
         }
     }
 
     /// Consumes `n` bytes taken by the kernel from the first `entries` entries; pushes the
-    /// (length, queued time) of every entry that is now fully sent.
+    /// (length, queued time) of every sampled write that is now fully sent.
     ///
-    /// Only sampled entries (queued time ≠ 0) are pushed to `out`; returns the count and total
-    /// length of all completed entries, so the caller accounts for them in one step.
+    /// Returns the count and total length of the writes that completed, so the caller accounts
+    /// for them in one step.
     fn consume(
         &mut self,
         mut n: usize,
         entries: usize,
         out: &mut Vec<(usize, u64)>,
     ) -> (u64, usize) {
-        let (mut count, mut total) = (0u64, 0usize);
+        let (mut count, mut total) = (0usize, 0usize);
         for _ in 0..entries {
-            let Some((b, t)) = self.q.front() else { break };
-            let rem = b.len() - self.head_off;
-            if n < rem {
-                self.head_off += n;
+            let Some(e) = self.q.front_mut() else { break };
+            let rem = e.data.len() - self.head_off;
+            let take = n.min(rem);
+            n -= take;
+            let upto = self.head_off + take;
+            if !e.ends.is_empty() {
+                // The chunk's writes that now end within what was sent.
+                while e.counted < e.ends.len() && e.ends[e.counted] as usize <= upto {
+                    total += e.write_len(e.counted);
+                    e.counted += 1;
+                    count += 1;
+                }
+            }
+            if take < rem {
+                self.head_off = upto;
                 break;
             }
-            n -= rem;
-            count += 1;
-            total += b.len();
-            if *t != 0 {
-                out.push((b.len(), *t));
+            if e.ends.is_empty() {
+                count += 1;
+                total += e.data.len();
+            }
+            if e.queued_ns != 0 {
+                out.push((e.data.len(), e.queued_ns));
             }
             self.q.pop_front();
             self.head_off = 0;
         }
-        self.front_seq += count;
-        (count, total)
+        self.front_seq += count as u64;
+        self.pending -= count;
+        (count as u64, total)
     }
 
-    /// Removes every entry not covered by the op in flight.
+    /// Removes every write not covered by the op in flight; pushes (length, queued time) of each.
     pub fn drain_unsent(&mut self, out: &mut Vec<(usize, u64)>) {
+        self.seal();
         let keep = self.planned.unwrap_or(0).min(self.q.len());
-        out.extend(self.q.drain(keep..).map(|(b, t)| (b.len(), t)));
+        let mut n = 0;
+        for e in self.q.drain(keep..) {
+            let mut t = e.queued_ns;
+            for i in e.counted..e.writes() {
+                out.push((e.write_len(i), std::mem::take(&mut t)));
+                n += 1;
+            }
+        }
+        self.pending -= n;
         if keep == 0 {
             self.head_off = 0;
             self.front_seq = self.next_seq;
@@ -183,7 +246,7 @@ impl Core {
         entries: usize,
         bytes: usize,
         res: i32,
-        now_ns: u64,
+        clock: &mut Clock<'_>,
     ) -> bool {
         let s = self.socks[idx as usize]
             .sock
@@ -200,13 +263,13 @@ impl Core {
                 self.stats.retries += 1;
                 return errno == libc::EAGAIN;
             }
-            self.poison(idx, errno, now_ns);
+            self.poison(idx, errno, clock.get());
             return false;
         }
         let n = res as usize;
         if n > bytes {
             // The kernel never reports more than it was given; if it does, the stream is corrupt.
-            self.poison(idx, libc::EIO, now_ns);
+            self.poison(idx, libc::EIO, clock.get());
             return false;
         }
         let mut sampled = std::mem::take(&mut self.scratch);
@@ -217,7 +280,7 @@ impl Core {
             self.stats.short_sends += 1;
         }
         // Hot path: the whole op in one step; only sampled writes touch the histogram.
-        self.ended_ok(idx, count, total, &sampled, now_ns);
+        self.ended_ok(idx, count, total, &sampled, clock);
         sampled.clear();
         self.scratch = sampled;
         false

@@ -201,9 +201,6 @@ impl Driver for Epoll {
         }
     }
 
-    fn completes_inline(&self) -> bool {
-        true
-    }
 
     fn issue(
         &mut self,

@@ -53,8 +53,6 @@ pub(crate) trait Driver {
     fn register(&mut self, sock: u32, fd: RawFd, stream: bool) -> Result<(), Error>;
     /// Stops tracking the socket (nothing of it may be in flight).
     fn deregister(&mut self, sock: u32, fd: RawFd);
-    /// Whether ops complete inside [`Driver::issue`] (epoll), so more may be ready right after.
-    fn completes_inline(&self) -> bool;
     /// Hands `ops` to the kernel (or to the SQ until the next [`Driver::enter`]). `payload`
     /// gives each op's slices; every op ends up in `out` now or later, exactly once.
     fn issue(&mut self, payload: &Core, ops: &[Planned], out: &mut Vec<Event>)
@@ -108,10 +106,6 @@ impl Driver for AnyDriver {
     }
     fn deregister(&mut self, sock: u32, fd: RawFd) {
         dispatch!(self, d => d.deregister(sock, fd))
-    }
-    #[inline]
-    fn completes_inline(&self) -> bool {
-        dispatch!(self, d => d.completes_inline())
     }
     #[inline]
     fn issue(

@@ -86,6 +86,43 @@ impl Uring {
         Ok(unsafe { self.ring.submission().push(sqe) }.is_ok())
     }
 
+    /// One op alone, with nothing in flight: a plain `send`/`sendmsg` with `MSG_DONTWAIT` costs
+    /// one transition like `io_uring_enter` would, without the ring's own per-op work — at one
+    /// message per flush the engine is then no slower than a plain `send()`. Returns false
+    /// (nothing sent) when the socket would block: the op then goes through the ring, which
+    /// waits for writability itself.
+    fn direct(&mut self, payload: &Core, p: &Planned, out: &mut Vec<Event>) -> bool {
+        let mut m = self.pool.pop().unwrap_or_else(|| Box::new(MsgMem::new()));
+        m.prepare(payload, p);
+        let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+        self.tally.transitions += 1;
+        let rc = match m.single_buffer() {
+            // SAFETY: the buffer is a live slice of the core's queue for the duration of the call.
+            Some((ptr, len)) => unsafe { libc::send(p.fd, ptr.cast(), len, flags) },
+            // SAFETY: the msghdr points at iovecs, address and cmsg in `m` and buffers the core
+            // keeps alive; all outlive the call.
+            None => unsafe { libc::sendmsg(p.fd, &m.msg, flags) },
+        };
+        self.pool.push(m);
+        let res = if rc < 0 {
+            -std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO)
+        } else {
+            i32::try_from(rc).unwrap_or(i32::MAX)
+        };
+        if res == -libc::EAGAIN {
+            return false;
+        }
+        self.tally.batches += 1;
+        self.tally.sqes += 1;
+        out.push(Event::Done {
+            token: p.token,
+            res,
+        });
+        true
+    }
+
     fn reap(&mut self, out: &mut Vec<Event>) {
         let mut cq = self.ring.completion();
         cq.sync();
@@ -114,9 +151,6 @@ impl Driver for Uring {
 
     fn deregister(&mut self, _sock: u32, _fd: RawFd) {}
 
-    fn completes_inline(&self) -> bool {
-        false
-    }
 
     fn issue(
         &mut self,
@@ -124,6 +158,11 @@ impl Driver for Uring {
         ops: &[Planned],
         out: &mut Vec<Event>,
     ) -> Result<(), Error> {
+        if let [p] = ops {
+            if self.in_kernel == 0 && self.pushed == 0 && self.direct(payload, p, out) {
+                return Ok(());
+            }
+        }
         for (i, p) in ops.iter().enumerate() {
             let mut m = self.pool.pop().unwrap_or_else(|| Box::new(MsgMem::new()));
             m.prepare(payload, p);
