@@ -275,12 +275,6 @@ impl DgramQueue {
         &self.flying[group as usize]
     }
 
-    /// The sequence numbers of an op's datagrams, in order (the simulated kernel's view).
-    #[cfg(any(test, fuzzing, feature = "sim"))]
-    pub fn seqs(&self, group: u32) -> &[u64] {
-        &self.flying[group as usize]
-    }
-
     /// Puts an op back unsent (a driver did not issue it).
     pub fn requeue_group(&mut self, group: u32) {
         let seqs = self.take_group(group);

@@ -743,16 +743,6 @@ impl Core {
         }
     }
 
-    /// The queue sequence numbers of a datagram op's datagrams, in order: a destination's GSO
-    /// group need not be adjacent in the queue (the simulated kernel's view; empty for streams).
-    #[cfg(any(test, fuzzing, feature = "sim"))]
-    pub fn dgram_seqs(&self, p: &Planned) -> Vec<u64> {
-        match (self.sock_at(p.sock).map(|s| &s.queue), p.shape) {
-            (Some(Queue::Dgram(q)), OpShape::Dgram { group, .. }) => q.seqs(group).to_vec(),
-            _ => Vec::new(),
-        }
-    }
-
     // ---- completions ------------------------------------------------------------------------
 
     fn finish_op(&mut self, sock: u32) -> bool {
