@@ -1,704 +1,1108 @@
-//! The core against the simulated kernel (`crate::sim`), which checks every step against its
-//! reference model; these tests pick the situations, the sim checks the invariants.
+//! The engine's public API over the simulated kernel (`crate::sim`): the real orchestration
+//! and core, with a kernel that stalls, resets, refuses and reorders on cue. These tests pick
+//! the situations and assert exact outcomes; the random-trace tests run the model checks of
+//! `sim::checks` after every step. Tests that hold on both backends run once per completion
+//! model (`both!`), so a failure on one never hides the other.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::error::Status;
+use crate::error::{Error, Limit, Status};
+use crate::sim::checks::fingerprint;
 use crate::sim::{
-    AllOk, Counts, Fate, Model, Outcome, Rejected, Replay, Script, Sim, SimConfig, Step,
-    WriteOutcome,
+    dest, payload, Cancel, Fate, FnBehaviour, Kind, Mode, Observed, OpView, Runner, Script, Setup,
+    SimConfig, SimHandle, SimKernel, Step, Verdict,
 };
+use crate::{Engine, SocketId};
 
 const MS: u64 = 1_000_000;
 
-fn sim() -> Sim {
-    Sim::new(&SimConfig::default(), Model::Uring)
+/// One test per completion model.
+macro_rules! both {
+    ($(#[$meta:meta])* fn $name:ident($mode:ident) $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn run($mode: Mode) $body
+
+            #[test]
+            fn uring() {
+                run(Mode::Uring)
+            }
+
+            #[test]
+            fn epoll() {
+                run(Mode::Epoll)
+            }
+        }
+    };
 }
 
-fn failed(c: &Counts, s: Status) -> u64 {
-    c.failures[s.index()]
+fn sim(mode: Mode, cfg: SimConfig) -> (Engine, SimHandle) {
+    let kernel = SimKernel::new(mode);
+    let k = kernel.handle();
+    (Engine::with_sim(cfg, kernel), k)
 }
 
-#[test]
-fn random_short_counts_resume_at_the_exact_byte() {
-    let mut rng = SmallRng::seed_from_u64(7);
-    for _ in 0..300 {
-        let cfg = SimConfig {
-            max_iovecs_per_op: rng.gen_range(1..6),
-            max_bytes_per_op: rng.gen_range(1..300),
-            ..SimConfig::default()
-        };
-        let mut s = Sim::new(&cfg, Model::Uring);
-        let streams: Vec<usize> = (0..3).map(|_| s.add_stream()).collect();
+fn stream(e: &mut Engine, k: &SimHandle) -> SocketId {
+    k.register(e, Kind::Stream)
+}
+
+fn udp(e: &mut Engine, k: &SimHandle, peer: Option<SocketAddr>, recverr: bool) -> SocketId {
+    k.register(e, Kind::Udp { peer, recverr })
+}
+
+fn no_gso() -> SimConfig {
+    SimConfig {
+        gso: false,
+        ..SimConfig::default()
+    }
+}
+
+/// Sends `lens` fresh writes (tags from `tag`) on `id`; returns their concatenation.
+fn send_all(e: &mut Engine, id: SocketId, tag: u64, lens: &[usize]) -> Vec<u8> {
+    let mut all = Vec::new();
+    for (i, &len) in (tag..).zip(lens) {
+        let b = payload(i, len);
+        all.extend_from_slice(&b);
+        e.send(id, b).unwrap();
+    }
+    all
+}
+
+fn send_to(e: &mut Engine, id: SocketId, tag: u64, port: u16, len: usize) -> Bytes {
+    let b = payload(tag, len);
+    e.send_to(id, b.clone(), dest(port)).unwrap();
+    b
+}
+
+// ---- streams -----------------------------------------------------------------------------
+
+both! {
+    fn short_counts_resume_at_the_exact_byte(mode) {
+        let mut rng = SmallRng::seed_from_u64(7);
         for _ in 0..60 {
-            let h = streams[rng.gen_range(0..streams.len())];
-            match rng.gen_range(0..4) {
-                0 | 1 => s.send(h, rng.gen_range(0..200)).unwrap(),
-                2 => {
-                    s.submit();
-                }
-                _ => {
-                    if s.in_flight() > 0 {
-                        let i = rng.gen_range(0..s.in_flight());
-                        let len = s.op(i).bytes;
-                        let res = rng.gen_range(0..=len);
-                        s.complete(i, i32::try_from(res).unwrap());
+            let cfg = SimConfig {
+                max_iovecs_per_op: rng.gen_range(1..6),
+                max_bytes_per_op: rng.gen_range(1..300),
+                coalesce_below_bytes: rng.gen_range(0..64),
+                ..SimConfig::default()
+            };
+            let seed = rng.gen::<u64>();
+            let kernel = SimKernel::with_behaviour(
+                mode,
+                Box::new(FnBehaviour({
+                    let mut r = SmallRng::seed_from_u64(seed);
+                    move |op: &OpView<'_>| Verdict::Short(r.gen_range(0..=op.bytes.min(50)))
+                })),
+            );
+            let k = kernel.handle();
+            let mut e = Engine::with_sim(cfg, kernel);
+            let ids: Vec<SocketId> = (0..3).map(|_| stream(&mut e, &k)).collect();
+            let mut want = vec![Vec::new(); 3];
+            for tag in 0..60 {
+                let s = rng.gen_range(0..3);
+                match rng.gen_range(0..4) {
+                    0 | 1 => want[s].extend(send_all(&mut e, ids[s], tag, &[rng.gen_range(0..200)])),
+                    2 => e.submit().unwrap(),
+                    _ => {
+                        let _ = e.try_flush(ids[s]).unwrap();
                     }
                 }
             }
-        }
-        let mut short =
-            |op: &crate::sim::OpDesc| i32::try_from(rng.gen_range(0..=op.bytes.min(50))).unwrap();
-        let r = s.flush_all(&mut short).unwrap();
-        assert_eq!(r.failed, 0);
-        s.check_final();
-        for &h in &streams {
-            assert_eq!(s.stream_received(h), s.stream_accepted(h));
+            let all = e.flush_all().unwrap();
+            assert_eq!(all.total.failed, 0);
+            for (s, id) in ids.iter().enumerate() {
+                assert!(k.peer(*id).received == want[s], "stream {s}");
+            }
+            assert!(e.stats().short_sends > 0);
         }
     }
 }
 
-#[test]
-fn eagain_and_eintr_retry_without_teardown() {
-    let mut s = sim();
-    let h = s.add_stream();
-    s.send(h, 100).unwrap();
-    s.send(h, 50).unwrap();
-    for errno in [libc::EAGAIN, libc::EINTR, 512] {
-        assert_eq!(s.submit(), 1);
-        s.complete(0, -errno);
-        assert_eq!(s.submit(), 1, "retried at once after errno {errno}");
-        s.requeue(0);
+both! {
+    fn eagain_eintr_and_erestartsys_retry_without_teardown(mode) {
+        let (mut e, k) = sim(mode, SimConfig::default());
+        let h = stream(&mut e, &k);
+        let want = send_all(&mut e, h, 0, &[100, 50]);
+        k.script(h, [Verdict::Errno(libc::EAGAIN), Verdict::Errno(libc::EINTR), Verdict::Errno(512)]);
+        let r = e.flush(h).unwrap();
+        assert_eq!((r.writes, r.bytes, r.failed), (2, 150, 0));
+        let peer = k.peer(h);
+        assert_eq!(peer.received, want);
+        assert_eq!(peer.ops.len(), 4, "three retries, then the send");
+        assert_eq!(peer.watches, 1, "only EAGAIN waits for writability");
+        assert_eq!(e.stats().retries, 3);
+        e.send(h, payload(9, 10)).unwrap();
+        assert_eq!(e.flush(h).unwrap().writes, 1);
     }
-    assert_eq!(s.submit(), 1);
-    s.complete(0, 150);
-    assert_eq!(s.flush(h, &mut AllOk).unwrap().writes, 2);
-    assert_eq!(s.stream_received(h), s.stream_accepted(h));
-    assert_eq!(s.stats().retries, 3);
-    s.send(h, 10).unwrap();
 }
 
+/// epoll: a socket that hit EAGAIN sends nothing until the kernel reports it writable.
 #[test]
-fn fatal_stream_error_poisons_and_fails_pending_writes_with_the_same_status() {
-    let mut s = sim();
-    let h = s.add_stream();
-    for _ in 0..4 {
-        s.send(h, 100).unwrap();
+fn eagain_parks_the_socket_until_it_is_writable_on_epoll() {
+    let (mut e, k) = sim(Mode::Epoll, no_gso());
+    let h = stream(&mut e, &k);
+    let d = udp(&mut e, &k, Some(dest(7)), false);
+    k.stall(h);
+    k.stall(d);
+    let want = send_all(&mut e, h, 0, &[100]);
+    send_all(&mut e, d, 1, &[10]);
+    e.submit().unwrap();
+    for id in [h, d] {
+        let p = k.peer(id);
+        assert_eq!(p.ops.len(), 1);
+        assert_eq!(p.ops[0].res, Some(-libc::EAGAIN));
+        assert_eq!(p.watches, 1);
     }
-    s.submit();
-    // Partial progress, then the error on the resubmission (FAILURES.md item 2).
-    s.complete(0, 150);
-    s.send(h, 100).unwrap();
-    s.submit();
-    assert_eq!(s.op(0).offset, 150, "resumes mid-write");
-    s.complete(0, -libc::ECONNRESET);
-    assert_eq!(s.stream_received(h), &s.stream_accepted(h)[..150]);
-    let reset = Rejected::Status(Status::ConnectionReset);
-    assert_eq!(s.send(h, 1), Err(reset), "later sends fail fast");
-    assert_eq!(s.flush(h, &mut AllOk), Err(reset));
-    assert_eq!(s.flush(h, &mut AllOk), Err(reset), "and stay failed");
-    let r = s.reported(h);
-    assert_eq!((r.writes, r.failed), (1, 4));
-    assert_eq!(failed(r, Status::ConnectionReset), 4);
-    assert_eq!(s.submit(), 0, "nothing more goes out");
+    e.submit().unwrap();
+    assert_eq!(k.peer(h).ops.len(), 1, "nothing goes out while unwritable");
+    assert_eq!(k.peer(d).ops.len(), 1);
+    k.unstall(h);
+    e.submit().unwrap();
+    assert_eq!(k.peer(h).received, want);
+    assert_eq!(k.peer(d).ops.len(), 1, "the other socket still waits");
+    k.unstall(d);
+    assert_eq!(e.flush_all().unwrap().total.writes, 2);
 }
 
+/// io_uring: sockets block, so an EAGAIN is spurious: the op goes again in the same step.
 #[test]
-fn more_than_iov_max_buffers_are_split() {
-    let cfg = SimConfig {
-        coalesce_below_bytes: 0,
-        ..SimConfig::default()
-    };
-    let mut s = Sim::new(&cfg, Model::Uring);
-    let h = s.add_stream();
-    for _ in 0..3000 {
-        s.send(h, 3).unwrap();
-    }
-    let mut entries = Vec::new();
-    while s.pending_writes() > 0 {
-        assert_eq!(s.submit(), 1);
-        entries.push(s.op(0).count);
-        s.complete(0, s.op(0).full());
-    }
-    assert_eq!(entries, [1024, 1024, 952]);
-    assert_eq!(s.stream_received(h), s.stream_accepted(h));
+fn eagain_on_uring_is_retried_at_once() {
+    let (mut e, k) = sim(Mode::Uring, SimConfig::default());
+    let h = stream(&mut e, &k);
+    let want = send_all(&mut e, h, 0, &[100]);
+    k.script(h, [Verdict::Errno(libc::EAGAIN)]);
+    e.submit().unwrap();
+    let p = k.peer(h);
+    assert_eq!((p.ops.len(), p.watches), (2, 1));
+    assert_eq!(p.received, want);
 }
 
-#[test]
-fn small_writes_are_staged_into_one_iovec() {
-    // Default staging: 3000 three-byte writes go as one op with one iovec.
-    let mut s = sim();
-    let h = s.add_stream();
-    for _ in 0..3000 {
-        s.send(h, 3).unwrap();
+both! {
+    fn fatal_stream_error_poisons_and_fails_pending_writes_with_the_same_status(mode) {
+        let (mut e, k) = sim(mode, SimConfig::default());
+        let h = stream(&mut e, &k);
+        let want = send_all(&mut e, h, 0, &[100, 100, 100, 100]);
+        // Partial progress, then the error on the resubmission (FAILURES.md item 2).
+        k.script(h, [Verdict::Short(150), Verdict::Errno(libc::ECONNRESET)]);
+        e.submit().unwrap();
+        let p = k.peer(h);
+        assert_eq!(p.ops[1].offset, 150, "resumes mid-write");
+        assert_eq!(p.received, want[..150]);
+        let b = payload(9, 1);
+        let err = e.send(h, b.clone()).unwrap_err();
+        assert_eq!(err.error().status(), Some(Status::ConnectionReset), "later sends fail fast");
+        assert_eq!(err.into_inner(), b, "the buffer comes back");
+        let all = e.flush_all().unwrap();
+        let r = all.socket(h).unwrap();
+        assert_eq!((r.writes, r.failed, r.bytes), (1, 3, 150));
+        assert_eq!(r.failed_with(Status::ConnectionReset), 3);
+        assert_eq!(all.errors().len(), 1);
+        for _ in 0..2 {
+            let err = e.flush(h).unwrap_err();
+            assert_eq!(err.status(), Some(Status::ConnectionReset), "and stays failed");
+        }
+        e.submit().unwrap();
+        assert_eq!(k.peer(h).ops.len(), 2, "nothing more goes out");
     }
-    assert_eq!(s.submit(), 1);
-    let op = s.op(0);
-    assert_eq!((op.count, op.iovecs, op.bytes), (3000, 1, 9000));
-    s.complete(0, op.full());
-    assert_eq!(s.stream_received(h), s.stream_accepted(h));
-
-    // Mixed sizes: runs of small writes share an iovec, large ones keep their own; the iovec
-    // limit counts iovecs, not writes; a short send resumes exactly, re-staging the rest.
-    let cfg = SimConfig {
-        coalesce_below_bytes: 100,
-        max_iovecs_per_op: 4,
-        ..SimConfig::default()
-    };
-    let mut s = Sim::new(&cfg, Model::Uring);
-    let h = s.add_stream();
-    for len in [10, 20, 1000, 30, 40, 2000, 50, 3000, 60] {
-        s.send(h, len).unwrap();
-    }
-    assert_eq!(s.submit(), 1);
-    let op = s.op(0);
-    // [10,20] [1000] [30,40] [2000] — the fifth iovec would exceed the limit.
-    assert_eq!((op.count, op.iovecs, op.bytes), (6, 4, 3100));
-    s.complete(0, 1015);
-    while s.pending_writes() > 0 {
-        assert_eq!(s.submit(), 1);
-        let op = s.op(0);
-        assert!(op.iovecs <= 4);
-        s.complete(0, op.full());
-    }
-    assert_eq!(s.stream_received(h), s.stream_accepted(h));
 }
 
+both! {
+    fn more_than_iov_max_buffers_are_split(mode) {
+        let cfg = SimConfig {
+            coalesce_below_bytes: 0,
+            ..SimConfig::default()
+        };
+        let (mut e, k) = sim(mode, cfg);
+        let h = stream(&mut e, &k);
+        let want = send_all(&mut e, h, 0, &[3; 3000]);
+        assert_eq!(e.flush(h).unwrap().writes, 3000);
+        let p = k.peer(h);
+        let entries: Vec<usize> = p.ops.iter().map(|o| o.count).collect();
+        assert_eq!(entries, [1024, 1024, 952]);
+        assert!(p.ops.iter().all(|o| o.iovecs == o.count));
+        assert_eq!(p.received, want);
+    }
+}
+
+both! {
+    fn small_writes_are_staged_into_one_iovec(mode) {
+        // Default staging: 3000 three-byte writes are copied into one chunk at `send`, and go as
+        // one op with one iovec (a stream op's `count` is queue entries: chunks or big writes).
+        let (mut e, k) = sim(mode, SimConfig::default());
+        let h = stream(&mut e, &k);
+        let want = send_all(&mut e, h, 0, &[3; 3000]);
+        e.flush(h).unwrap();
+        let p = k.peer(h);
+        assert_eq!(p.ops.len(), 1);
+        assert_eq!((p.ops[0].count, p.ops[0].iovecs, p.ops[0].bytes), (1, 1, 9000));
+        assert_eq!(p.received, want);
+
+        // Mixed sizes: runs of small writes share an iovec, large ones keep their own; the iovec
+        // limit counts iovecs, not writes; a short send resumes exactly, re-staging the rest.
+        let cfg = SimConfig {
+            coalesce_below_bytes: 100,
+            max_iovecs_per_op: 4,
+            ..SimConfig::default()
+        };
+        let (mut e, k) = sim(mode, cfg);
+        let h = stream(&mut e, &k);
+        let want = send_all(&mut e, h, 0, &[10, 20, 1000, 30, 40, 2000, 50, 3000, 60]);
+        k.script(h, [Verdict::Short(1015)]);
+        e.flush(h).unwrap();
+        let p = k.peer(h);
+        // [10,20] [1000] [30,40] [2000] — the fifth iovec would exceed the limit.
+        assert_eq!((p.ops[0].count, p.ops[0].iovecs, p.ops[0].bytes), (4, 4, 3100));
+        assert_eq!(p.ops[1].offset, 1015);
+        assert!(p.ops.iter().all(|o| o.iovecs <= 4));
+        assert_eq!(p.received, want);
+    }
+}
+
+/// A barrier covers exactly the writes before it: the one `try_flush` set resolves when they
+/// are done, though a later write in the same (short) op is not.
 #[test]
-fn barrier_covers_exactly_earlier_writes() {
-    let mut s = sim();
-    let h = s.add_stream();
-    s.send(h, 10).unwrap();
-    let b = s.barrier_target(h);
-    s.barrier(h);
-    s.send(h, 10).unwrap();
-    s.submit();
-    assert_eq!(s.op(0).bytes, 20, "coalesced");
-    assert!(!s.barrier_done(h, b));
-    // A short send that ends exactly after the first write resolves the barrier; the later
-    // write, still unsent, does not hold it.
-    s.complete(0, 10);
-    assert!(s.barrier_done(h, b));
-    assert!(!s.barrier_done(h, s.barrier_target(h)));
-
-    s.flush(h, &mut AllOk).unwrap();
-
-    // Datagrams: a later write in flight, or done first, never decides an earlier barrier.
-    let d = s.add_dgram(false);
-    s.send_to(d, 9000, 10).unwrap();
-    let b = s.barrier_target(d);
-    s.barrier(d);
-    s.send_to(d, 9001, 10).unwrap();
-    assert_eq!(s.submit(), 2);
-    s.complete(1, 10);
+fn a_stream_barrier_covers_exactly_the_writes_before_it() {
+    let (mut e, k) = sim(Mode::Epoll, SimConfig::default());
+    let h = stream(&mut e, &k);
+    k.stall(h);
+    send_all(&mut e, h, 0, &[10]);
     assert!(
-        !s.barrier_done(d, b),
-        "the later datagram is done, the earlier not"
+        e.try_flush(h).unwrap().is_none(),
+        "stalled: EAGAIN, pending"
     );
-    s.complete(0, 10);
-    assert!(s.barrier_done(d, b));
+    send_all(&mut e, h, 1, &[10]);
+    k.unstall(h);
+    k.script(h, [Verdict::Short(10), Verdict::Hold]);
+    let r = e.try_flush(h).unwrap().expect("the first write is done");
+    assert_eq!((r.writes, r.bytes), (1, 10));
+    let p = k.peer(h);
+    assert_eq!(p.ops[1].bytes, 20, "both writes coalesced into one op");
+    assert!(
+        e.try_flush(h).unwrap().is_none(),
+        "a new barrier waits for the second"
+    );
+    k.unstall(h);
+    assert_eq!(e.flush(h).unwrap().writes, 1);
 }
 
+/// A later datagram done first never resolves an earlier barrier.
 #[test]
-fn barrier_resolves_on_failure_too() {
-    let mut s = sim();
-    let d = s.add_dgram(true);
-    s.send(d, 10).unwrap();
-    let b = s.barrier_target(d);
-    s.submit();
-    s.complete(0, -libc::ECONNREFUSED);
-    assert!(s.barrier_done(d, b));
+fn a_later_datagram_done_first_never_resolves_an_earlier_barrier() {
+    let (mut e, k) = sim(Mode::Uring, SimConfig::default());
+    let d = udp(&mut e, &k, None, false);
+    k.script(d, [Verdict::Hold, Verdict::Full]);
+    send_to(&mut e, d, 0, 9000, 10);
+    assert!(e.try_flush(d).unwrap().is_none());
+    send_to(&mut e, d, 1, 9001, 10);
+    e.submit().unwrap();
+    let seqs: Vec<u64> = k.peer(d).datagrams.iter().map(|x| x.seq).collect();
+    assert_eq!(seqs, [1], "the later one arrived");
+    assert!(
+        e.try_flush(d).unwrap().is_none(),
+        "the earlier one is still in flight"
+    );
+    k.unstall(d);
+    let r = e.try_flush(d).unwrap().expect("both done");
+    assert_eq!(r.writes, 2);
 }
 
-#[test]
-fn datagram_errors_do_not_fail_neighbours() {
-    let mut s = sim();
-    let d = s.add_dgram(false);
-    for port in [9000, 9001, 9002] {
-        s.send_to(d, port, 100).unwrap();
+both! {
+    fn a_barrier_resolves_on_failure_too(mode) {
+        let (mut e, k) = sim(mode, SimConfig::default());
+        let d = udp(&mut e, &k, Some(dest(7)), true);
+        k.script(d, [Verdict::Errno(libc::EMSGSIZE)]);
+        send_all(&mut e, d, 0, &[10]);
+        let r = e.flush(d).unwrap();
+        assert_eq!((r.writes, r.failed), (0, 1));
+        assert_eq!(r.failed_with(Status::MessageTooLong), 1);
     }
-    assert_eq!(s.submit(), 3, "different destinations: no GSO");
-    s.complete(1, -libc::ECONNREFUSED);
-    s.complete(0, 100);
-    s.complete(0, 100);
-    let r = s.flush(d, &mut AllOk).unwrap();
-    assert_eq!((r.writes, r.failed), (2, 1));
-    assert_eq!(failed(&r, Status::ConnectionRefused), 1);
-    s.send_to(d, 9001, 10).unwrap();
-    assert_eq!(s.flush(d, &mut AllOk).unwrap().writes, 1, "not poisoned");
 }
 
-fn gso_group(s: &mut Sim, d: usize, lens: &[usize]) {
-    for &len in lens {
-        s.send_to(d, 9000, len).unwrap();
+// ---- datagrams ---------------------------------------------------------------------------
+
+/// Datagram `seq` of every socket fails with `errno`, whatever op carries it.
+fn fail_seq(seq: u64, errno: i32) -> Box<FnBehaviour<impl FnMut(&OpView<'_>) -> Verdict + Send>> {
+    Box::new(FnBehaviour(move |op: &OpView<'_>| {
+        let hit = !op.stream && op.seqs.contains(&seq);
+        if hit {
+            Verdict::Errno(errno)
+        } else {
+            Verdict::Full
+        }
+    }))
+}
+
+both! {
+    fn a_datagram_error_does_not_fail_its_neighbours(mode) {
+        let kernel = SimKernel::with_behaviour(mode, fail_seq(1, libc::EMSGSIZE));
+        let k = kernel.handle();
+        let mut e = Engine::with_sim(SimConfig::default(), kernel);
+        let d = udp(&mut e, &k, None, true);
+        for (tag, port) in [9000, 9001, 9002].into_iter().enumerate() {
+            send_to(&mut e, d, tag as u64, port, 100);
+        }
+        let r = e.flush(d).unwrap();
+        assert_eq!((r.writes, r.failed), (2, 1));
+        assert_eq!(r.failed_with(Status::MessageTooLong), 1);
+        let seqs: Vec<u64> = k.peer(d).datagrams.iter().map(|x| x.seq).collect();
+        assert_eq!(seqs, [0, 2]);
+        send_to(&mut e, d, 3, 9001, 10);
+        assert_eq!(e.flush(d).unwrap().writes, 1, "not poisoned");
     }
-    assert_eq!(s.submit(), 1);
-    let op = s.op(0);
+}
+
+/// Sends a GSO group of `lens` to port 9000 and checks it went as one op.
+fn gso_group(e: &mut Engine, k: &SimHandle, d: SocketId, tag: u64, lens: &[usize]) {
+    for (t, &len) in (tag..).zip(lens) {
+        send_to(e, d, t, 9000, len);
+    }
+    let before = k.peer(d).ops.len();
+    e.submit().unwrap();
+    let p = k.peer(d);
+    let op = &p.ops[before];
     assert_eq!((op.count, op.segment_size), (lens.len(), Some(100)));
 }
 
-#[test]
-fn gso_eio_turns_gso_off_and_resends_the_same_datagrams() {
-    for errno in [libc::EIO, libc::EINVAL] {
-        let mut s = sim();
-        let d = s.add_dgram(false);
-        gso_group(&mut s, d, &[100, 100, 100, 40]);
-        s.complete(0, -errno);
-        assert!(!s.socket_gso(d), "GSO off after errno {errno}");
-        assert_eq!(s.submit(), 4, "re-split as singles");
-        assert!((0..4).all(|i| s.op(i).segment_size.is_none()));
-        while s.in_flight() > 0 {
-            s.complete(0, s.op(0).full());
+both! {
+    fn gso_eio_turns_gso_off_and_resends_the_same_datagrams(mode) {
+        for errno in [libc::EIO, libc::EINVAL] {
+            let (mut e, k) = sim(mode, SimConfig::default());
+            let d = udp(&mut e, &k, None, false);
+            k.script(d, [Verdict::Errno(errno)]);
+            gso_group(&mut e, &k, d, 0, &[100, 100, 100, 40]);
+            assert!(!e.socket_gso(d).unwrap(), "GSO off after errno {errno}");
+            assert_eq!(e.flush(d).unwrap().writes, 4);
+            let p = k.peer(d);
+            assert_eq!(p.ops.len(), 5, "re-split as singles");
+            assert!(p.ops[1..].iter().all(|o| o.segment_size.is_none()));
+            let seqs: Vec<u64> = p.datagrams.iter().map(|x| x.seq).collect();
+            assert_eq!(seqs, [0, 1, 2, 3]);
+            // Later datagrams go alone too.
+            send_to(&mut e, d, 4, 9000, 100);
+            send_to(&mut e, d, 5, 9000, 100);
+            e.flush(d).unwrap();
+            assert_eq!(k.peer(d).ops.len(), 7);
+            assert_eq!(e.stats().gso_fallbacks, 1);
         }
-        assert_eq!(s.dgrams_received(d), s.dgrams_accepted(d));
-        // Later datagrams go alone too.
-        s.send_to(d, 9000, 100).unwrap();
-        s.send_to(d, 9000, 100).unwrap();
-        assert_eq!(s.submit(), 2);
-        assert_eq!(s.stats().gso_fallbacks, 1);
     }
 }
 
+/// io_uring: two groups in flight are both refused; the second failure is tolerated.
 #[test]
 fn gso_tolerates_more_failures_from_groups_already_in_flight() {
-    let mut s = sim();
-    let d = s.add_dgram(false);
-    for port in [9000, 9000, 9001, 9001] {
-        s.send_to(d, port, 100).unwrap();
+    let (mut e, k) = sim(Mode::Uring, SimConfig::default());
+    let d = udp(&mut e, &k, None, false);
+    k.script(d, [Verdict::Errno(libc::EIO), Verdict::Errno(libc::EIO)]);
+    for (tag, port) in [9000, 9000, 9001, 9001].into_iter().enumerate() {
+        send_to(&mut e, d, tag as u64, port, 100);
     }
-    assert_eq!(s.submit(), 2, "two groups, one per destination");
-    s.complete(1, -libc::EIO);
-    s.complete(0, -libc::EIO);
-    assert!(!s.socket_gso(d));
-    let r = s.flush(d, &mut AllOk).unwrap();
+    let r = e.flush(d).unwrap();
     assert_eq!(r.writes, 4);
-    assert_eq!(s.dgrams_received(d).len(), 4);
+    assert!(!e.socket_gso(d).unwrap());
+    let p = k.peer(d);
+    assert_eq!(p.ops.iter().filter(|o| o.segment_size.is_some()).count(), 2);
+    assert_eq!(p.datagrams.len(), 4);
+    assert_eq!(e.stats().gso_fallbacks, 2);
 }
 
-#[test]
-fn gso_group_refused_by_a_socket_error_fails_only_its_first_datagram() {
-    let mut s = sim();
-    let d = s.add_dgram(false);
-    gso_group(&mut s, d, &[100, 100, 100]);
-    s.complete(0, -libc::ECONNREFUSED);
-    assert_eq!(s.submit(), 1, "the rest regrouped");
-    assert_eq!(s.op(0).count, 2);
-    s.complete(0, 200);
-    let r = s.flush(d, &mut AllOk).unwrap();
-    assert_eq!((r.writes, r.failed), (2, 1));
-    assert_eq!(
-        s.outcomes()[0],
-        WriteOutcome::Failed(Status::ConnectionRefused)
-    );
-}
-
-#[test]
-fn gso_emsgsize_resplits_and_each_datagram_fails_or_sends_alone() {
-    let mut s = sim();
-    let d = s.add_dgram(false);
-    gso_group(&mut s, d, &[100, 100, 100]);
-    s.complete(0, -libc::EMSGSIZE);
-    assert!(s.socket_gso(d), "EMSGSIZE keeps GSO on");
-    assert_eq!(s.submit(), 3);
-    s.complete(0, -libc::EMSGSIZE);
-    s.complete(0, 100);
-    s.complete(0, 100);
-    let r = s.flush(d, &mut AllOk).unwrap();
-    assert_eq!((r.writes, r.failed), (2, 1));
-    assert_eq!(failed(&r, Status::MessageTooLong), 1);
-    // No endless loop: a refused group becomes singles once; new datagrams still group.
-    gso_group(&mut s, d, &[100, 100]);
-}
-
-#[test]
-fn enobufs_backs_off_boundedly_then_drops() {
-    let mut s = sim();
-    let d = s.add_dgram(true);
-    s.send(d, 10).unwrap();
-    let start = s.now_ns();
-    for delay in [1, 2, 4, 8] {
-        assert_eq!(s.submit(), 1);
-        s.complete(0, -libc::ENOBUFS);
-        assert_eq!(s.submit(), 0, "no busy loop during the backoff");
-        s.advance(delay * MS - 1);
-        assert_eq!(s.submit(), 0);
-        s.advance(1);
+both! {
+    fn a_gso_group_refused_by_a_socket_error_fails_only_its_first_datagram(mode) {
+        let (mut e, k) = sim(mode, SimConfig::default());
+        let d = udp(&mut e, &k, None, false);
+        k.script(d, [Verdict::Errno(libc::EACCES)]);
+        gso_group(&mut e, &k, d, 0, &[100, 100, 100]);
+        let r = e.flush(d).unwrap();
+        assert_eq!((r.writes, r.failed), (2, 1));
+        assert_eq!(r.failed_with(Status::PermissionDenied), 1);
+        let p = k.peer(d);
+        assert_eq!((p.ops[1].first_seq, p.ops[1].count), (1, 2), "the rest regrouped");
     }
-    assert_eq!(s.submit(), 1);
-    s.complete(0, -libc::ENOBUFS);
-    assert!(s.now_ns() - start <= 16 * MS);
-    let r = s.flush(d, &mut AllOk).unwrap();
-    assert_eq!((r.writes, r.failed), (0, 1));
-    assert_eq!(failed(&r, Status::NoBufferSpace), 1);
 }
 
+both! {
+    fn gso_emsgsize_resplits_and_each_datagram_fails_or_sends_alone(mode) {
+        let kernel = SimKernel::with_behaviour(
+            mode,
+            Box::new(FnBehaviour(|op: &OpView<'_>| {
+                if op.first_seq == 0 {
+                    Verdict::Errno(libc::EMSGSIZE)
+                } else {
+                    Verdict::Full
+                }
+            })),
+        );
+        let k = kernel.handle();
+        let mut e = Engine::with_sim(SimConfig::default(), kernel);
+        let d = udp(&mut e, &k, None, false);
+        gso_group(&mut e, &k, d, 0, &[100, 100, 100]);
+        let r = e.flush(d).unwrap();
+        assert_eq!((r.writes, r.failed), (2, 1));
+        assert_eq!(r.failed_with(Status::MessageTooLong), 1);
+        assert!(e.socket_gso(d).unwrap(), "EMSGSIZE keeps GSO on");
+        // No endless loop: a refused group becomes singles once; new datagrams still group.
+        gso_group(&mut e, &k, d, 3, &[100, 100]);
+        assert_eq!(e.flush(d).unwrap().writes, 2);
+    }
+}
+
+both! {
+    fn enobufs_backs_off_boundedly_then_drops(mode) {
+        let (mut e, k) = sim(mode, SimConfig::default());
+        let d = udp(&mut e, &k, Some(dest(7)), true);
+        k.nobufs(d, 5);
+        send_all(&mut e, d, 0, &[10]);
+        let start = k.now_ns();
+        let r = e.flush(d).unwrap();
+        assert_eq!((r.writes, r.failed), (0, 1));
+        assert_eq!(r.failed_with(Status::NoBufferSpace), 1);
+        let p = k.peer(d);
+        let at: Vec<u64> = p.ops.iter().map(|o| (o.issued_ns - start) / MS).collect();
+        assert_eq!(at, [0, 1, 3, 7, 15], "1, 2, 4, 8 ms apart, nothing in between");
+        assert_eq!(k.now_ns() - start, 15 * MS, "virtual time: ≤ 16 ms in all");
+    }
+}
+
+both! {
+    fn enobufs_then_success_delivers_once(mode) {
+        let (mut e, k) = sim(mode, SimConfig::default());
+        let d = udp(&mut e, &k, Some(dest(7)), true);
+        k.nobufs(d, 1);
+        send_all(&mut e, d, 0, &[10]);
+        let r = e.flush(d).unwrap();
+        assert_eq!((r.writes, r.failed), (1, 0));
+        let p = k.peer(d);
+        assert_eq!(p.datagrams.len(), 1);
+        assert_eq!(p.ops[1].issued_ns - p.ops[0].done_ns, MS);
+    }
+}
+
+// ---- stale pending errors (ICMP) ----------------------------------------------------------
+
+both! {
+    fn a_stale_icmp_error_on_an_unconnected_recverr_socket_resends_and_names_the_dead_port(mode) {
+        let (mut e, k) = sim(mode, no_gso());
+        let d = udp(&mut e, &k, None, true);
+        let (dead, live) = (dest(9001), dest(9002));
+        k.close_port(dead);
+        send_to(&mut e, d, 0, 9001, 7);
+        let to_live = send_to(&mut e, d, 1, 9002, 7);
+        let r = e.flush(d).unwrap();
+        assert_eq!((r.writes, r.failed), (2, 0), "both were sent");
+        let p = k.peer(d);
+        let got: Vec<_> = p.datagrams.iter().filter(|x| x.dest == Some(live)).collect();
+        assert_eq!(got.len(), 1, "the live datagram arrives once");
+        assert_eq!(got[0].payload, to_live);
+        let pe = e.take_peer_errors(d).unwrap();
+        assert_eq!(pe.len(), 1);
+        assert_eq!(pe[0].status(), Some(Status::ConnectionRefused));
+        assert_eq!(pe[0].peer(), Some(dead));
+        assert!(e.take_peer_errors(d).unwrap().is_empty());
+        assert_eq!(e.stats().peer_errors, 1);
+        // io_uring: the live datagram's send picked up the error and went again; epoll: the
+        // `sendmmsg` stopped there (the kernel drops an error after a sent datagram).
+        let resends = if mode == Mode::Uring { 1 } else { 0 };
+        assert_eq!(e.stats().stale_error_resends, resends);
+    }
+}
+
+both! {
+    fn stale_icmp_resends_are_bounded_then_the_datagram_fails(mode) {
+        let (mut e, k) = sim(mode, SimConfig::default());
+        let d = udp(&mut e, &k, None, true);
+        k.script(d, [Verdict::Errno(libc::EHOSTUNREACH); 40]);
+        send_to(&mut e, d, 0, 9005, 1);
+        let r = e.flush(d).unwrap();
+        assert_eq!((r.writes, r.failed), (0, 1));
+        assert_eq!(r.failed_with(Status::HostUnreachable), 1, "{r:?}");
+        assert_eq!(k.peer(d).ops.len(), 33, "32 resends, then the error is the datagram's");
+    }
+}
+
+both! {
+    fn an_icmp_class_errno_resends_connected_or_not_with_or_without_recverr(mode) {
+        for errno in [libc::ECONNREFUSED, libc::EHOSTUNREACH, libc::ENETUNREACH, libc::EHOSTDOWN, libc::EPROTO] {
+            for (connected, recverr) in [(false, false), (false, true), (true, false), (true, true)] {
+                let (mut e, k) = sim(mode, SimConfig::default());
+                let d = udp(&mut e, &k, connected.then(|| dest(7)), recverr);
+                k.script(d, [Verdict::Errno(errno)]);
+                if connected {
+                    send_all(&mut e, d, 0, &[5]);
+                } else {
+                    send_to(&mut e, d, 0, 9000, 5);
+                }
+                let r = e.flush(d).unwrap();
+                let case = format!("errno {errno}, connected {connected}, recverr {recverr}");
+                assert_eq!((r.writes, r.failed), (1, 0), "{case}");
+                let p = k.peer(d);
+                assert_eq!((p.ops.len(), p.datagrams.len()), (2, 1), "{case}");
+                assert_eq!(p.errqueue_reads > 0, recverr, "{case}: error queue read");
+                assert_eq!(e.stats().stale_error_resends, 1, "{case}");
+            }
+        }
+    }
+}
+
+both! {
+    fn a_connected_socket_to_a_closed_port_reports_every_datagram_sent(mode) {
+        for recverr in [false, true] {
+            let (mut e, k) = sim(mode, no_gso());
+            let d = udp(&mut e, &k, Some(dest(7)), recverr);
+            k.close_port(dest(7));
+            send_all(&mut e, d, 0, &[10, 10, 10, 10, 10]);
+            let r = e.flush(d).unwrap();
+            assert_eq!((r.writes, r.failed), (5, 0), "recverr {recverr}");
+            assert_eq!(k.peer(d).datagrams.len(), 5);
+            let pe = e.take_peer_errors(d).unwrap();
+            if recverr {
+                assert!(!pe.is_empty());
+                for err in &pe {
+                    assert_eq!(err.status(), Some(Status::ConnectionRefused));
+                    assert_eq!(err.peer(), Some(dest(7)));
+                }
+            } else {
+                assert!(pe.is_empty(), "no error queue without IP_RECVERR");
+                assert_eq!(k.peer(d).errqueue_reads, 0);
+            }
+            assert_eq!(e.stats().peer_errors, pe.len() as u64);
+        }
+    }
+}
+
+both! {
+    fn an_unconnected_socket_without_recverr_hears_no_icmp(mode) {
+        let (mut e, k) = sim(mode, SimConfig::default());
+        let d = udp(&mut e, &k, None, false);
+        k.close_port(dest(9000));
+        for tag in 0..3 {
+            send_to(&mut e, d, tag, 9000, 10);
+            e.submit().unwrap();
+        }
+        let r = e.flush(d).unwrap();
+        assert_eq!((r.writes, r.failed), (3, 0));
+        assert_eq!(k.peer(d).ops.len(), 3, "no pending error, no resend");
+        assert_eq!(e.stats().stale_error_resends, 0);
+    }
+}
+
+// ---- tokens, pushes, limits ----------------------------------------------------------------
+
+both! {
+    fn stale_unknown_and_duplicate_tokens_are_ignored(mode) {
+        let (mut e, k) = sim(mode, SimConfig::default());
+        let h = stream(&mut e, &k);
+        let d = udp(&mut e, &k, Some(dest(7)), false);
+        let mut want = send_all(&mut e, h, 0, &[10]);
+        send_all(&mut e, d, 1, &[10]);
+        e.submit().unwrap();
+        let done = k.completed_tokens();
+        assert_eq!(done.len(), 2);
+        let before = fingerprint(&e, &k);
+        k.freeze(true);
+        for &t in &done {
+            k.inject_done(t, 10); // duplicate
+            k.inject_done(t, -libc::ECONNRESET);
+        }
+        k.inject_done(u64::MAX, 0);
+        k.inject_done(0xdead_0000_0007, -libc::EIO);
+        for pick in 0..40u64 {
+            k.inject_stale(pick.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        }
+        e.submit().unwrap();
+        k.freeze(false);
+        assert_eq!(before, fingerprint(&e, &k), "a stale completion changed state");
+        // The slots are reused under new generations; the old tokens stay stale.
+        want.extend(send_all(&mut e, h, 2, &[10]));
+        k.stall(h);
+        e.submit().unwrap();
+        let before = fingerprint(&e, &k);
+        k.freeze(true);
+        for &t in &done {
+            k.inject_done(t, 10);
+        }
+        e.submit().unwrap();
+        k.freeze(false);
+        assert_eq!(before, fingerprint(&e, &k));
+        k.unstall(h);
+        e.flush_all().unwrap();
+        assert_eq!(k.peer(h).received, want);
+    }
+}
+
+/// io_uring: ops whose push failed go back unsent and are sent once, unchanged.
 #[test]
-fn enobufs_then_success_delivers_once() {
-    let mut s = sim();
-    let d = s.add_dgram(true);
-    s.send(d, 10).unwrap();
-    s.submit();
-    s.complete(0, -libc::ENOBUFS);
-    let r = s.flush(d, &mut AllOk).unwrap();
-    assert_eq!((r.writes, r.failed), (1, 0));
-    assert_eq!(s.dgrams_received(d).len(), 1);
+fn a_refused_push_sends_the_same_bytes_once() {
+    let (mut e, k) = sim(Mode::Uring, SimConfig::default());
+    let h = stream(&mut e, &k);
+    let d = udp(&mut e, &k, None, false);
+    let want = send_all(&mut e, h, 0, &[30]);
+    send_to(&mut e, d, 1, 9000, 30);
+    send_to(&mut e, d, 2, 9001, 30);
+    k.refuse_push_after(0);
+    e.submit().unwrap();
+    for id in [h, d] {
+        let p = k.peer(id);
+        let refused: Vec<_> = p.ops.iter().filter(|o| o.not_issued).collect();
+        let sent: Vec<_> = p.ops.iter().filter(|o| !o.not_issued).collect();
+        assert_eq!(refused.len(), sent.len());
+        for (a, b) in refused.iter().zip(&sent) {
+            let shape =
+                |o: &crate::sim::OpRecord| (o.offset, o.first_seq, o.count, o.bytes, o.dest);
+            assert_eq!(shape(a), shape(b), "the same op again");
+        }
+    }
+    e.flush_all().unwrap();
+    assert_eq!(k.peer(h).received, want);
+    assert_eq!(k.peer(d).datagrams.len(), 2);
 }
 
-#[test]
-fn stale_unknown_and_duplicate_tokens_are_ignored() {
-    let mut s = sim();
-    let h = s.add_stream();
-    let d = s.add_dgram(true);
-    s.send(h, 10).unwrap();
-    s.send(d, 10).unwrap();
-    s.submit();
-    let t = s.op(0).token;
-    s.complete(0, 10);
-    s.complete_token(t, 10); // duplicate
-    s.complete_token(t, -libc::ECONNRESET);
-    s.requeue_token(t);
-    s.complete_token(u64::MAX, 0);
-    s.complete_token(0xdead_0000_0007, -libc::EIO);
-    s.requeue_token(12345);
-    // The slot of `t` is reused under a new generation; the old token stays stale.
-    s.send(h, 10).unwrap();
-    s.submit();
-    assert_ne!(s.op(1).token, t);
-    s.complete_token(t, 10);
-    assert_eq!(s.in_flight(), 2);
-    s.flush_all(&mut AllOk).unwrap();
-    s.check_final();
-    assert_eq!(s.stream_received(h), s.stream_accepted(h));
+both! {
+    fn a_refused_send_hands_the_buffer_back_and_resending_it_delivers_it_exactly(mode) {
+        let cfg = SimConfig {
+            max_queued_bytes_per_socket: 100,
+            max_queued_bytes: 150,
+            max_queued_writes_per_socket: 3,
+            ..SimConfig::default()
+        };
+        let (mut e, k) = sim(mode, cfg);
+        let a = stream(&mut e, &k);
+        let b = udp(&mut e, &k, Some(dest(7)), false);
+        let refuse = |e: &mut Engine, id, data: &Bytes| {
+            let err = e.send(id, data.clone()).unwrap_err();
+            let (err, back) = err.into_parts();
+            assert!(back.as_ptr() == data.as_ptr() && back.len() == data.len(), "same buffer");
+            err
+        };
+        let big = payload(0, 101);
+        assert!(matches!(refuse(&mut e, a, &big), Error::BufferTooLarge { len: 101, max: 100, .. }));
+        let mut want = send_all(&mut e, a, 1, &[60]);
+        let again = payload(2, 60);
+        let err = refuse(&mut e, a, &again);
+        assert!(matches!(err, Error::Backpressure { limit: Limit::QueuedBytesPerSocket, max: 100, .. }));
+        send_all(&mut e, b, 3, &[60]);
+        let err = refuse(&mut e, b, &payload(4, 40));
+        assert!(matches!(err, Error::Backpressure { limit: Limit::QueuedBytesTotal, max: 150, .. }));
+        send_all(&mut e, b, 5, &[1, 1]);
+        let err = refuse(&mut e, b, &payload(7, 1));
+        assert!(matches!(err, Error::Backpressure { limit: Limit::QueuedWritesPerSocket, max: 3, .. }));
+        assert_eq!(e.queued_bytes(a).unwrap(), 60);
+        assert_eq!(e.total_queued_bytes(), 122);
+        e.flush_all().unwrap();
+        // The refused buffer, sent again after the flush, arrives byte-exact.
+        e.send(a, again.clone()).unwrap();
+        want.extend_from_slice(&again);
+        e.send(b, payload(8, 50)).unwrap();
+        e.flush_all().unwrap();
+        assert_eq!(k.peer(a).received, want);
+        assert_eq!(k.peer(b).datagrams.len(), 4);
+    }
 }
 
-#[test]
-fn requeue_after_a_failed_push_sends_the_same_bytes_once() {
-    let mut s = sim();
-    let h = s.add_stream();
-    let d = s.add_dgram(false);
-    s.send(h, 30).unwrap();
-    s.send_to(d, 9000, 30).unwrap();
-    s.send_to(d, 9000, 30).unwrap();
-    assert_eq!(s.submit(), 2);
-    let mut before = [s.op(0), s.op(1)].map(|o| (o.sock, o.offset, o.first, o.bytes));
-    s.requeue(1);
-    s.requeue(0);
-    assert_eq!(s.submit(), 2);
-    let mut after = [s.op(0), s.op(1)].map(|o| (o.sock, o.offset, o.first, o.bytes));
-    before.sort();
-    after.sort();
-    assert_eq!(before, after, "the same ops again");
-    s.flush_all(&mut AllOk).unwrap();
-    s.check_final();
-    assert_eq!(s.dgrams_received(d), s.dgrams_accepted(d));
-}
-
-#[test]
-fn backpressure_limits() {
-    let cfg = SimConfig {
-        max_queued_bytes_per_socket: 100,
-        max_queued_bytes: 150,
-        max_queued_writes_per_socket: 3,
-        ..SimConfig::default()
-    };
-    let mut s = Sim::new(&cfg, Model::Uring);
-    let a = s.add_stream();
-    let b = s.add_dgram(true);
-    assert_eq!(s.send(a, 101), Err(Rejected::TooLarge));
-    s.send(a, 60).unwrap();
-    assert_eq!(s.send(a, 60), Err(Rejected::Backpressure), "per socket");
-    s.send(b, 60).unwrap();
-    assert_eq!(s.send(b, 40), Err(Rejected::Backpressure), "total");
-    s.send(b, 1).unwrap();
-    s.send(b, 1).unwrap();
-    assert_eq!(
-        s.send(b, 1),
-        Err(Rejected::Backpressure),
-        "writes per socket"
-    );
-    s.flush_all(&mut AllOk).unwrap();
-    s.send(a, 100).unwrap();
-    s.send(b, 50).unwrap();
-}
-
+/// io_uring: the global cap binds the ops beyond each socket's first, and the per-socket cap
+/// every op.
 #[test]
 fn in_flight_caps() {
     let cfg = SimConfig {
         max_in_flight_ops: 3,
         max_in_flight_per_socket: 2,
-        gso: false,
-        ..SimConfig::default()
+        ..no_gso()
     };
-    let mut s = Sim::new(&cfg, Model::Uring);
-    let d = s.add_dgram(true);
-    let e = s.add_dgram(true);
-    for _ in 0..5 {
-        s.send(d, 10).unwrap();
-        s.send(e, 10).unwrap();
+    let (mut e, k) = sim(Mode::Uring, cfg);
+    let d = udp(&mut e, &k, Some(dest(7)), false);
+    let f = udp(&mut e, &k, Some(dest(8)), false);
+    for tag in 0..5 {
+        send_all(&mut e, d, tag, &[10]);
+        send_all(&mut e, f, 10 + tag, &[10]);
     }
-    assert_eq!(s.submit(), 3);
-    assert_eq!(s.submit(), 0);
-    s.complete(0, 10);
-    assert_eq!(s.submit(), 1);
-    s.flush_all(&mut AllOk).unwrap();
+    k.stall(d);
+    k.stall(f);
+    e.submit().unwrap();
+    assert_eq!(k.in_flight(), 3);
+    assert_eq!(k.peer(d).max_in_flight, 2);
+    assert_eq!(k.peer(f).max_in_flight, 1);
+    assert_eq!(k.max_extras(), 1);
+    k.unstall(d);
+    k.unstall(f);
+    let all = e.flush_all().unwrap();
+    assert_eq!(all.total.writes, 10);
+    assert!(k.peer(d).max_in_flight <= 2 && k.peer(f).max_in_flight <= 2);
+    assert!(k.max_extras() <= 2);
 }
 
+// ---- sockets are independent -------------------------------------------------------------
+
+both! {
+    fn a_flush_resolves_while_another_socket_is_held_forever(mode) {
+        let (mut e, k) = sim(mode, SimConfig::default());
+        let a = stream(&mut e, &k);
+        let b = stream(&mut e, &k);
+        let u = udp(&mut e, &k, None, true);
+        k.stall(b);
+        send_all(&mut e, b, 0, &[100]);
+        e.submit().unwrap();
+        let want = send_all(&mut e, a, 1, &[100]);
+        send_to(&mut e, u, 2, 9000, 10);
+        // The kernel panics if the engine waits while nothing of `a` (or `u`) is held.
+        k.set_focus(Some(a));
+        assert_eq!(e.flush(a).unwrap().writes, 1);
+        k.set_focus(Some(u));
+        assert_eq!(e.flush(u).unwrap().writes, 1);
+        k.set_focus(None);
+        assert_eq!(k.peer(a).received, want);
+        assert!(e.try_flush(b).unwrap().is_none(), "b is still stalled");
+        assert!(k.peer(b).received.is_empty());
+    }
+}
+
+both! {
+    fn a_healthy_socket_gets_its_op_past_more_stalled_peers_than_the_cap(mode) {
+        let cfg = SimConfig {
+            max_in_flight_ops: 2,
+            ..SimConfig::default()
+        };
+        let (mut e, k) = sim(mode, cfg);
+        let stalled: Vec<SocketId> = (0..5).map(|_| stream(&mut e, &k)).collect();
+        for (tag, &s) in (0..).zip(&stalled) {
+            k.stall(s);
+            send_all(&mut e, s, tag, &[100]);
+        }
+        e.submit().unwrap();
+        let healthy = stream(&mut e, &k);
+        let want = send_all(&mut e, healthy, 9, &[100]);
+        k.set_focus(Some(healthy));
+        assert_eq!(e.flush(healthy).unwrap().writes, 1);
+        assert_eq!(k.peer(healthy).received, want);
+        assert_eq!(k.max_extras(), 0, "every op was a socket's first");
+        if mode == Mode::Uring {
+            assert_eq!(k.held(), 5, "the stalled peers' ops stay in flight");
+        }
+    }
+}
+
+both! {
+    fn flush_all_reports_every_socket_and_a_poisoned_stream_hides_nothing(mode) {
+        let mut script = Script::new();
+        let fate = Fate { errno: Some(libc::EMSGSIZE), ..Fate::default() };
+        script.fate(1, 1, fate);
+        let kernel = SimKernel::with_behaviour(mode, Box::new(script));
+        let k = kernel.handle();
+        let mut e = Engine::with_sim(no_gso(), kernel);
+        let s = stream(&mut e, &k);
+        let u = udp(&mut e, &k, None, true);
+        send_all(&mut e, s, 0, &[10, 10]);
+        for tag in 0..3 {
+            send_to(&mut e, u, 10 + tag, 9000, 10);
+        }
+        k.reset(s, libc::ECONNRESET);
+        let all = e.flush_all().unwrap();
+        assert_eq!(all.sockets.len(), 2);
+        let rs = all.socket(s).unwrap();
+        assert_eq!((rs.writes, rs.failed), (0, 2));
+        assert_eq!(rs.failed_with(Status::ConnectionReset), 2);
+        let ru = all.socket(u).unwrap();
+        assert_eq!((ru.writes, ru.failed), (2, 1));
+        assert_eq!(ru.failed_with(Status::MessageTooLong), 1);
+        assert_eq!(all.errors().len(), 1);
+        assert_eq!(all.errors()[0].status(), Some(Status::ConnectionReset));
+        assert_eq!((all.total.writes, all.total.failed), (2, 3));
+        let err = all.into_result().unwrap_err();
+        assert_eq!(err.status(), Some(Status::ConnectionReset));
+    }
+}
+
+// ---- non-blocking and timed flushes --------------------------------------------------------
+
+both! {
+    fn try_flush_never_blocks(mode) {
+        let (mut e, k) = sim(mode, SimConfig::default());
+        let h = stream(&mut e, &k);
+        k.stall(h);
+        let want = send_all(&mut e, h, 0, &[10]);
+        let t0 = k.now_ns();
+        for _ in 0..3 {
+            assert!(e.try_flush(h).unwrap().is_none());
+        }
+        assert_eq!(k.now_ns(), t0, "no wait");
+        k.unstall(h);
+        let r = e.try_flush(h).unwrap().expect("resolved");
+        assert_eq!(r.writes, 1);
+        assert_eq!(k.peer(h).received, want);
+        let r = e.try_flush(h).unwrap().expect("nothing to wait for");
+        assert_eq!(r.writes, 0);
+    }
+}
+
+both! {
+    fn flush_timeout_max_means_no_deadline(mode) {
+        let (mut e, k) = sim(mode, SimConfig::default());
+        e.set_flush_timeout(Some(Duration::MAX));
+        k.set_latency(3);
+        let d = udp(&mut e, &k, Some(dest(7)), true);
+        k.nobufs(d, 2);
+        send_all(&mut e, d, 0, &[10, 10]);
+        let r = e.flush(d).unwrap();
+        assert_eq!(r.writes, 2);
+        let (_, fd) = e.close(d).unwrap();
+        drop(fd);
+    }
+}
+
+both! {
+    fn flush_timeout_zero_submits_reaps_once_then_reports(mode) {
+        let (mut e, k) = sim(mode, SimConfig::default());
+        e.set_flush_timeout(Some(Duration::ZERO));
+        let h = stream(&mut e, &k);
+        send_all(&mut e, h, 0, &[10]);
+        assert_eq!(e.flush(h).unwrap().writes, 1, "one step was enough");
+        send_all(&mut e, h, 1, &[10]);
+        let (r, _fd) = e.close(h).unwrap();
+        assert_eq!(r.writes, 1, "close succeeds when one step completes everything");
+        let h = stream(&mut e, &k);
+        k.stall(h);
+        send_all(&mut e, h, 2, &[10]);
+        let t0 = k.now_ns();
+        assert!(matches!(e.flush(h), Err(Error::FlushTimeout { socket: Some(_) })));
+        assert!(matches!(e.close(h), Err(Error::FlushTimeout { .. })), "still registered");
+        assert!(matches!(e.flush_all(), Err(Error::FlushTimeout { socket: None })));
+        assert_eq!(k.now_ns(), t0, "no wait");
+        assert_eq!(e.pending_writes(), 1, "the write stays queued");
+        k.unstall(h);
+        // On epoll the socket waits for writability, which one step only reports.
+        e.submit().unwrap();
+        let (r, _fd) = e.close(h).unwrap();
+        assert_eq!(r.writes, 1);
+    }
+}
+
+both! {
+    fn a_flush_timeout_expires_on_a_stalled_peer_in_virtual_time(mode) {
+        let (mut e, k) = sim(mode, SimConfig::default());
+        e.set_flush_timeout(Some(Duration::from_millis(50)));
+        let h = stream(&mut e, &k);
+        k.stall(h);
+        send_all(&mut e, h, 0, &[10]);
+        let t0 = k.now_ns();
+        assert!(matches!(e.flush(h), Err(Error::FlushTimeout { .. })));
+        assert_eq!(k.now_ns() - t0, 50 * MS);
+        assert_eq!(e.pending_writes(), 1);
+        k.unstall(h);
+        assert_eq!(e.flush(h).unwrap().writes, 1);
+    }
+}
+
+// ---- close, abort, shutdown, drop ----------------------------------------------------------
+
+both! {
+    fn close_hands_the_descriptor_back_and_forgets_the_socket(mode) {
+        let (mut e, k) = sim(mode, SimConfig::default());
+        let h = stream(&mut e, &k);
+        let want = send_all(&mut e, h, 0, &[10, 20]);
+        let fd_before = k.peer(h).fd;
+        let (r, fd) = e.close(h).unwrap();
+        assert_eq!(r.writes, 2);
+        assert_eq!(std::os::fd::AsRawFd::as_raw_fd(&fd), fd_before);
+        assert_eq!(k.log(0).received, want);
+        assert!(!k.log(0).registered);
+        let err = e.send(h, payload(9, 1)).unwrap_err();
+        assert!(matches!(err.error(), Error::UnknownSocket(_)));
+        assert!(matches!(e.flush(h), Err(Error::UnknownSocket(_))));
+        // The slot is reused under a new generation; the old id stays unknown.
+        let h2 = stream(&mut e, &k);
+        assert_eq!(h2.index(), h.index());
+        assert!(matches!(e.close(h), Err(Error::UnknownSocket(_))));
+        send_all(&mut e, h2, 10, &[5]);
+        assert_eq!(e.flush(h2).unwrap().writes, 1);
+    }
+}
+
+/// io_uring: abort cancels queued writes at once, cancels the op in flight and waits for it;
+/// here it raced (completed short first), so the rest of its writes fail as cancelled.
 #[test]
 fn abort_cancels_queued_writes_and_waits_for_the_op_in_flight() {
-    let mut s = sim();
-    let h = s.add_stream();
-    s.send(h, 100).unwrap();
-    s.send(h, 100).unwrap();
-    s.submit();
-    s.send(h, 100).unwrap();
-    s.abort(h);
-    assert_eq!(
-        s.outcomes()[2],
-        WriteOutcome::Failed(Status::Cancelled),
-        "queued write cancelled at once"
-    );
-    assert_eq!(s.send(h, 1), Err(Rejected::UnknownSocket));
-    // The op in flight ends short: the rest of its writes fail when the socket goes.
-    s.complete(0, 150);
-    assert_eq!(
-        s.outcomes()[..2],
-        [
-            WriteOutcome::Delivered,
-            WriteOutcome::Failed(Status::Cancelled)
-        ]
-    );
-    assert_eq!(s.pending_writes(), 0);
-    // The slot is reused under a new generation; the old handle stays unknown.
-    let h2 = s.add_stream();
-    s.send(h2, 5).unwrap();
-    assert_eq!(s.send(h, 1), Err(Rejected::UnknownSocket));
-    assert_eq!(s.flush(h, &mut AllOk), Err(Rejected::UnknownSocket));
-    assert_eq!(s.flush(h2, &mut AllOk).unwrap().writes, 1);
+    let (mut e, k) = sim(Mode::Uring, SimConfig::default());
+    let h = stream(&mut e, &k);
+    k.stall(h);
+    let want = send_all(&mut e, h, 0, &[100, 100]);
+    e.submit().unwrap();
+    send_all(&mut e, h, 2, &[100]);
+    k.set_cancel(Cancel::Races);
+    k.script(h, [Verdict::Short(150)]);
+    e.abort(h).unwrap();
+    assert_eq!(k.log(0).received, want[..150]);
+    assert_eq!(k.in_flight(), 0);
+    let s = e.stats();
+    assert_eq!((s.writes_sent, s.writes_failed), (1, 2));
+    assert_eq!(s.failed(Status::Cancelled), 2);
+    assert_eq!(e.pending_writes(), 0);
+    assert!(matches!(
+        e.send(h, payload(9, 1)).unwrap_err().error(),
+        Error::UnknownSocket(_)
+    ));
+    assert!(matches!(e.abort(h), Err(Error::UnknownSocket(_))));
 }
 
+both! {
+    fn abort_with_nothing_in_flight_cancels_every_queued_write(mode) {
+        let (mut e, k) = sim(mode, SimConfig::default());
+        let h = stream(&mut e, &k);
+        let d = udp(&mut e, &k, Some(dest(7)), false);
+        k.stall(h);
+        send_all(&mut e, h, 0, &[10, 10]);
+        send_all(&mut e, d, 2, &[10]);
+        e.abort(h).unwrap();
+        e.abort(d).unwrap();
+        let s = e.stats();
+        assert_eq!((s.writes_sent, s.failed(Status::Cancelled)), (0, 3));
+        assert_eq!(k.in_flight(), 0);
+    }
+}
+
+/// io_uring: datagrams put back by a retry after the cancel fail when the socket goes.
 #[test]
 fn abort_datagrams_with_retries_after_the_cancel() {
-    let mut s = sim();
-    let d = s.add_dgram(true);
-    s.send(d, 10).unwrap();
-    s.send(d, 20).unwrap();
-    s.submit();
-    s.abort(d);
-    // EAGAIN after the cancel puts datagrams back; they fail when the socket goes.
-    s.complete(0, -libc::EAGAIN);
-    s.complete(0, 20);
+    let (mut e, k) = sim(Mode::Uring, no_gso());
+    let d = udp(&mut e, &k, Some(dest(7)), false);
+    k.stall(d);
+    send_all(&mut e, d, 0, &[10, 20]);
+    e.submit().unwrap();
+    assert_eq!(k.held(), 2);
+    k.set_cancel(Cancel::Races);
+    k.script(d, [Verdict::Errno(libc::EAGAIN), Verdict::Full]);
+    e.abort(d).unwrap();
+    let seqs: Vec<u64> = k.log(0).datagrams.iter().map(|x| x.seq).collect();
+    assert_eq!(seqs, [1]);
+    let s = e.stats();
+    assert_eq!((s.writes_sent, s.failed(Status::Cancelled)), (1, 1));
+}
+
+both! {
+    fn shutdown_write_comes_after_every_accepted_byte(mode) {
+        let (mut e, k) = sim(mode, SimConfig::default());
+        let h = stream(&mut e, &k);
+        let want = send_all(&mut e, h, 0, &[10, 20, 30]);
+        let r = e.shutdown_write(h).unwrap();
+        assert_eq!(r.writes, 3);
+        let p = k.peer(h);
+        assert_eq!(p.shutdowns, [60], "the FIN follows the last accepted byte");
+        assert_eq!(p.received, want);
+        // Sends after it are accepted, then fail as the kernel says: a broken pipe.
+        send_all(&mut e, h, 3, &[5]);
+        assert_eq!(e.flush(h).unwrap_err().status(), Some(Status::BrokenPipe));
+        let d = udp(&mut e, &k, None, false);
+        assert!(matches!(e.shutdown_write(d), Err(Error::WrongSocketKind { .. })));
+    }
+}
+
+/// io_uring: dropping the engine cancels the ops in flight and waits for them.
+#[test]
+fn drop_with_ops_in_flight_cancels_and_leaves_nothing() {
+    let (mut e, k) = sim(Mode::Uring, SimConfig::default());
+    let h = stream(&mut e, &k);
+    let d = udp(&mut e, &k, None, false);
+    k.stall(h);
+    k.stall(d);
+    send_all(&mut e, h, 0, &[100]);
+    send_to(&mut e, d, 1, 9000, 10);
+    e.submit().unwrap();
+    send_all(&mut e, h, 2, &[100]);
+    assert_eq!(k.in_flight(), 2);
+    drop(e);
+    assert_eq!(k.in_flight(), 0);
+    assert_eq!(k.leaked(), None);
+}
+
+/// io_uring: when cancels never complete, drop drains until its deadline (2 s, virtual) and
+/// leaks the memory of what is still in flight rather than free it under the kernel.
+#[test]
+fn drop_whose_cancels_never_complete_leaks_after_the_deadline() {
+    let (mut e, k) = sim(Mode::Uring, SimConfig::default());
+    let h = stream(&mut e, &k);
+    k.stall(h);
+    send_all(&mut e, h, 0, &[100]);
+    e.submit().unwrap();
+    k.set_cancel(Cancel::Ignored);
+    let t0 = k.now_ns();
+    drop(e);
+    assert_eq!(k.leaked(), Some(1));
+    assert_eq!(k.now_ns() - t0, 2_000_000_000);
+}
+
+// ---- batching ---------------------------------------------------------------------------------
+
+/// io_uring: one `io_uring_enter` carries the pending ops of every socket.
+#[test]
+fn one_enter_carries_every_socket() {
+    let (mut e, k) = sim(Mode::Uring, SimConfig::default());
+    let ids: Vec<SocketId> = (0..3).map(|_| stream(&mut e, &k)).collect();
+    let d = udp(&mut e, &k, None, false);
+    for (tag, &h) in (0..).zip(&ids) {
+        send_all(&mut e, h, tag, &[10, 10]);
+    }
+    send_to(&mut e, d, 9, 9000, 10);
+    e.flush_all().unwrap();
+    let s = e.stats();
+    assert_eq!((s.kernel_transitions, s.batches, s.sqes), (1, 1, 4));
+}
+
+/// epoll: a socket's datagrams go in one `sendmmsg`; the part after a stop goes again, and
+/// after EAGAIN only once the socket is writable.
+#[test]
+fn epoll_sendmmsg_sends_a_prefix_then_the_rest_once_writable() {
+    let (mut e, k) = sim(Mode::Epoll, no_gso());
+    let d = udp(&mut e, &k, Some(dest(7)), false);
+    send_all(&mut e, d, 0, &[10, 10, 10, 10]);
+    k.script(d, [Verdict::Full, Verdict::Full, Verdict::Hold]);
+    e.submit().unwrap();
+    let p = k.peer(d);
+    assert_eq!(p.datagrams.len(), 2, "the prefix before EAGAIN");
+    let flags: Vec<(u64, bool, bool, Option<i32>)> = p
+        .ops
+        .iter()
+        .map(|o| (o.first_seq, o.stopped, o.not_issued, o.res))
+        .collect();
     assert_eq!(
-        s.outcomes(),
+        flags,
         [
-            WriteOutcome::Failed(Status::Cancelled),
-            WriteOutcome::Delivered
+            (0, false, false, Some(10)),
+            (1, false, false, Some(10)),
+            (2, true, false, None),
+            (3, false, true, None),
+            (2, false, false, Some(-libc::EAGAIN)),
+            (3, false, true, None),
         ]
     );
+    e.submit().unwrap();
+    assert_eq!(k.peer(d).ops.len(), 6, "waits for writability");
+    k.unstall(d);
+    assert_eq!(e.flush(d).unwrap().writes, 4);
+    let seqs: Vec<u64> = k.peer(d).datagrams.iter().map(|x| x.seq).collect();
+    assert_eq!(seqs, [0, 1, 2, 3]);
 }
 
-#[test]
-fn shutdown_with_ops_in_flight_leaves_nothing() {
-    let mut s = sim();
-    let h = s.add_stream();
-    let d = s.add_dgram(false);
-    s.send(h, 100).unwrap();
-    s.send_to(d, 9000, 10).unwrap();
-    s.submit();
-    s.send(h, 100).unwrap();
-    s.shutdown(&mut |_: &crate::sim::OpDesc| -libc::ECANCELED);
-    assert!(s.is_dead());
-    assert_eq!(s.pending_writes(), 0);
-}
-
-#[test]
-fn epoll_model_sendmmsg_prefix_then_requeue() {
-    let cfg = SimConfig {
-        gso: false,
-        ..SimConfig::default()
-    };
-    let mut s = Sim::new(&cfg, Model::Epoll);
-    let d = s.add_dgram(true);
-    for _ in 0..4 {
-        s.send(d, 10).unwrap();
-    }
-    let mut calls = 0;
-    let mut k = |op: &crate::sim::OpDesc| {
-        calls += 1;
-        if op.first == 2 && calls < 5 {
-            -libc::EAGAIN
-        } else {
-            op.full()
-        }
-    };
-    s.submit_epoll(&mut k);
-    assert_eq!(s.dgrams_received(d).len(), 2, "the prefix before EAGAIN");
-    assert_eq!(s.submit_epoll(&mut k), 0, "waits for writability");
-    let r = s.flush(d, &mut k).unwrap();
-    assert_eq!(r.writes, 4);
-    assert_eq!(s.dgrams_received(d), s.dgrams_accepted(d));
-}
-
-fn random_steps(rng: &mut SmallRng, n: usize, diff: bool) -> Vec<Step> {
-    let mut steps = vec![
-        Step::AddStream,
-        Step::AddDgram { connected: false },
-        Step::AddDgram { connected: true },
-        Step::AddStream,
-    ];
-    for _ in 0..n {
-        let sock = rng.gen_range(0..8);
-        let len = *[0u16, 1, 7, 100, 1200, 1500, 3000]
-            .get(rng.gen_range(0..7))
-            .unwrap();
-        let outcome = match rng.gen_range(0..6) {
-            0 | 1 => Outcome::Full,
-            2 => Outcome::Short(rng.gen()),
-            3 => Outcome::Zero,
-            4 => Outcome::Errno(rng.gen()),
-            _ => Outcome::Overlong,
-        };
-        steps.push(match rng.gen_range(0..24) {
-            0..=5 => Step::Send { sock, len },
-            6..=9 => Step::SendTo {
-                sock,
-                port: rng.gen_range(0..2),
-                len,
-            },
-            10 => Step::Barrier { sock },
-            11 => Step::Flush { sock },
-            12 => Step::FlushAll,
-            13 | 14 => Step::Submit {
-                max: rng.gen_range(0..3),
-            },
-            15..=18 => Step::Complete {
-                which: rng.gen(),
-                outcome: (!diff).then_some(outcome),
-            },
-            19 => Step::Requeue { which: rng.gen() },
-            20 => Step::Stale {
-                pick: rng.gen(),
-                requeue: rng.gen(),
-            },
-            21 => Step::Advance {
-                us: rng.gen_range(0..5000),
-            },
-            22 if diff => Step::Close { sock },
-            22 => Step::Abort { sock },
-            _ if rng.gen_range(0..8) == 0 => Step::AddStream,
-            _ => Step::AddDgram {
-                connected: rng.gen(),
-            },
-        });
-    }
-    steps
-}
-
-#[test]
-fn random_traces_keep_every_invariant() {
-    let mut rng = SmallRng::seed_from_u64(42);
-    for round in 0..200 {
-        let cfg = SimConfig {
-            max_queued_bytes_per_socket: rng.gen_range(0..20_000),
-            max_queued_bytes: rng.gen_range(0..40_000),
-            max_queued_writes_per_socket: rng.gen_range(1..20),
-            max_in_flight_ops: rng.gen_range(1..8),
-            max_in_flight_per_socket: rng.gen_range(1..4),
-            max_iovecs_per_op: rng.gen_range(1..5),
-            max_bytes_per_op: rng.gen_range(1..4000),
-            coalesce_below_bytes: rng.gen_range(0..600),
-            coalesce_max_bytes: rng.gen_range(0..3000),
-            gso: rng.gen(),
-            gso_max_segments: rng.gen_range(1..6),
-            gso_max_bytes: rng.gen_range(0..8000),
-            nobufs_retries: rng.gen_range(0..5),
-            ..SimConfig::default()
-        };
-        let mut s = Sim::new(&cfg, Model::Uring);
-        s.seed(round);
-        let outcomes: Vec<Outcome> = (0..16).map(|_| Outcome::Errno(rng.gen())).collect();
-        let mut k = Replay::new(outcomes, 20);
-        for step in random_steps(&mut rng, 300, false) {
-            s.step(step, &mut k);
-        }
-        let _ = s.flush_all(&mut AllOk);
-        s.check_final();
-        s.shutdown(&mut AllOk);
-    }
-}
-
-#[test]
-fn uring_and_epoll_models_agree() {
-    let mut rng = SmallRng::seed_from_u64(99);
-    for round in 0..200 {
-        let cfg = SimConfig {
-            max_in_flight_ops: rng.gen_range(1..8),
-            max_iovecs_per_op: rng.gen_range(1..5),
-            max_bytes_per_op: rng.gen_range(1..4000),
-            gso: rng.gen(),
-            gso_max_segments: rng.gen_range(1..6),
-            ..SimConfig::default()
-        };
-        let steps = random_steps(&mut rng, 200, true);
-        let mut script = Script::new();
-        for sock in 0..8 {
-            for _ in 0..3 {
-                script.cut(sock, rng.gen_range(1..20_000));
-                script.again_at(sock, rng.gen_range(0..20_000));
+both! {
+    fn any_result_value_is_taken_without_panic(mode) {
+        for res in [i32::MIN, i32::MIN + 1, -4096, -1, 0, i32::MAX] {
+            let mut setup = Setup {
+                mode,
+                ..Setup::default()
+            };
+            setup.sockets.push(Kind::Udp { peer: Some(dest(7)), recverr: true });
+            let mut r = Runner::new(setup);
+            for sock in 0..3 {
+                r.step(Step::Verdict { sock, verdict: Verdict::Raw(res) });
+                r.step(Step::Send { sock, len: 10 });
+                r.step(Step::SendTo { sock, port: 1, len: 10 });
             }
-            if rng.gen_range(0..3) == 0 {
-                let errno = [libc::ECONNRESET, libc::EPIPE][rng.gen_range(0..2)];
-                script.fail_at(sock, rng.gen_range(0..20_000), errno);
-            }
-            for seq in 0..60 {
-                let errno = [
-                    None,
-                    None,
-                    None,
-                    Some(libc::EMSGSIZE),
-                    Some(libc::EIO),
-                    Some(libc::ECONNREFUSED),
-                ];
-                script.fate(
-                    sock,
-                    seq,
-                    Fate {
-                        errno: errno[rng.gen_range(0..errno.len())],
-                        nobufs: rng.gen_range(0..7),
-                        again: rng.gen_range(0..4) == 0,
-                    },
-                );
-            }
+            r.step(Step::Submit);
+            r.finish();
         }
-        let run = |model: Model| {
-            let mut s = Sim::new(&cfg, model);
-            s.seed(round);
-            let mut k = script.clone();
-            let flushes: Vec<_> = steps.iter().filter_map(|&st| s.step(st, &mut k)).collect();
-            let last = s.flush_all(&mut k);
-            s.check_final();
-            (s.observed(), flushes, last)
-        };
-        let (u, e) = (run(Model::Uring), run(Model::Epoll));
-        assert_eq!(u.0, e.0, "round {round}: observed outcome");
-        assert_eq!(u.1, e.1, "round {round}: flush results");
-        assert_eq!(u.2, e.2, "round {round}: final flush_all");
-    }
-}
-
-#[test]
-fn any_result_value_is_taken_without_panic() {
-    for res in [i32::MIN, i32::MIN + 1, -4096, -1, i32::MAX] {
-        let mut s = sim();
-        let h = s.add_stream();
-        let d = s.add_dgram(true);
-        s.send(h, 10).unwrap();
-        s.send(d, 10).unwrap();
-        s.submit();
-        s.complete(1, res);
-        s.complete(0, res);
-        let _ = s.flush_all(&mut AllOk);
-        s.check_final();
     }
 }
 
@@ -717,139 +1121,181 @@ impl Drop for Watched {
     }
 }
 
+/// io_uring: a datagram that completed behind an older one still in flight is released at
+/// once (else it would outlive the queued-bytes limit).
 #[test]
 fn a_sent_datagram_is_released_even_behind_one_in_flight() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    use super::{Config, Core, DgramQueue, Queue};
-
-    let mut core = Core::new(Config {
-        gso: false,
-        ..Config::default()
-    });
-    let id = core.add_socket(
-        3,
-        Some(crate::sim::dest(9)),
-        Queue::Dgram(DgramQueue::new(false)),
-    );
+    let (mut e, k) = sim(Mode::Uring, no_gso());
+    let d = udp(&mut e, &k, Some(dest(9)), false);
+    k.script(d, [Verdict::Hold, Verdict::Full]);
     let released = Arc::new(AtomicBool::new(false));
-    core.send(id, bytes::Bytes::from(vec![1; 100]), None, 0)
-        .unwrap();
+    e.send(d, Bytes::from(vec![1; 100])).unwrap();
     let watched = Watched(vec![2; 100], released.clone());
-    core.send(id, bytes::Bytes::from_owner(watched), None, 0)
-        .unwrap();
-    let first = core.next_op().unwrap();
-    let second = core.next_op().unwrap();
-    core.complete(second.token, 100, 0);
-    // The first is still in flight; the second is terminal and accounted as released.
-    assert_eq!(core.queued_bytes(), 100);
+    e.send(d, Bytes::from_owner(watched)).unwrap();
+    e.submit().unwrap();
+    assert_eq!(k.held(), 1);
+    assert_eq!(e.queued_bytes(d).unwrap(), 100);
     assert!(
         released.load(Ordering::SeqCst),
         "memory beyond the queued-bytes limit"
     );
-    core.complete(first.token, 100, 0);
+    k.unstall(d);
+    assert_eq!(e.flush(d).unwrap().writes, 2);
 }
 
-/// A core with one unconnected UDP socket (fd 3), GSO off, `IP_RECVERR` as given.
-fn unconnected(recverr: bool) -> (super::Core, crate::SocketId) {
-    use super::{Config, Core, DgramQueue, Queue};
-    let mut core = Core::new(Config {
-        gso: false,
-        ..Config::default()
-    });
-    let id = core.add_socket(3, None, Queue::Dgram(DgramQueue::new(false)));
-    core.set_recverr(id, recverr).unwrap();
-    (core, id)
-}
+// ---- random traces -------------------------------------------------------------------------
 
-#[test]
-fn stale_icmp_error_on_unconnected_recverr_socket_resends_and_reads_the_error_queue() {
-    let (mut core, id) = unconnected(true);
-    let (dead, live) = (crate::sim::dest(1), crate::sim::dest(2));
-    core.send(id, bytes::Bytes::from_static(b"to-dead"), Some(dead), 0)
-        .unwrap();
-    core.send(id, bytes::Bytes::from_static(b"to-live"), Some(live), 0)
-        .unwrap();
-    let a = core.next_op().unwrap();
-    let b = core.next_op().unwrap();
-    assert_eq!((a.dest, b.dest), (Some(dead), Some(live)));
-    core.complete(a.token, 7, 0);
-    // The second send picked up the ICMP error about the first: nothing was sent.
-    core.complete(b.token, -libc::ECONNREFUSED, 0);
-    assert_eq!(core.stats.stale_error_resends, 1);
-    assert_eq!(core.take_errqueue(), Some((id.index(), 3)));
-    assert_eq!(core.take_errqueue(), None, "one request per socket");
-    core.peer_error(id.index(), Some(dead), libc::ECONNREFUSED);
-    let again = core.next_op().expect("the datagram goes again");
-    assert_eq!(again.dest, Some(live));
-    core.complete(again.token, 7, 0);
-    let r = core.take_report(id).unwrap();
-    assert_eq!((r.writes, r.failed), (2, 0), "{r:?}");
-    let pe = core.take_peer_errors(id).unwrap();
-    assert_eq!(pe.len(), 1);
-    assert_eq!(pe[0].status(), Some(Status::ConnectionRefused));
-    assert_eq!(pe[0].peer(), Some(dead));
-    assert!(core.take_peer_errors(id).unwrap().is_empty());
-    assert_eq!(core.stats.peer_errors, 1);
-}
-
-#[test]
-fn stale_icmp_resends_are_bounded_then_the_datagram_fails() {
-    let (mut core, id) = unconnected(true);
-    core.send(
-        id,
-        bytes::Bytes::from_static(b"x"),
-        Some(crate::sim::dest(5)),
-        0,
-    )
-    .unwrap();
-    let mut sends = 0;
-    while let Some(p) = core.next_op() {
-        sends += 1;
-        core.complete(p.token, -libc::EHOSTUNREACH, 0);
-        assert!(sends < 100, "resent without bound");
+fn random_step(rng: &mut SmallRng, diff: bool) -> Step {
+    let sock = rng.gen_range(0..8);
+    let port = rng.gen_range(0..4);
+    let len = [0u16, 1, 7, 100, 1200, 1500, 3000][rng.gen_range(0..7)];
+    match rng.gen_range(0..32) {
+        0..=6 => Step::Send { sock, len },
+        7..=10 => Step::SendTo { sock, port, len },
+        11 => Step::Flush { sock },
+        12 => Step::TryFlush { sock },
+        13 => Step::FlushAll,
+        14 | 15 => Step::Submit,
+        16 => Step::Stall { sock },
+        17 | 18 => Step::Unstall { sock },
+        19 => Step::Reset {
+            sock,
+            errno: rng.gen(),
+        },
+        20 => Step::ClosePort { port },
+        21 => Step::OpenPort { port },
+        22 => Step::Tick {
+            us: rng.gen_range(0..20_000),
+        },
+        23 => Step::Stale { pick: rng.gen() },
+        24 => Step::Close { sock },
+        25 if diff => Step::Submit,
+        25 => Step::Abort { sock },
+        26 if diff => Step::TryFlush { sock },
+        26 => Step::NoBufs {
+            sock,
+            count: rng.gen(),
+        },
+        27 if diff => Step::Submit,
+        27 => Step::Verdict {
+            sock,
+            verdict: Verdict::from_byte(rng.gen(), rng.gen()),
+        },
+        28 if diff => Step::Flush { sock },
+        28 => Step::FlushTimeout {
+            ms: [None, Some(0), Some(5), Some(u16::MAX)][rng.gen_range(0..4)],
+        },
+        29 => Step::ShutdownWrite { sock },
+        30 => Step::TakePeerErrors { sock },
+        _ if rng.gen_range(0..4) == 0 => Step::AddStream,
+        _ => Step::AddUdp {
+            connected: rng.gen(),
+            recverr: rng.gen(),
+            port,
+        },
     }
-    assert_eq!(sends, 33, "32 resends, then the error is the datagram's");
-    let r = core.take_report(id).unwrap();
-    assert_eq!((r.writes, r.failed), (0, 1));
-    assert_eq!(r.failed_with(Status::HostUnreachable), 1, "{r:?}");
 }
 
-#[test]
-fn without_recverr_an_icmp_error_fails_the_datagram_and_reads_no_error_queue() {
-    let (mut core, id) = unconnected(false);
-    core.send(
-        id,
-        bytes::Bytes::from_static(b"x"),
-        Some(crate::sim::dest(5)),
-        0,
-    )
-    .unwrap();
-    let p = core.next_op().unwrap();
-    core.complete(p.token, -libc::ECONNREFUSED, 0);
-    assert!(core.next_op().is_none());
-    assert_eq!(core.take_errqueue(), None);
-    let r = core.take_report(id).unwrap();
-    assert_eq!(r.failed_with(Status::ConnectionRefused), 1);
+fn random_cfg(rng: &mut SmallRng, limits: bool) -> SimConfig {
+    let base = SimConfig {
+        max_in_flight_ops: rng.gen_range(1..8),
+        max_in_flight_per_socket: rng.gen_range(1..4),
+        max_iovecs_per_op: rng.gen_range(1..5),
+        max_bytes_per_op: rng.gen_range(1..4000),
+        coalesce_below_bytes: rng.gen_range(0..600),
+        coalesce_max_bytes: rng.gen_range(0..3000),
+        gso: rng.gen(),
+        gso_max_segments: rng.gen_range(1..6),
+        gso_max_bytes: rng.gen_range(0..8000),
+        nobufs_retries: rng.gen_range(0..5),
+        ..SimConfig::default()
+    };
+    if !limits {
+        return base;
+    }
+    SimConfig {
+        max_queued_bytes_per_socket: rng.gen_range(0..20_000),
+        max_queued_bytes: rng.gen_range(0..40_000),
+        max_queued_writes_per_socket: rng.gen_range(1..20),
+        ..base
+    }
 }
 
+both! {
+    fn random_traces_keep_every_invariant(mode) {
+        let mut rng = SmallRng::seed_from_u64(42);
+        for round in 0..120 {
+            let setup = Setup {
+                cfg: random_cfg(&mut rng, true),
+                mode,
+                seed: round,
+                latency: rng.gen_range(0..3),
+                reorder: rng.gen(),
+                cancel: [Cancel::Cancels, Cancel::Races, Cancel::Ignored][rng.gen_range(0..3)],
+                ..Setup::default()
+            };
+            let mut r = Runner::new(setup);
+            for _ in 0..200 {
+                r.step(random_step(&mut rng, false));
+            }
+            if rng.gen_range(0..4) == 0 {
+                r.step(Step::Drop);
+            }
+            r.finish();
+        }
+    }
+}
+
+/// The same trace through the io_uring and the epoll model, with one deterministic kernel,
+/// gives the same outcome: every call's result, the bytes each peer got, the datagrams
+/// delivered, every socket's reports.
 #[test]
-fn connected_recverr_socket_fails_the_datagram_and_reads_the_error_queue() {
-    use super::{Config, Core, DgramQueue, Queue};
-    let mut core = Core::new(Config::default());
-    let peer = crate::sim::dest(7);
-    let id = core.add_socket(4, Some(peer), Queue::Dgram(DgramQueue::new(false)));
-    core.set_recverr(id, true).unwrap();
-    core.send(id, bytes::Bytes::from_static(b"x"), None, 0)
-        .unwrap();
-    let p = core.next_op().unwrap();
-    core.complete(p.token, -libc::ECONNREFUSED, 0);
-    assert!(
-        core.next_op().is_none(),
-        "a connected peer refused: no resend"
-    );
-    assert_eq!(core.take_errqueue(), Some((id.index(), 4)));
-    let r = core.take_report(id).unwrap();
-    assert_eq!(r.failed_with(Status::ConnectionRefused), 1);
+fn uring_and_epoll_agree_on_every_trace() {
+    let mut rng = SmallRng::seed_from_u64(99);
+    for round in 0..120 {
+        let cfg = random_cfg(&mut rng, false);
+        let steps: Vec<Step> = (0..150).map(|_| random_step(&mut rng, true)).collect();
+        let mut script = Script::new();
+        for reg in 0..12 {
+            for _ in 0..3 {
+                script.cut(reg, rng.gen_range(1..20_000));
+                script.again_at(reg, rng.gen_range(0..20_000));
+            }
+            if rng.gen_range(0..3) == 0 {
+                let errno = [libc::ECONNRESET, libc::EPIPE][rng.gen_range(0..2)];
+                script.fail_at(reg, rng.gen_range(0..20_000), errno);
+            }
+            for seq in 0..60 {
+                let errno = [
+                    None,
+                    None,
+                    None,
+                    Some(libc::EMSGSIZE),
+                    Some(libc::EIO),
+                    Some(libc::ECONNREFUSED),
+                ];
+                let fate = Fate {
+                    errno: errno[rng.gen_range(0..errno.len())],
+                    nobufs: rng.gen_range(0..7),
+                    again: rng.gen_range(0..4) == 0,
+                };
+                script.fate(reg, seq, fate);
+            }
+        }
+        let run = |mode: Mode| -> Observed {
+            let mut r = Runner::new(Setup {
+                cfg: cfg.clone(),
+                mode,
+                behaviour: Box::new(script.clone()),
+                seed: round,
+                ..Setup::default()
+            });
+            r.run(steps.iter().copied());
+            r.finish()
+        };
+        run(Mode::Uring).assert_same(&run(Mode::Epoll), &format!("round {round}"));
+    }
 }
