@@ -30,6 +30,7 @@ impl Volley {
             .backend(backend)
             // No clock reads per message in the hot path: the bench times batches itself.
             .write_latency_every(0)
+            .flush_latency_every(0)
             .build()?;
         let ids = match conns {
             Conns::Tcp(streams) => streams

@@ -104,7 +104,8 @@ fn setup(opts: &SendOpts) -> Result<Setup, String> {
         }
         None => Box::new(io::stdin().lock()),
     };
-    let mut builder = Engine::builder();
+    // The summary's flush percentiles: every flush (they are few next to the messages).
+    let mut builder = Engine::builder().flush_latency_every(1);
     if let Some(b) = opts.backend {
         builder = builder.backend(b);
     }

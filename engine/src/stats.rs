@@ -45,7 +45,8 @@ pub struct Stats {
     /// Latency of writes, queued → terminal, in nanoseconds: a 1-in-N systematic sample (see
     /// `EngineBuilder::write_latency_every`, default N = 16).
     pub write_latency_ns: Histogram<u64>,
-    /// Latency of each flush call, in nanoseconds.
+    /// Latency of flush calls, in nanoseconds: a 1-in-N systematic sample (see
+    /// `EngineBuilder::flush_latency_every`, default N = 16).
     pub flush_latency_ns: Histogram<u64>,
 }
 

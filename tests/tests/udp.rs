@@ -441,7 +441,7 @@ fn closed_port_reported_as_peer_errors_then_usable() {
                 let id = e.register_udp(udp_connected(dead)).unwrap();
                 let mut total = 0;
                 for round in 0..5 {
-                    let sent = send_n(&mut e, id, 1 + round, 1 + round as usize * 3, 100);
+                    let sent = send_n(&mut e, id, 1 + round, 1 + usize::try_from(round).unwrap() * 3, 100);
                     total += sent.len() as u64;
                     let r = e
                         .flush(id)

@@ -64,7 +64,11 @@ impl Hasher for Fnv {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
         for &b in bytes {
             h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
@@ -103,7 +107,7 @@ impl DgramQueue {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn push(&mut self, data: Bytes, dest: Option<SocketAddr>, queued_ns: u64) {
         self.q.push_back(Dgram {
             data,

@@ -66,7 +66,11 @@ impl Config {
     /// fields); the one place `EngineBuilder` and the simulated engine clamp.
     #[must_use]
     pub fn clamped(self) -> Config {
+        // Byte limits stay ≤ isize::MAX, so `queued + len` (len ≤ isize::MAX) never overflows.
+        let max_bytes = isize::MAX as usize;
         Config {
+            max_queued_bytes_per_socket: self.max_queued_bytes_per_socket.min(max_bytes),
+            max_queued_bytes: self.max_queued_bytes.min(max_bytes),
             max_queued_writes_per_socket: self.max_queued_writes_per_socket.max(1),
             max_in_flight_ops: self.max_in_flight_ops.max(1),
             max_in_flight_per_socket: self.max_in_flight_per_socket.max(1),
@@ -150,13 +154,20 @@ pub(crate) struct Acc {
 }
 
 impl Acc {
-    fn into_report(self) -> FlushReport {
+    /// The report so far, leaving the accumulator empty; the per-status array is copied and
+    /// cleared only when something failed (the common flush has no failure).
+    fn take(&mut self) -> FlushReport {
+        let failures = if self.failed == 0 {
+            [0; Status::ALL.len()]
+        } else {
+            std::mem::take(&mut self.failures)
+        };
         FlushReport {
-            writes: self.writes,
-            bytes: self.bytes,
-            failed: self.failed,
-            failures: self.failures,
-            first_error: self.first_error,
+            writes: std::mem::take(&mut self.writes),
+            bytes: std::mem::take(&mut self.bytes),
+            failed: std::mem::take(&mut self.failed),
+            failures,
+            first_error: self.first_error.take(),
         }
     }
 }
@@ -178,6 +189,8 @@ pub(crate) struct Sock {
     pub in_flight: usize,
     pub queued_bytes: usize,
     pub poisoned: Option<Error>,
+    /// Neither poisoned nor closing: `send` may queue (one flag for the hot path).
+    accepting: bool,
     pub acc: Acc,
     /// Not before this time (ENOBUFS backoff).
     pub retry_at_ns: Option<u64>,
@@ -294,6 +307,7 @@ impl Core {
             in_flight: 0,
             queued_bytes: 0,
             poisoned: None,
+            accepting: true,
             acc: Acc::default(),
             retry_at_ns: None,
             closing: false,
@@ -351,6 +365,7 @@ impl Core {
         self.cancel_queued(id, now_ns)?;
         let s = self.sock_mut(id)?;
         s.closing = true;
+        s.accepting = false;
         if s.in_flight > 0 {
             return Ok(None);
         }
@@ -367,6 +382,7 @@ impl Core {
     pub fn cancel_queued(&mut self, id: SocketId, now_ns: u64) -> Result<(), Error> {
         let s = self.sock_mut(id)?;
         s.closing = true;
+        s.accepting = false;
         let peer = s.peer;
         let err = Error::Socket {
             status: Status::Cancelled,
@@ -470,49 +486,34 @@ impl Core {
         let cfg = &self.cfg;
         let s = match self.socks.get_mut(id.index as usize) {
             Some(SockSlot { gen, sock: Some(s) }) if *gen == id.gen => s,
-            _ => return Err(SendError::new(Error::UnknownSocket(id), data)),
+            _ => return Err(self.refused(id, data, dest)),
         };
-        if matches!(s.queue, Queue::Stream(_)) && dest.is_some() {
-            return Err(SendError::new(
-                Error::WrongSocketKind {
-                    socket: id,
-                    expected: "an unconnected UDP socket",
-                },
-                data,
-            ));
-        }
-        if let Err(e) = admit(s, cfg, total, id, len) {
-            return Err(SendError::new(e, data));
-        }
+        // One test for the common case: the socket accepts writes, the call fits its kind, and
+        // every limit holds (no overflow: `Config::clamped` keeps the limits ≤ isize::MAX).
+        // Everything else is sorted out, and the error built, out of line.
+        let fits = s.accepting
+            && s.queued_bytes + len <= cfg.max_queued_bytes_per_socket
+            && total + len <= cfg.max_queued_bytes;
         let connected = s.peer.is_some();
         match &mut s.queue {
-            Queue::Stream(q) => q.push(
-                data,
-                queued_ns,
-                cfg.coalesce_below_bytes,
-                cfg.coalesce_max_bytes,
-            ),
-            Queue::Dgram(q) => match (connected, dest) {
-                (true, None) | (false, Some(_)) => q.push(data, dest, queued_ns),
-                (true, Some(_)) => {
-                    return Err(SendError::new(
-                        Error::WrongSocketKind {
-                            socket: id,
-                            expected: "an unconnected UDP socket (use send)",
-                        },
-                        data,
-                    ))
-                }
-                (false, None) => {
-                    return Err(SendError::new(
-                        Error::WrongSocketKind {
-                            socket: id,
-                            expected: "a connected UDP socket (use send_to)",
-                        },
-                        data,
-                    ))
-                }
-            },
+            Queue::Stream(q)
+                if fits && dest.is_none() && q.len() < cfg.max_queued_writes_per_socket =>
+            {
+                q.push(
+                    data,
+                    queued_ns,
+                    cfg.coalesce_below_bytes,
+                    cfg.coalesce_max_bytes,
+                );
+            }
+            Queue::Dgram(q)
+                if fits
+                    && connected != dest.is_some()
+                    && q.len() < cfg.max_queued_writes_per_socket =>
+            {
+                q.push(data, dest, queued_ns);
+            }
+            _ => return Err(self.refused(id, data, dest)),
         }
         s.queued_bytes += len;
         let in_ready = s.in_ready;
@@ -522,6 +523,33 @@ impl Core {
             self.wake(id.index);
         }
         Ok(())
+    }
+
+    /// Why [`Core::send`] refuses, in the order a caller should hear it, with the buffer.
+    #[cold]
+    #[inline(never)]
+    fn refused(&self, id: SocketId, data: Bytes, dest: Option<SocketAddr>) -> SendError {
+        let Ok(s) = self.sock(id) else {
+            return SendError::new(Error::UnknownSocket(id), data);
+        };
+        let expected = match (&s.queue, s.peer.is_some(), dest.is_some()) {
+            (Queue::Stream(_), _, true) => Some("an unconnected UDP socket"),
+            (Queue::Dgram(_), true, true) => Some("an unconnected UDP socket (use send)"),
+            (Queue::Dgram(_), false, false) => Some("a connected UDP socket (use send_to)"),
+            _ => None,
+        };
+        if let Some(expected) = expected {
+            let e = Error::WrongSocketKind {
+                socket: id,
+                expected,
+            };
+            return SendError::new(e, data);
+        }
+        match refuse(s, &self.cfg, self.queued_bytes, id, data.len()) {
+            Err(e) => SendError::new(e, data),
+            // Not refused after all (cannot happen: `send` asked because a test failed).
+            Ok(()) => SendError::new(Error::UnknownSocket(id), data),
+        }
     }
 
     // ---- planning ---------------------------------------------------------------------------
@@ -702,7 +730,8 @@ impl Core {
         let info = slot.op.take()?;
         slot.gen = slot.gen.wrapping_add(1);
         // `i` came from a u32 slot index (`Token::op`).
-        self.free_ops.push(i as u32);
+        self.free_ops
+            .push(u32::try_from(i).expect("op slots come from u32 indices"));
         Some(info)
     }
 
@@ -725,10 +754,7 @@ impl Core {
         };
         match (&s.queue, p.shape) {
             (Queue::Stream(q), OpShape::Stream { bytes, .. }) => q.slices(bytes, &mut f),
-            (
-                Queue::Dgram(q),
-                OpShape::Dgram { group, .. },
-            ) => q.slices(group, &mut f),
+            (Queue::Dgram(q), OpShape::Dgram { group, .. }) => q.slices(group, &mut f),
             _ => {}
         }
     }
@@ -795,10 +821,7 @@ impl Core {
             .expect("finish_op checked");
         match (&mut s.queue, info.shape) {
             (Queue::Stream(q), OpShape::Stream { .. }) => q.unplan(),
-            (
-                Queue::Dgram(q),
-                OpShape::Dgram { group, .. },
-            ) => q.requeue_group(group),
+            (Queue::Dgram(q), OpShape::Dgram { group, .. }) => q.requeue_group(group),
             _ => {}
         }
         self.wake(info.sock);
@@ -826,15 +849,7 @@ impl Core {
                 segment_size,
                 bytes,
                 ..
-            } => self.complete_dgram(
-                idx,
-                group,
-                count,
-                segment_size.is_some(),
-                bytes,
-                res,
-                clock,
-            ),
+            } => self.complete_dgram(idx, group, count, segment_size.is_some(), bytes, res, clock),
         };
         if again {
             // EAGAIN: nothing goes out on this socket until the driver says it is writable.
@@ -950,7 +965,7 @@ impl Core {
     /// Takes the outcomes accumulated since the socket's last flush.
     pub fn take_report(&mut self, id: SocketId) -> Result<FlushReport, Error> {
         let s = self.sock_mut(id)?;
-        let mut r = std::mem::take(&mut s.acc).into_report();
+        let mut r = s.acc.take();
         // A poisoned stream keeps reporting its error: later flushes fail the same way.
         if r.first_error.is_none() {
             r.first_error = s.poisoned.clone();
@@ -977,26 +992,8 @@ impl Core {
     }
 }
 
-/// Whether a socket may take `len` more bytes: not poisoned or closing, within every limit.
-/// The per-buffer hot path: one branch when everything is fine, the error built out of line.
-#[inline]
-fn admit(s: &Sock, cfg: &Config, total: usize, id: SocketId, len: usize) -> Result<(), Error> {
-    let queued_writes = match &s.queue {
-        Queue::Stream(q) => q.len(),
-        Queue::Dgram(q) => q.len(),
-    };
-    if s.poisoned.is_none()
-        && !s.closing
-        && s.queued_bytes.saturating_add(len) <= cfg.max_queued_bytes_per_socket
-        && total.saturating_add(len) <= cfg.max_queued_bytes
-        && queued_writes < cfg.max_queued_writes_per_socket
-    {
-        return Ok(());
-    }
-    refuse(s, cfg, total, id, len)
-}
-
-/// Why [`admit`] refuses, in the order a caller should hear it.
+/// Which limit refuses `len` more bytes on `s` (poison and closing first), in the order a
+/// caller should hear it.
 #[cold]
 #[inline(never)]
 fn refuse(s: &Sock, cfg: &Config, total: usize, id: SocketId, len: usize) -> Result<(), Error> {

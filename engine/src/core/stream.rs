@@ -51,12 +51,12 @@ pub(crate) struct StreamQueue {
     tail: BytesMut,
     /// End offsets of the writes in `tail`.
     tail_ends: Vec<u32>,
+    /// Spare end-offset vectors (no allocation per chunk in the steady state).
+    spare_ends: Vec<Vec<u32>>,
     tail_ns: u64,
     /// Sequence number of the oldest write that is not terminal.
     front_seq: u64,
     next_seq: u64,
-    /// Writes accepted and not terminal.
-    pending: usize,
     /// Bytes of the front entry the kernel has already taken.
     head_off: usize,
     /// Entries covered by the op in flight, if one is.
@@ -64,23 +64,20 @@ pub(crate) struct StreamQueue {
 }
 
 impl StreamQueue {
-    /// Queues a write: copied into the staging chunk if it is at most `stage_below` bytes (the
-    /// chunk sealed first if it would grow past `chunk_bytes`), else taken by reference.
-    #[inline]
+    /// Queues a write: copied into the staging chunk if it is at most `stage_below` bytes (a
+    /// full chunk is sealed and a fresh one of `chunk_bytes` started), else taken by reference.
+    #[inline(always)]
     pub fn push(&mut self, data: Bytes, queued_ns: u64, stage_below: usize, chunk_bytes: usize) {
         if data.len() <= stage_below {
-            if self.tail.len() + data.len() > chunk_bytes && !self.tail.is_empty() {
-                self.seal();
-            }
             if self.tail.capacity() - self.tail.len() < data.len() {
-                self.tail.reserve(chunk_bytes.max(data.len()));
+                self.new_chunk(chunk_bytes);
             }
             self.tail.extend_from_slice(&data);
-            // A chunk stays below `coalesce_max_bytes` (clamped to u32 range by Config).
+            // A chunk holds at most `coalesce_max_bytes` ≤ u32::MAX bytes (`Config::clamped`).
             self.tail_ends
                 .push(u32::try_from(self.tail.len()).unwrap_or(u32::MAX));
-            if self.tail_ns == 0 {
-                self.tail_ns = queued_ns;
+            if queued_ns != 0 {
+                self.sampled(queued_ns);
             }
         } else {
             self.seal();
@@ -92,7 +89,21 @@ impl StreamQueue {
             });
         }
         self.next_seq += 1;
-        self.pending += 1;
+    }
+
+    /// Seals the open chunk and starts a fresh one of `chunk_bytes`.
+    #[cold]
+    fn new_chunk(&mut self, chunk_bytes: usize) {
+        self.seal();
+        self.tail = BytesMut::with_capacity(chunk_bytes);
+    }
+
+    /// Notes the queue time of a sampled write of the open chunk (the first one counts).
+    #[cold]
+    fn sampled(&mut self, queued_ns: u64) {
+        if self.tail_ns == 0 {
+            self.tail_ns = queued_ns;
+        }
     }
 
     /// Freezes the open staging chunk into an entry (the kernel may read it from now on; later
@@ -102,7 +113,8 @@ impl StreamQueue {
             return;
         }
         let data = self.tail.split().freeze();
-        let ends = std::mem::take(&mut self.tail_ends);
+        let spare = self.spare_ends.pop().unwrap_or_default();
+        let ends = std::mem::replace(&mut self.tail_ends, spare);
         self.q.push_back(Entry {
             data,
             ends,
@@ -111,9 +123,10 @@ impl StreamQueue {
         });
     }
 
-    /// Writes accepted and not terminal.
+    /// Writes accepted and not terminal (after a failure drained the writes behind an op in
+    /// flight, they count until that op completes).
     pub fn len(&self) -> usize {
-        self.pending
+        usize::try_from(self.next_seq - self.front_seq).unwrap_or(usize::MAX)
     }
 
     pub fn has_unsent(&self) -> bool {
@@ -126,7 +139,7 @@ impl StreamQueue {
 
     /// Every write with a sequence number below this is terminal.
     pub fn done_upto(&self) -> u64 {
-        if self.pending == 0 {
+        if self.q.is_empty() && self.tail_ends.is_empty() {
             self.next_seq
         } else {
             self.front_seq
@@ -191,30 +204,35 @@ impl StreamQueue {
             let take = n.min(rem);
             n -= take;
             let upto = self.head_off + take;
-            if !e.ends.is_empty() {
-                // The chunk's writes that now end within what was sent.
+            if take < rem {
+                // Partly sent: the chunk's writes that now end within what was sent are done.
                 while e.counted < e.ends.len() && e.ends[e.counted] as usize <= upto {
                     total += e.write_len(e.counted);
                     e.counted += 1;
                     count += 1;
                 }
-            }
-            if take < rem {
                 self.head_off = upto;
                 break;
             }
-            if e.ends.is_empty() {
-                count += 1;
-                total += e.data.len();
-            }
+            // Whole: every write of it not counted yet, in one step.
+            let before = match e.counted {
+                0 => 0,
+                k => e.ends[k - 1] as usize,
+            };
+            count += e.writes() - e.counted;
+            total += e.data.len() - before;
             if e.queued_ns != 0 {
                 out.push((e.data.len(), e.queued_ns));
             }
-            self.q.pop_front();
+            if let Some(mut ends) = self.q.pop_front().map(|e| e.ends) {
+                if ends.capacity() > 0 && self.spare_ends.len() < 4 {
+                    ends.clear();
+                    self.spare_ends.push(ends);
+                }
+            }
             self.head_off = 0;
         }
         self.front_seq += count as u64;
-        self.pending -= count;
         (count as u64, total)
     }
 
@@ -222,15 +240,12 @@ impl StreamQueue {
     pub fn drain_unsent(&mut self, out: &mut Vec<(usize, u64)>) {
         self.seal();
         let keep = self.planned.unwrap_or(0).min(self.q.len());
-        let mut n = 0;
         for e in self.q.drain(keep..) {
             let mut t = e.queued_ns;
             for i in e.counted..e.writes() {
                 out.push((e.write_len(i), std::mem::take(&mut t)));
-                n += 1;
             }
         }
-        self.pending -= n;
         if keep == 0 {
             self.head_off = 0;
             self.front_seq = self.next_seq;
@@ -296,6 +311,7 @@ impl Core {
         let err = Error::socket(errno, id, s.peer);
         if s.poisoned.is_none() {
             s.poisoned = Some(err.clone());
+            s.accepting = false;
         }
         self.fail_unsent(idx, &err, now_ns);
     }

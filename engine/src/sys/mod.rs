@@ -76,6 +76,10 @@ pub(crate) trait Driver {
     fn now_ns(&self) -> u64;
     /// Takes the transitions counted since the last call.
     fn take_tally(&mut self) -> Tally;
+    /// Nothing handed to `issue` waits for an `enter` (io_uring: the SQ is empty).
+    fn idle(&self) -> bool {
+        false
+    }
     /// The descriptor that becomes readable when the driver has something to report.
     fn fd(&self) -> BorrowedFd<'_>;
 }
@@ -142,6 +146,10 @@ impl Driver for AnyDriver {
     #[inline]
     fn take_tally(&mut self) -> Tally {
         dispatch!(self, d => d.take_tally())
+    }
+    #[inline]
+    fn idle(&self) -> bool {
+        dispatch!(self, d => d.idle())
     }
     fn fd(&self) -> BorrowedFd<'_> {
         dispatch!(self, d => d.fd())

@@ -151,7 +151,6 @@ impl Driver for Uring {
 
     fn deregister(&mut self, _sock: u32, _fd: RawFd) {}
 
-
     fn issue(
         &mut self,
         payload: &Core,
@@ -284,6 +283,10 @@ impl Driver for Uring {
 
     fn now_ns(&self) -> u64 {
         nanos_since(self.base)
+    }
+
+    fn idle(&self) -> bool {
+        self.pushed == 0 && self.extra == 0
     }
 
     fn take_tally(&mut self) -> Tally {
