@@ -224,7 +224,11 @@ fn stopped_reader_backpressure_then_recovers() {
             match e.send(id, Bytes::from(d.clone())) {
                 Ok(()) => sent.extend_from_slice(&d),
                 Err(err) => {
-                    assert_eq!(err.clone().into_inner(), d, "{ctx}: the refused buffer comes back");
+                    assert_eq!(
+                        err.clone().into_inner(),
+                        d,
+                        "{ctx}: the refused buffer comes back"
+                    );
                     refused = Some(err.into_parts().0);
                     break;
                 }
@@ -434,7 +438,10 @@ fn abort_with_writes_in_flight() {
             "{ctx}: the id is dead"
         );
         e.send(ok, Bytes::from_static(b"socket")).expect("send");
-        let r = e.flush_all().and_then(volley::FlushAllReport::into_result).expect("flush_all");
+        let r = e
+            .flush_all()
+            .and_then(volley::FlushAllReport::into_result)
+            .expect("flush_all");
         assert_eq!(r.failed, 0, "{ctx}: the aborted socket's report is gone");
         assert_eq!(e.pending_writes(), 0, "{ctx}: nothing pending");
         drop(e.close(ok).expect("close"));

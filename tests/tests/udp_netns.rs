@@ -294,9 +294,17 @@ fn gso_refused_on_veth_falls_back_to_single_datagrams() {
                 st.sqes
             );
             if no_check {
+                // io_uring: the 4 groups are in flight together, each refused once. epoll: the
+                // sendmmsg stops at the first refused group; GSO goes off and the rest are
+                // planned as single datagrams.
+                let fallbacks = if e.backend() == volley::BackendKind::Uring {
+                    4
+                } else {
+                    1
+                };
                 assert_eq!(
-                    st.gso_fallbacks, 4,
-                    "{ctx}: each of the 4 refused groups falls back once"
+                    st.gso_fallbacks, fallbacks,
+                    "{ctx}: each refused group falls back once"
                 );
             }
             if refused {
