@@ -55,6 +55,11 @@ mod plan;
 #[cfg(any(test, fuzzing, feature = "sim"))]
 pub mod sim;
 
+/// Async adapters for tokio (feature `tokio`): `AsyncWrite` and `Sink` senders whose flush is
+/// the barrier, over one engine per thread.
+#[cfg(feature = "tokio")]
+pub mod tokio;
+
 pub use bytes::Bytes;
 pub use engine::{Backend, BackendKind, Engine, EngineBuilder};
 pub use error::{Error, Limit, SendError, Status};

@@ -18,6 +18,8 @@
 pub(crate) mod epoll;
 pub(crate) mod msg;
 pub(crate) mod probe;
+#[cfg(feature = "tokio")]
+pub(crate) mod tokio;
 pub(crate) mod uring;
 
 use std::net::SocketAddr;

@@ -1,0 +1,60 @@
+//! The async adapters' own kernel edge (feature `tokio`): descriptors registered with tokio's
+//! reactor, and `recv`/`recvfrom` with `MSG_DONTWAIT`.
+//!
+//! The io_uring backend keeps its sockets in blocking mode, and `O_NONBLOCK` belongs to the
+//! open file, so every duplicate of such a socket blocks too; a read driven by a reactor must
+//! still never block, hence the per-call flag.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+
+use ::tokio::io::unix::AsyncFd;
+use ::tokio::io::Interest;
+
+/// Registers `fd` with the current runtime's reactor for readability.
+///
+/// # Errors
+/// The reactor's registration error.
+///
+/// # Panics
+/// Outside a tokio runtime with IO enabled.
+pub(crate) fn register_readable(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the `AsyncFd` owns the `OwnedFd`, so the descriptor is open, and refers to the
+    // same file, until the `AsyncFd` drops or hands it back; `OwnedFd::as_raw_fd` always
+    // returns that one descriptor.
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(|e| e.into_parts().1)
+}
+
+/// `recv(fd, buf, MSG_DONTWAIT)`: bytes read (0 at EOF), or `WouldBlock`.
+pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes and exclusively borrowed for the
+    // call; `fd` is a descriptor borrowed (so open) for the call.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// `recvfrom(fd, buf, MSG_DONTWAIT)`: the datagram's length (truncated to `buf`) and source.
+pub(crate) fn recv_from(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+    let sock = socket2::SockRef::from(&fd);
+    // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, so the slice cast keeps pointer and
+    // length; `recv_from_with_flags` only writes initialised bytes through it, so `buf` stays
+    // initialised.
+    let uninit = unsafe { &mut *(std::ptr::from_mut::<[u8]>(buf) as *mut [MaybeUninit<u8>]) };
+    let (n, from) = sock.recv_from_with_flags(uninit, libc::MSG_DONTWAIT)?;
+    let from = from.as_socket().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "recvfrom returned a source that is not an IP address",
+        )
+    })?;
+    Ok((n, from))
+}
