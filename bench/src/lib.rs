@@ -33,6 +33,7 @@ pub mod scenario;
 mod tokio;
 mod tokio_uring;
 mod volley;
+mod volley_tokio;
 
 use std::io::{self, IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -70,6 +71,11 @@ pub enum MethodName {
     EpollPoll,
     /// volley on io_uring, driven with `try_flush` + `poll(2)`.
     UringPoll,
+    /// volley on epoll through its tokio adapters: `TcpSender::write_all` per buffer and one
+    /// `flush().await` per batch; `UdpSender` as a `Sink` for UDP.
+    EpollTokio,
+    /// volley on io_uring through its tokio adapters.
+    UringTokio,
     /// std `BufWriter` (64 KiB) per TCP socket, `write_all` per buffer, flushed per batch (TCP
     /// only).
     Bufwriter,
@@ -121,12 +127,14 @@ impl Role {
 
 impl MethodName {
     /// All methods in report order.
-    pub const ALL: [MethodName; 14] = [
+    pub const ALL: [MethodName; 16] = [
         MethodName::Naive,
         MethodName::Epoll,
         MethodName::Uring,
         MethodName::EpollPoll,
         MethodName::UringPoll,
+        MethodName::EpollTokio,
+        MethodName::UringTokio,
         MethodName::Bufwriter,
         MethodName::Tokio,
         MethodName::TokioBufwriter,
@@ -146,6 +154,8 @@ impl MethodName {
             MethodName::Uring => "uring",
             MethodName::EpollPoll => "epoll-poll",
             MethodName::UringPoll => "uring-poll",
+            MethodName::EpollTokio => "epoll-tokio",
+            MethodName::UringTokio => "uring-tokio",
             MethodName::Bufwriter => "bufwriter",
             MethodName::Tokio => "tokio",
             MethodName::TokioBufwriter => "tokio-bufwriter",
@@ -164,7 +174,9 @@ impl MethodName {
             MethodName::Epoll
             | MethodName::Uring
             | MethodName::EpollPoll
-            | MethodName::UringPoll => Role::Volley,
+            | MethodName::UringPoll
+            | MethodName::EpollTokio
+            | MethodName::UringTokio => Role::Volley,
             MethodName::Naive
             | MethodName::Bufwriter
             | MethodName::Tokio
@@ -428,6 +440,21 @@ pub fn build(name: MethodName, spec: Spec, payload: &Payload) -> Result<Runner, 
             };
             Box::new(
                 volley::Volley::new(backend, conns, event_loop).map_err(|e| match e {
+                    ::volley::Error::UringUnavailable { .. } => {
+                        Outcome::NotApplicable(e.to_string())
+                    }
+                    e => Outcome::Failed(e.to_string()),
+                })?,
+            )
+        }
+        MethodName::EpollTokio | MethodName::UringTokio => {
+            let backend = if name == MethodName::EpollTokio {
+                ::volley::Backend::Epoll
+            } else {
+                ::volley::Backend::Uring
+            };
+            Box::new(
+                volley_tokio::VolleyTokio::new(backend, conns).map_err(|e| match e {
                     ::volley::Error::UringUnavailable { .. } => {
                         Outcome::NotApplicable(e.to_string())
                     }

@@ -8,6 +8,7 @@
 //! loses a task.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
@@ -18,7 +19,7 @@ use std::task::{ready, Context, Poll, Wake, Waker};
 
 use ::tokio::io::unix::AsyncFd;
 use ::tokio::time::{Instant, Sleep};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::tcp::TcpSender;
 use super::udp::UdpSender;
@@ -114,7 +115,7 @@ impl Driver {
     /// As [`Engine::register_tcp`].
     pub fn register_tcp(&self, stream: TcpStream) -> Result<TcpSender, Error> {
         let id = self.shared.engine.borrow_mut().register_tcp(stream)?;
-        Ok(TcpSender::new(self.sock(id)))
+        Ok(TcpSender::new(self.sock(id, true)))
     }
 
     /// Splits an accepted or connected tokio stream into a reader (reads that never block,
@@ -141,7 +142,7 @@ impl Driver {
     /// As [`Engine::register_udp`].
     pub fn register_udp(&self, socket: UdpSocket) -> Result<UdpSender, Error> {
         let id = self.shared.engine.borrow_mut().register_udp(socket)?;
-        Ok(UdpSender::new(self.sock(id)))
+        Ok(UdpSender::new(self.sock(id, false)))
     }
 
     /// Splits a tokio UDP socket into a receiver (reads that never block, whatever the
@@ -180,17 +181,22 @@ impl Driver {
         f(&mut self.shared.engine.borrow_mut())
     }
 
-    fn sock(&self, id: SocketId) -> Rc<Sock> {
+    fn sock(&self, id: SocketId, stream: bool) -> Rc<Sock> {
         Rc::new(Sock {
             shared: Rc::clone(&self.shared),
             id,
-            accepted: Cell::new(0),
+            stream,
+            written: Cell::new(0),
+            handed: Cell::new(0),
             barrier: Cell::new(None),
             resolved: Cell::new(0),
             error: RefCell::new(None),
             report: RefCell::new(FlushReport::default()),
             last: RefCell::new(None),
             shut: Cell::new(false),
+            out: RefCell::new(BytesMut::new()),
+            held: RefCell::new(VecDeque::new()),
+            max_chunk: Cell::new(usize::MAX),
         })
     }
 }
@@ -302,12 +308,18 @@ impl Shared {
         data: Bytes,
         dest: Option<SocketAddr>,
     ) -> Result<(), SendError> {
+        let len = data.len();
         let mut e = self.engine.borrow_mut();
         match dest {
             None => e.send(sock.id, data)?,
             Some(d) => e.send_to(sock.id, data, d)?,
         }
-        sock.accepted.set(sock.accepted.get() + 1);
+        let units = sock.units(len);
+        sock.handed.set(sock.handed.get() + units);
+        if !sock.stream {
+            // A datagram is written when the engine takes it (a stream's bytes when copied).
+            sock.written.set(sock.written.get() + units);
+        }
         Ok(())
     }
 
@@ -342,6 +354,48 @@ impl Shared {
                 continue;
             }
             ready!(self.poll_progress(cx))?;
+        }
+    }
+
+    /// Hands `sock`'s held buffers to the engine in order. With `cx`, waits while a queue
+    /// limit refuses them (`Ready(Ok)` once none is held); without, returns `Ready(Ok)` at the
+    /// first refusal and leaves the rest held (never `Pending`).
+    pub(crate) fn poll_drain(
+        &self,
+        mut cx: Option<&mut Context<'_>>,
+        sock: &Sock,
+    ) -> Poll<Result<(), Error>> {
+        let mut submitted = false;
+        loop {
+            let front = sock.held.borrow_mut().pop_front();
+            let Some(mut data) = front else {
+                return Poll::Ready(Ok(()));
+            };
+            if data.len() > sock.max_chunk.get() {
+                let rest = data.split_off(sock.max_chunk.get());
+                sock.held.borrow_mut().push_front(rest);
+            }
+            let Err(refused) = self.send(sock, data, None) else {
+                continue;
+            };
+            let (e, data) = refused.into_parts();
+            sock.held.borrow_mut().push_front(data);
+            match e {
+                Error::BufferTooLarge { max, .. } if max > 0 => sock.max_chunk.set(max),
+                Error::Backpressure { .. } => {
+                    let Some(cx) = cx.as_deref_mut() else {
+                        return Poll::Ready(Ok(()));
+                    };
+                    // The queue may be full only because nothing was submitted yet.
+                    if !submitted {
+                        submitted = true;
+                        self.submit()?;
+                        continue;
+                    }
+                    ready!(self.poll_progress(cx))?;
+                }
+                e => return Poll::Ready(Err(e)),
+            }
         }
     }
 
@@ -390,7 +444,7 @@ impl Shared {
         Poll::Ready(Ok(()))
     }
 
-    /// Waits until every write accepted on `sock` up to number `target` is terminal (or the
+    /// Waits until every write on `sock` up to position `target` is terminal (or the
     /// stream failed), moving the engine's barriers forward as needed.
     pub(crate) fn poll_barrier(
         &self,
@@ -405,13 +459,13 @@ impl Shared {
             if sock.resolved.get() >= target {
                 return Poll::Ready(Ok(()));
             }
-            // The engine's barrier, set by the first `try_flush`, covers every write accepted
-            // before it; one already up covers those accepted before it was set.
+            // The engine's barrier, set by the first `try_flush`, covers everything handed over
+            // before it; one already up covers what was handed over before it was set.
             let cover = match sock.barrier.get() {
                 Some(c) => c,
                 None => {
-                    sock.barrier.set(Some(sock.accepted.get()));
-                    sock.accepted.get()
+                    sock.barrier.set(Some(sock.handed.get()));
+                    sock.handed.get()
                 }
             };
             match self.step(|e| e.try_flush(sock.id)) {
@@ -440,16 +494,22 @@ impl Shared {
     }
 }
 
-/// A socket's state shared by the clones of its sender. Write numbers count accepted writes
+/// A socket's state shared by the clones of its sender. Positions count stream bytes, or
+/// datagrams (see [`Sock::units`]), written so far: a flush waits for everything up to the
+/// position current when it started.
 /// (1, 2, …): a flush waits for every write up to the number current when it started.
 pub(crate) struct Sock {
     pub(crate) shared: Rc<Shared>,
     pub(crate) id: SocketId,
-    /// Writes accepted so far.
-    pub(crate) accepted: Cell<u64>,
-    /// The write number the engine's barrier (set by a `try_flush`) covers, while it is up.
+    /// A TCP stream (else UDP).
+    stream: bool,
+    /// The position written so far (copied into `out`/`held`, or taken by the engine).
+    pub(crate) written: Cell<u64>,
+    /// The position the engine has taken so far.
+    pub(crate) handed: Cell<u64>,
+    /// The position the engine's barrier (set by a `try_flush`) covers, while it is up.
     barrier: Cell<Option<u64>>,
-    /// Every write up to this number is terminal.
+    /// Every write up to this position is terminal.
     pub(crate) resolved: Cell<u64>,
     /// The stream's fatal error, once a flush has reported it.
     pub(crate) error: RefCell<Option<Error>>,
@@ -459,7 +519,19 @@ pub(crate) struct Sock {
     last: RefCell<Option<FlushReport>>,
     /// `shutdown_write` is done.
     pub(crate) shut: Cell<bool>,
+    /// Stream writes copied from `AsyncWrite` slices, not yet handed to the engine: a run of
+    /// small writes becomes one buffer (at most [`OUT_CHUNK_BYTES`]), so the engine sees one
+    /// queue entry per chunk instead of one per write.
+    pub(crate) out: RefCell<BytesMut>,
+    /// Buffers handed over in order that a queue limit refused for now: they go before
+    /// anything else of this socket.
+    pub(crate) held: RefCell<VecDeque<Bytes>>,
+    /// The largest buffer the engine takes on this socket (learnt from `BufferTooLarge`).
+    max_chunk: Cell<usize>,
 }
+
+/// The size at which a run of small stream writes is handed to the engine as one buffer.
+pub(crate) const OUT_CHUNK_BYTES: usize = 64 * 1024;
 
 impl Sock {
     /// The driver this socket's engine belongs to.
@@ -469,9 +541,27 @@ impl Sock {
         }
     }
 
-    /// Whether writes were accepted that no completed barrier covers.
+    /// How far a write of `len` bytes moves the position: its bytes on a stream (whose
+    /// writes the engine sees merged), one per datagram.
+    pub(crate) fn units(&self, len: usize) -> u64 {
+        if self.stream {
+            len as u64
+        } else {
+            1
+        }
+    }
+
+    /// Whether writes were made that no completed barrier covers.
     pub(crate) fn unflushed(&self) -> bool {
-        self.resolved.get() < self.accepted.get()
+        self.resolved.get() < self.written.get()
+    }
+
+    /// Moves the copied writes into the hand-over queue, behind what is already there.
+    pub(crate) fn seal_out(&self) {
+        let mut out = self.out.borrow_mut();
+        if !out.is_empty() {
+            self.held.borrow_mut().push_back(out.split().freeze());
+        }
     }
 
     /// A flush completed: what it (and any flush since the previous completion) covered.
@@ -490,6 +580,12 @@ impl Drop for Sock {
     /// The last sender is gone: close the socket now if nothing is queued, else once the
     /// engine has sent what is (as it makes progress for the thread's other senders).
     fn drop(&mut self) {
+        // What was written but not handed over goes first (what a queue limit refuses now is
+        // lost: nobody is left to wait for room).
+        if self.shared.engine.try_borrow_mut().is_ok() {
+            self.seal_out();
+            let _ = self.shared.poll_drain(None, self);
+        }
         let Ok(e) = self.shared.engine.try_borrow_mut() else {
             // Dropped inside `with_engine`: the next step closes it.
             self.shared.closing.borrow_mut().push(self.id);

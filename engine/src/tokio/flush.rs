@@ -13,50 +13,61 @@ pub(crate) struct FlushState {
 }
 
 #[derive(Debug)]
-struct Flush {
-    /// Wait for every write up to this number.
-    target: u64,
-    /// The round this flush yielded in, until it comes back.
-    round: Option<u64>,
+enum Flush {
+    /// Yielded in this round; when it comes back it hands the socket's writes over (unless
+    /// another flusher already has) and submits if no flusher of the round has yet.
+    Yielded { round: u64, target: u64 },
+    /// Waits for every write up to this position.
+    Waiting { target: u64 },
 }
 
 impl FlushState {
-    /// Ready when every write accepted on `sock` before the first call is terminal, or with
+    /// Ready when every write made on `sock` before the first call is terminal, or with
     /// the stream's error.
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>, sock: &Sock) -> Poll<Result<(), Error>> {
         let shared = &sock.shared;
-        let flush = match &mut self.state {
-            Some(f) => f,
-            None => {
-                if let Some(e) = &*sock.error.borrow() {
-                    return Poll::Ready(Err(e.clone()));
+        loop {
+            match self.state {
+                None => {
+                    if let Some(e) = &*sock.error.borrow() {
+                        return Poll::Ready(Err(e.clone()));
+                    }
+                    if !sock.unflushed() {
+                        return Poll::Ready(Ok(()));
+                    }
+                    // Yield once: the tasks that are ready now run before this one comes back,
+                    // and their writes join this submission.
+                    self.state = Some(Flush::Yielded {
+                        round: shared.round.get(),
+                        target: sock.written.get(),
+                    });
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
                 }
-                if !sock.unflushed() {
-                    return Poll::Ready(Ok(()));
+                Some(Flush::Yielded { round, target }) => {
+                    if sock.handed.get() < target {
+                        sock.seal_out();
+                        if let Err(e) = ready!(shared.poll_drain(Some(cx), sock)) {
+                            self.state = None;
+                            return Poll::Ready(Err(e));
+                        }
+                    }
+                    // The first flusher back in a round submits for all of them.
+                    if shared.round.get() == round {
+                        shared.round.set(round.wrapping_add(1));
+                        if let Err(e) = shared.submit() {
+                            self.state = None;
+                            return Poll::Ready(Err(e));
+                        }
+                    }
+                    self.state = Some(Flush::Waiting { target });
                 }
-                // Yield once: the tasks that are ready now run before this one comes back,
-                // and their writes join this submission.
-                self.state = Some(Flush {
-                    target: sock.accepted.get(),
-                    round: Some(shared.round.get()),
-                });
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-        };
-        if let Some(r) = flush.round.take() {
-            // The first flusher back in a round submits for all of them.
-            if shared.round.get() == r {
-                shared.round.set(r.wrapping_add(1));
-                if let Err(e) = shared.submit() {
+                Some(Flush::Waiting { target }) => {
+                    let r = ready!(shared.poll_barrier(cx, sock, target));
                     self.state = None;
-                    return Poll::Ready(Err(e));
+                    return Poll::Ready(r);
                 }
             }
         }
-        let target = flush.target;
-        let r = ready!(shared.poll_barrier(cx, sock, target));
-        self.state = None;
-        Poll::Ready(r)
     }
 }

@@ -43,7 +43,7 @@
 //!     tx.write_all(format!("message {i}\n").as_bytes()).await?; // queued
 //! }
 //! let report = tx.flush().await?; // one submission, then the barrier
-//! assert_eq!(report.writes, 1000);
+//! println!("{} bytes sent", report.bytes);
 //! tx.shutdown().await?; // the peer reads all 1000, then EOF
 //! # Ok(()) }
 //! # fn main() {

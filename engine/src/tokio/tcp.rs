@@ -12,22 +12,19 @@ use ::tokio::io::unix::AsyncFd;
 use ::tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use bytes::{Bytes, BytesMut};
 
-use super::driver::Sock;
+use super::driver::{Sock, OUT_CHUNK_BYTES};
 use super::flush::FlushState;
 use super::Driver;
-use crate::{Error, FlushReport, SendError, SocketId};
-
-/// Writes of at most this many bytes are copied into the sender's arena (one allocation per
-/// arena, not per write) before the engine stages them.
-const ARENA_WRITE_MAX: usize = 4096;
-/// The arena's size.
-const ARENA_BYTES: usize = 64 * 1024;
+use crate::{Error, FlushReport, SocketId};
 
 /// The sending side of a TCP stream registered with a [`Driver`]'s engine.
 ///
-/// - [`AsyncWrite::poll_write`] queues a copy of the slice and returns at once; nothing is
-///   sent yet. Under backpressure (a queue limit reached) it returns `Pending` and wakes the
-///   task when the engine has made room: never an error, never a growing queue.
+/// - [`AsyncWrite::poll_write`] copies the slice and returns at once; nothing is sent yet. Runs
+///   of small writes are copied into one chunk of the socket, handed to the engine as one
+///   buffer every 64 KiB (or at the flush); a write of 64 KiB or more becomes a buffer of its
+///   own. Under backpressure (a queue limit reached) it returns `Pending` and wakes the task
+///   when the engine has made room: never an error, and nothing grows beyond the engine's
+///   limits but the chunk being filled and the one buffer the limit last refused.
 /// - [`AsyncWrite::poll_flush`] is the flush barrier: ready once every write accepted before it
 ///   is terminal, or with the stream's first error. It yields once before submitting, so that
 ///   the writes other ready tasks make meanwhile go to the kernel in the same batch.
@@ -45,14 +42,13 @@ const ARENA_BYTES: usize = 64 * 1024;
 pub struct TcpSender {
     sock: Rc<Sock>,
     flush: FlushState,
-    arena: BytesMut,
 }
 
 impl std::fmt::Debug for TcpSender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TcpSender")
             .field("id", &self.sock.id)
-            .field("accepted", &self.sock.accepted.get())
+            .field("written", &self.sock.written.get())
             .field("resolved", &self.sock.resolved.get())
             .finish_non_exhaustive()
     }
@@ -70,7 +66,6 @@ impl TcpSender {
         TcpSender {
             sock,
             flush: FlushState::default(),
-            arena: BytesMut::new(),
         }
     }
 
@@ -92,20 +87,26 @@ impl TcpSender {
     /// buffer above the per-socket limit.
     pub async fn send(&mut self, data: Bytes) -> Result<(), Error> {
         let mut data = Some(data);
-        poll_fn(|cx| self.poll_send(cx, &mut data)).await
+        poll_fn(|cx| {
+            // Everything written before goes first; then the buffer is taken as it is.
+            self.sock.seal_out();
+            ready!(self.sock.shared.poll_drain(Some(cx), &self.sock))?;
+            if let Some(d) = data.take().filter(|d| !d.is_empty()) {
+                self.sock
+                    .written
+                    .set(self.sock.written.get() + d.len() as u64);
+                self.sock.held.borrow_mut().push_back(d);
+                ready!(self.sock.shared.poll_drain(None, &self.sock))?;
+            }
+            Poll::Ready(Ok(()))
+        })
+        .await
     }
 
-    /// Queues `data` if the engine takes it now.
-    ///
-    /// # Errors
-    /// As [`crate::Engine::send`]: the refused buffer comes back in the [`SendError`].
-    pub fn try_send(&mut self, data: Bytes) -> Result<(), SendError> {
-        self.sock.shared.send(&self.sock, data, None)
-    }
-
-    /// The flush barrier: returns when every write accepted on this socket (by any clone)
-    /// before the call is terminal, with what happened to the writes that became terminal
-    /// since the previous completed flush.
+    /// The flush barrier: returns when every write made on this socket (by any clone) before
+    /// the call is terminal, with what happened to the buffers that became terminal since the
+    /// previous completed flush (`writes` counts the engine's buffers: a run of small writes is
+    /// one).
     ///
     /// # Errors
     /// The stream's first error (the socket is then poisoned); [`Error::Io`] if the engine's
@@ -127,53 +128,53 @@ impl TcpSender {
         self.sock.last_report()
     }
 
-    fn poll_send(
-        &mut self,
-        cx: &mut Context<'_>,
-        data: &mut Option<Bytes>,
-    ) -> Poll<Result<(), Error>> {
-        self.sock.shared.poll_queue(cx, &self.sock, data, None)
-    }
-
     fn poll_flush_report(&mut self, cx: &mut Context<'_>) -> Poll<Result<FlushReport, Error>> {
         ready!(self.flush.poll(cx, &self.sock))?;
         Poll::Ready(Ok(self.sock.complete_flush()))
     }
 
-    /// A copy of `bufs` (concatenated) as one `Bytes`: small writes are carved from the arena.
-    fn copy(&mut self, bufs: &[&[u8]]) -> Bytes {
+    /// `AsyncWrite`'s write: waits until what was handed over earlier is queued (the only
+    /// wait: nothing of `bufs` is taken before), then copies `bufs` into the socket's chunk
+    /// of small writes, or into a buffer of its own if it is large.
+    fn poll_write_slices(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[&[u8]],
+    ) -> Poll<io::Result<usize>> {
         let len: usize = bufs.iter().map(|b| b.len()).sum();
-        if len > ARENA_WRITE_MAX {
-            let mut v = BytesMut::with_capacity(len);
-            bufs.iter().for_each(|b| v.extend_from_slice(b));
-            return v.freeze();
+        if len == 0 {
+            return Poll::Ready(Ok(0));
         }
-        if self.arena.capacity() < len {
-            // The old arena lives on in the writes still holding parts of it.
-            self.arena = BytesMut::with_capacity(ARENA_BYTES);
+        let shared = &self.sock.shared;
+        if !self.sock.held.borrow().is_empty() {
+            ready!(shared.poll_drain(Some(cx), &self.sock))?;
         }
-        bufs.iter().for_each(|b| self.arena.extend_from_slice(b));
-        self.arena.split().freeze()
-    }
-
-    fn poll_write_bytes(&mut self, cx: &mut Context<'_>, data: Bytes) -> Poll<io::Result<usize>> {
-        let len = data.len();
-        let mut data = Some(data);
-        match ready!(self.poll_send(cx, &mut data)) {
-            Ok(()) => Poll::Ready(Ok(len)),
-            // One write above the per-socket limit: take what fits (AsyncWrite may write less).
-            Err(Error::BufferTooLarge { max, .. }) if max > 0 && len > max => {
-                let Some(mut part) = data.take() else {
-                    return Poll::Ready(Ok(0));
-                };
-                part.truncate(max);
-                let n = part.len();
-                let mut part = Some(part);
-                ready!(self.poll_send(cx, &mut part))?;
-                Poll::Ready(Ok(n))
+        {
+            let mut out = self.sock.out.borrow_mut();
+            if out.len() + len > OUT_CHUNK_BYTES || out.capacity() - out.len() < len {
+                // The chunk is full: it goes to the engine as one buffer.
+                drop(out);
+                self.sock.seal_out();
+                out = self.sock.out.borrow_mut();
             }
-            Err(e) => Poll::Ready(Err(e.into())),
+            if len >= OUT_CHUNK_BYTES {
+                let mut own = BytesMut::with_capacity(len);
+                bufs.iter().for_each(|b| own.extend_from_slice(b));
+                self.sock.held.borrow_mut().push_back(own.freeze());
+            } else {
+                if out.capacity() - out.len() < len {
+                    // Empty here: a fresh chunk (the previous one lives on in the engine).
+                    *out = BytesMut::with_capacity(OUT_CHUNK_BYTES);
+                }
+                bufs.iter().for_each(|b| out.extend_from_slice(b));
+            }
         }
+        self.sock.written.set(self.sock.written.get() + len as u64);
+        // Hand sealed chunks over now (a refusal stays held for the next write or the flush).
+        if !self.sock.held.borrow().is_empty() {
+            ready!(shared.poll_drain(None, &self.sock))?;
+        }
+        Poll::Ready(Ok(len))
     }
 }
 
@@ -183,12 +184,7 @@ impl AsyncWrite for TcpSender {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        let this = self.get_mut();
-        let data = this.copy(&[buf]);
-        this.poll_write_bytes(cx, data)
+        self.get_mut().poll_write_slices(cx, &[buf])
     }
 
     fn poll_write_vectored(
@@ -196,14 +192,8 @@ impl AsyncWrite for TcpSender {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let len: usize = bufs.iter().map(|b| b.len()).sum();
-        if len == 0 {
-            return Poll::Ready(Ok(0));
-        }
         let slices: Vec<&[u8]> = bufs.iter().map(|b| &**b).collect();
-        let data = this.copy(&slices);
-        this.poll_write_bytes(cx, data)
+        self.get_mut().poll_write_slices(cx, &slices)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -42,7 +42,7 @@ impl std::fmt::Debug for UdpSender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UdpSender")
             .field("id", &self.sock.id)
-            .field("accepted", &self.sock.accepted.get())
+            .field("written", &self.sock.written.get())
             .field("resolved", &self.sock.resolved.get())
             .field("held", &self.held.as_ref().map(|(b, _)| b.len()))
             .finish_non_exhaustive()
