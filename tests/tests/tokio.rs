@@ -51,6 +51,7 @@ per_backend!(
     example_tcp_echo_server_socat,
     example_udp_echo_server_python,
     example_accept_server_python,
+    example_relay_python,
 );
 
 /// Runs `f` on a `current_thread` runtime inside a `LocalSet` (the senders are `!Send`).
@@ -456,6 +457,10 @@ mod accept_server;
 #[path = "../../engine/examples/udp_echo_server.rs"]
 mod udp_echo_server;
 
+#[expect(dead_code, reason = "the examples' `main` runs only as a program")]
+#[path = "../../engine/examples/relay.rs"]
+mod relay;
+
 /// A server running on its own thread, runtime and engine until [`Server::stop`].
 struct Server {
     addr: SocketAddr,
@@ -701,6 +706,89 @@ fn example_accept_server_python(b: Backend) {
     let server = tcp_server(b, true);
     python(&ctx, PY_ACCEPT, &[server.addr.to_string(), "200".into()]);
     server.stop();
+}
+
+/// Python receivers and sender for the relay: two receivers print their ports, then, given the
+/// relay's address on stdin, COUNT datagrams of random sizes go to the relay, 32 at a time until
+/// both receivers counted them; each receiver's count and SHA-256 over the datagrams (sorted:
+/// datagrams may be reordered) must match what was sent.
+const PY_RELAY: &str = r#"
+import hashlib, random, socket, sys, threading, time
+count = int(sys.argv[1])
+rx = []
+for _ in range(2):
+    r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    r.bind(("127.0.0.1", 0)); r.settimeout(5); rx.append(r)
+print(" ".join(str(r.getsockname()[1]) for r in rx), flush=True)
+host, port = sys.stdin.readline().strip().rsplit(":", 1)
+got = [[] for _ in rx]
+def receive(k):
+    while len(got[k]) < count:
+        try:
+            got[k].append(rx[k].recv(65536))
+        except socket.timeout:
+            return
+ts = [threading.Thread(target=receive, args=(k,)) for k in range(2)]
+[t.start() for t in ts]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+rnd = random.Random(9)
+sent = []
+for i in range(count):
+    d = i.to_bytes(4, "big") + rnd.randbytes(rnd.randint(0, 1200))
+    sent.append(d); s.sendto(d, (host, int(port)))
+    if i % 32 == 31:
+        deadline = time.time() + 5
+        while min(len(g) for g in got) <= i and time.time() < deadline:
+            time.sleep(0.0005)
+[t.join() for t in ts]
+want = hashlib.sha256(b"".join(sorted(sent))).hexdigest()
+for k in range(2):
+    hk = hashlib.sha256(b"".join(sorted(got[k]))).hexdigest()
+    if len(got[k]) != count or hk != want:
+        print(f"receiver {k}: {len(got[k])} of {count} datagrams, sha256 {hk} vs {want}"); sys.exit(1)
+print(f"2 receivers got all {count} datagrams whole, sha256 {want[:16]}")
+"#;
+
+fn example_relay_python(b: Backend) {
+    use std::io::{BufRead, Write};
+    let ctx = format!("{b:?} relay vs Python");
+    let mut py = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(PY_RELAY)
+        .arg("3000")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut out = std::io::BufReader::new(py.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("the receivers' ports");
+    let peers: Vec<SocketAddr> = line
+        .split_whitespace()
+        .map(|p| format!("127.0.0.1:{p}").parse().expect("port"))
+        .collect();
+    assert_eq!(peers.len(), 2, "{ctx}: receivers: {line:?}");
+    let server = Server::start(b, move |d, addr_tx, stop| async move {
+        let sock = ::tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        addr_tx
+            .send(sock.local_addr().expect("addr"))
+            .expect("addr");
+        relay::serve(sock, peers, d, stopped(stop))
+            .await
+            .expect("serve");
+    });
+    let mut stdin = py.stdin.take().expect("stdin");
+    writeln!(stdin, "{}", server.addr).expect("tell python the relay");
+    drop(stdin);
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).expect("python output");
+    let status = py.wait().expect("python exits");
+    server.stop();
+    assert!(status.success(), "{ctx}: {rest}");
+    eprintln!("{ctx}: {}", rest.trim());
 }
 
 /// The README's "With tokio" example is the one `volley::tokio`'s module docs compile (the
