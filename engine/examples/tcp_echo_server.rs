@@ -2,9 +2,12 @@
 //! --example tcp_echo_server -- 127.0.0.1:7000`.
 //!
 //! One engine for the thread; each connection is split into a reader that never blocks and a
-//! `TcpSender`. Everything read in one wake-up (the first read, plus whatever else has already
-//! arrived) goes back as one owned buffer and one flush. Ctrl-C stops accepting, lets every
+//! `TcpSender`. Everything read in one wake-up (whatever has already arrived) goes back as one
+//! owned buffer and one submission, and each burst ends with one flush (the barrier) before the
+//! task waits for more. Ctrl-C stops accepting, lets every
 //! connection flush what it accepted, and exits.
+//!
+//! `--plain` serves with tokio alone (`write_all` per read), for comparison on the same load.
 
 use std::error::Error;
 use std::future::Future;
@@ -23,9 +26,14 @@ const READ_BYTES: usize = 64 * 1024;
 const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:7000".to_string());
+    let mut addr = "127.0.0.1:7000".to_string();
+    let mut plain = false;
+    for a in std::env::args().skip(1) {
+        match a.as_str() {
+            "--plain" => plain = true,
+            _ => addr = a,
+        }
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -36,7 +44,11 @@ fn main() -> Result<(), Box<dyn Error>> {
         let stop = async {
             let _ = tokio::signal::ctrl_c().await;
         };
-        serve(listener, driver, stop).await?;
+        if plain {
+            serve_plain(listener, stop).await?;
+        } else {
+            serve(listener, driver, stop).await?;
+        }
         Ok(())
     })
 }
@@ -85,14 +97,9 @@ async fn echo(
     let mut buf = BytesMut::new();
     let mut total = 0u64;
     let mut eof = false;
+    let mut unflushed = false;
     while !eof {
-        buf.reserve(READ_BYTES);
-        let n = tokio::select! {
-            r = rx.read_buf(&mut buf) => r?,
-            _ = stop.changed() => break,
-        };
-        eof = n == 0;
-        // What else has already arrived joins this batch.
+        // Everything that has already arrived makes one batch.
         while !eof && buf.len() < MAX_BATCH_BYTES {
             let at = buf.len();
             buf.resize(at + READ_BYTES, 0);
@@ -108,14 +115,70 @@ async fn echo(
                 Err(e) => return Err(e.into()),
             }
         }
-        if buf.is_empty() {
+        if !buf.is_empty() {
+            total += buf.len() as u64;
+            // One owned buffer (no copy), one submission: the batch goes out while the next
+            // one is read.
+            tx.send(buf.split().freeze()).await?;
+            driver.submit()?;
+            unflushed = true;
             continue;
         }
-        total += buf.len() as u64;
-        // One owned buffer (no copy), one flush: one batch per wake-up.
-        tx.send(buf.split().freeze()).await?;
-        tx.flush().await?;
+        if eof {
+            break;
+        }
+        // The burst is over: its flush (the barrier), then wait for more.
+        if unflushed {
+            tx.flush().await?;
+            unflushed = false;
+        }
+        buf.reserve(READ_BYTES);
+        let n = tokio::select! {
+            r = rx.read_buf(&mut buf) => r?,
+            _ = stop.changed() => break,
+        };
+        eof = n == 0;
+        total += n as u64;
+        if n > 0 {
+            tx.send(buf.split().freeze()).await?;
+            driver.submit()?;
+            unflushed = true;
+        }
     }
     tx.shutdown().await?;
     Ok(total)
+}
+
+/// The comparison: tokio alone, one `write_all` per read, until `stop` completes.
+///
+/// # Errors
+/// Accepting failed.
+pub async fn serve_plain(listener: TcpListener, stop: impl Future<Output = ()>) -> io::Result<()> {
+    tokio::pin!(stop);
+    loop {
+        let (mut stream, peer) = tokio::select! {
+            r = listener.accept() => r?,
+            () = &mut stop => return Ok(()),
+        };
+        tokio::task::spawn_local(async move {
+            let (mut rx, mut tx) = stream.split();
+            let mut buf = vec![0u8; READ_BYTES];
+            loop {
+                match rx.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if let Err(e) = tx.write_all(&buf[..n]).await {
+                            eprintln!("{peer}: {e}");
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("{peer}: {e}");
+                        return;
+                    }
+                }
+            }
+            let _ = tx.shutdown().await;
+        });
+    }
 }
