@@ -795,7 +795,9 @@ impl Core {
         match ev {
             Event::Done { token, res } => self.complete(token, res, clock),
             Event::NotIssued { token } => {
-                self.requeue(token);
+                if let Some(sock) = self.requeue(token) {
+                    self.cancel_if_closing(sock, clock);
+                }
             }
             Event::Stopped { token } => {
                 // A partial `sendmmsg`: the call stopped at this datagram. If an ICMP error about
@@ -803,6 +805,7 @@ impl Core {
                 // error queue says what it was.
                 if let Some(sock) = self.requeue(token) {
                     self.want_errqueue(sock);
+                    self.cancel_if_closing(sock, clock);
                 }
             }
             Event::Writable { sock } => self.set_writable(sock, true),
@@ -862,6 +865,17 @@ impl Core {
             }
         }
         self.wake(idx);
+        self.cancel_if_closing(idx, clock);
+    }
+
+    /// An op of a closing socket ended after `abort` stopped waiting for it (a flush timeout):
+    /// what it left unsent — the rest of a short stream send, datagrams put back — fails as
+    /// cancelled now, as `abort` failed the rest. Nothing else would end those writes: a flush
+    /// would wait for them forever.
+    fn cancel_if_closing(&mut self, idx: u32, clock: &mut Clock<'_>) {
+        if self.sock_at(idx).is_some_and(|s| s.closing) {
+            let _ = self.cancel_queued(self.id_of(idx), clock.get());
+        }
     }
 
     /// The next socket the driver should watch for writability: (index, fd).

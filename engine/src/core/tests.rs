@@ -577,6 +577,27 @@ both! {
 }
 
 both! {
+    fn a_pending_error_and_its_error_queue_entry_become_a_peer_error(mode) {
+        let (mut e, k) = sim(mode, SimConfig::default());
+        let d = udp(&mut e, &k, None, true);
+        // An ICMP host unreachable about an earlier datagram to port 9005 came back.
+        k.set_pending_error(d, libc::EHOSTUNREACH);
+        k.push_errqueue(d, Some(dest(9005)), libc::EHOSTUNREACH);
+        let b = send_to(&mut e, d, 0, 9006, 20);
+        let r = e.flush(d).unwrap();
+        assert_eq!((r.writes, r.failed), (1, 0), "the datagram that picked it up went again");
+        let p = k.peer(d);
+        assert_eq!(p.datagrams.len(), 1);
+        assert_eq!(p.datagrams[0].payload, b);
+        assert_eq!(p.errqueue_taken, [(Some(dest(9005)), libc::EHOSTUNREACH)]);
+        let pe = e.take_peer_errors(d).unwrap();
+        assert_eq!(pe.len(), 1);
+        assert_eq!(pe[0].status(), Some(Status::HostUnreachable));
+        assert_eq!(pe[0].peer(), Some(dest(9005)));
+    }
+}
+
+both! {
     fn an_unconnected_socket_without_recverr_hears_no_icmp(mode) {
         let (mut e, k) = sim(mode, SimConfig::default());
         let d = udp(&mut e, &k, None, false);
@@ -980,6 +1001,32 @@ fn abort_datagrams_with_retries_after_the_cancel() {
     assert_eq!(seqs, [1]);
     let s = e.stats();
     assert_eq!((s.writes_sent, s.failed(Status::Cancelled)), (1, 1));
+}
+
+/// io_uring: an `abort` that timed out leaves the socket closing with its op in flight; when
+/// that op ends short later, the rest of its write fails as cancelled (found by `fuzz_trace`:
+/// it stayed pending, and a flush without a timeout spun forever).
+#[test]
+fn an_op_that_ends_after_abort_gave_up_leaves_nothing_pending() {
+    let (mut e, k) = sim(Mode::Uring, SimConfig::default());
+    e.set_flush_timeout(Some(Duration::from_millis(10)));
+    let h = stream(&mut e, &k);
+    let want = send_all(&mut e, h, 0, &[1000]);
+    k.script(h, [Verdict::Hold, Verdict::Short(100)]);
+    e.submit().unwrap();
+    k.set_cancel(Cancel::Ignored);
+    assert!(matches!(e.abort(h), Err(Error::FlushTimeout { .. })));
+    assert_eq!(k.held(), 1, "the cancel was never answered");
+    e.set_flush_timeout(None);
+    k.unstall(h);
+    let all = e.flush_all().unwrap();
+    let r = all.socket(h).unwrap();
+    assert_eq!((r.writes, r.bytes, r.failed), (0, 100, 1));
+    assert_eq!(r.failed_with(Status::Cancelled), 1);
+    assert_eq!(k.peer(h).received, want[..100]);
+    assert_eq!(e.pending_writes(), 0);
+    e.abort(h).unwrap();
+    assert!(!k.log(0).registered);
 }
 
 both! {
