@@ -40,7 +40,10 @@ fn soak_random_sizes_random_flushes() {
                 match e.send(ids[k], data.clone()) {
                     Ok(()) => break,
                     Err(err) if err.is_backpressure() => {
-                        let r = e.flush_all().and_then(volley::FlushAllReport::into_result).expect("flush_all on backpressure");
+                        let r = e
+                            .flush_all()
+                            .and_then(volley::FlushAllReport::into_result)
+                            .expect("flush_all on backpressure");
                         reported_writes += r.writes;
                         reported_bytes += r.bytes;
                     }
@@ -54,7 +57,10 @@ fn soak_random_sizes_random_flushes() {
                     reported_bytes += r.bytes;
                 }
                 10..=14 => {
-                    let r = e.flush_all().and_then(volley::FlushAllReport::into_result).expect("flush_all");
+                    let r = e
+                        .flush_all()
+                        .and_then(volley::FlushAllReport::into_result)
+                        .expect("flush_all");
                     reported_writes += r.writes;
                     reported_bytes += r.bytes;
                 }
@@ -62,7 +68,10 @@ fn soak_random_sizes_random_flushes() {
                 _ => {}
             }
         }
-        let r = e.flush_all().and_then(volley::FlushAllReport::into_result).expect("final flush_all");
+        let r = e
+            .flush_all()
+            .and_then(volley::FlushAllReport::into_result)
+            .expect("final flush_all");
         reported_writes += r.writes;
         reported_bytes += r.bytes;
         assert_eq!(reported_writes, writes, "{ctx}: reported writes");

@@ -55,7 +55,10 @@ fn random_sizes_random_flush_points() {
                     flushes += 1;
                 }
                 4..=5 => {
-                    let r = e.flush_all().and_then(volley::FlushAllReport::into_result).expect("flush_all");
+                    let r = e
+                        .flush_all()
+                        .and_then(volley::FlushAllReport::into_result)
+                        .expect("flush_all");
                     tally.add(&r);
                     flush_alls += 1;
                 }
@@ -66,7 +69,11 @@ fn random_sizes_random_flush_points() {
                 _ => {}
             }
         }
-        tally.add(&e.flush_all().and_then(volley::FlushAllReport::into_result).expect("final flush_all"));
+        tally.add(
+            &e.flush_all()
+                .and_then(volley::FlushAllReport::into_result)
+                .expect("final flush_all"),
+        );
         assert!(
             flushes > 0 && flush_alls > 0 && submits > 0,
             "{b:?}: the seed exercises every kind of flush point"
@@ -254,7 +261,10 @@ fn backpressure_at_each_limit_then_recovers() {
             }
             assert_eq!(e.queued_bytes(id).unwrap(), 900, "{ctx}: queued bytes");
             // Too large to ever fit: a different error.
-            match e.send(id, Bytes::from(vec![0xEE; 1001])).map_err(Error::from) {
+            match e
+                .send(id, Bytes::from(vec![0xEE; 1001]))
+                .map_err(Error::from)
+            {
                 Err(Error::BufferTooLarge { socket, len, max }) => {
                     assert_eq!((socket, len, max), (id, 1001, 1000), "{ctx}")
                 }
@@ -290,7 +300,10 @@ fn backpressure_at_each_limit_then_recovers() {
                 &ctx,
             );
             assert_eq!(n, 0, "{ctx}: 600 + 600 > 1000");
-            let r = e.flush_all().and_then(volley::FlushAllReport::into_result).expect("flush_all");
+            let r = e
+                .flush_all()
+                .and_then(volley::FlushAllReport::into_result)
+                .expect("flush_all");
             assert_eq!((r.writes, r.bytes), (1, 600), "{ctx}: report");
             let dc = payload(5, 600);
             e.send(c, Bytes::from(dc.clone()))
@@ -407,7 +420,10 @@ fn flush_all_many_sockets_in_one_submission() {
             }
         }
         let before = e.stats().clone();
-        let r = e.flush_all().and_then(volley::FlushAllReport::into_result).expect("flush_all");
+        let r = e
+            .flush_all()
+            .and_then(volley::FlushAllReport::into_result)
+            .expect("flush_all");
         let after = e.stats();
         let ctx = format!("{b:?}");
         assert_eq!(r.writes, (SOCKETS * PER_SOCKET) as u64, "{ctx}: writes");
@@ -567,7 +583,10 @@ fn send_to_on_tcp_is_wrong_socket_kind() {
         let id = e.register_tcp(sink.connect()).expect("register");
         let ctx = format!("{b:?}");
         e.send(id, Bytes::from_static(b"one ")).expect("send");
-        match e.send_to(id, Bytes::from_static(b"nope"), sink.addr).map_err(Error::from) {
+        match e
+            .send_to(id, Bytes::from_static(b"nope"), sink.addr)
+            .map_err(Error::from)
+        {
             Err(Error::WrongSocketKind { socket, .. }) => {
                 assert_eq!(socket, id, "{ctx}: names the socket")
             }

@@ -441,7 +441,13 @@ fn closed_port_reported_as_peer_errors_then_usable() {
                 let id = e.register_udp(udp_connected(dead)).unwrap();
                 let mut total = 0;
                 for round in 0..5 {
-                    let sent = send_n(&mut e, id, 1 + round, 1 + usize::try_from(round).unwrap() * 3, 100);
+                    let sent = send_n(
+                        &mut e,
+                        id,
+                        1 + round,
+                        1 + usize::try_from(round).unwrap() * 3,
+                        100,
+                    );
                     total += sent.len() as u64;
                     let r = e
                         .flush(id)
@@ -668,7 +674,11 @@ fn gso_refused_turns_gso_off_for_the_socket() {
             // io_uring: the 4 groups are in flight together and each is refused once. epoll:
             // the sendmmsg stops at the first refused group; the core turns GSO off and plans
             // the rest as single datagrams.
-            let fallbacks = if e.backend() == volley::BackendKind::Uring { 4 } else { 1 };
+            let fallbacks = if e.backend() == volley::BackendKind::Uring {
+                4
+            } else {
+                1
+            };
             assert_eq!(
                 st.gso_fallbacks, fallbacks,
                 "{ctx}: every refused group falls back once"
