@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::core::{Clock, Config, Core, DgramQueue, Event, Planned, Queue, StreamQueue};
-use crate::error::{Error, SendError};
+use crate::error::{Error, SendError, Unreachable};
 use crate::report::{FlushAllReport, FlushReport};
 use crate::stats::Stats;
 use crate::sys::{self, AnyDriver, Driver, Wait};
@@ -138,12 +138,18 @@ impl EngineBuilder {
 
     /// Operations in flight over all sockets (io_uring additionally caps it at the CQ size).
     /// Default 1024.
+    ///
+    /// It bounds what is in the kernel at once, not what `send` accepts: writes beyond it wait
+    /// queued (bounded by the queue limits, which are what refuse with
+    /// [`Error::Backpressure`]). Each socket with nothing in flight may always issue one op, so
+    /// stalled peers cannot take the slots a healthy socket needs.
     pub fn max_in_flight_ops(mut self, n: usize) -> Self {
         self.cfg.max_in_flight_ops = n;
         self
     }
 
-    /// Operations in flight per socket (a stream never has more than one). Default 1024.
+    /// Operations in flight per socket (a stream never has more than one). Default 1024. Like
+    /// [`EngineBuilder::max_in_flight_ops`], never a reason for `send` to refuse.
     pub fn max_in_flight_per_socket(mut self, n: usize) -> Self {
         self.cfg.max_in_flight_per_socket = n;
         self
@@ -408,29 +414,59 @@ impl Engine {
 
     /// Takes a UDP socket: connected (use [`Engine::send`]) or not (use [`Engine::send_to`]).
     ///
+    /// The socket's address family is read once here: an unconnected IPv4 socket takes IPv4
+    /// destinations; an IPv6 socket takes IPv6 ones and, unless `IPV6_V6ONLY` is set, IPv4 ones
+    /// too (plain or IPv4-mapped). `send_to` refuses any other destination at once
+    /// ([`Error::BadDestination`]). Set `IPV6_V6ONLY` before registering, not after.
+    ///
     /// # Errors
     /// As [`Engine::register_tcp`].
     pub fn register_udp(&mut self, socket: UdpSocket) -> Result<SocketId, Error> {
         let peer = socket.peer_addr().ok();
         let gso = self.core.cfg.gso;
-        let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
+        let (v6, v6only) = sys::msg::udp_family(&socket);
         let recverr = self.core.cfg.recverr && sys::msg::set_recverr(socket.as_raw_fd(), v6);
         let id = self.add(socket.into(), peer, Queue::Dgram(DgramQueue::new(gso)))?;
         self.core.set_recverr(id, recverr)?;
+        self.core.set_family(id, v6, v6only)?;
         Ok(id)
     }
 
-    /// Takes the errors the kernel reported since the last call about datagrams this UDP socket
-    /// already sent — ICMP port, host or network unreachable, each naming the destination it
-    /// concerns (`Error::peer`). They come from the socket's error queue (`IP_RECVERR`, on unless
-    /// `EngineBuilder::udp_recverr(false)`), which the engine reads when the kernel signals an
-    /// error; [`Stats::peer_errors`] counts them all; the socket keeps the first 4096 since the
-    /// last call.
+    /// Takes the *peer errors* the kernel reported since the last call about datagrams this
+    /// UDP socket already sent: one [`Error::Peer`] per ICMP port, host or network unreachable,
+    /// naming the destination it concerns ([`Error::peer`]). Those datagrams were sent and
+    /// counted as sent; a peer error is what came back afterwards, so there may be fewer of
+    /// them than datagrams lost (the kernel rate-limits ICMP; one GSO send draws at most one
+    /// report per ICMP message). For a count per destination, see
+    /// [`Engine::unreachable_destinations`].
+    ///
+    /// They come from the socket's error queue (`IP_RECVERR`, on unless
+    /// `EngineBuilder::udp_recverr(false)`; without it there are none), which the engine reads
+    /// when the kernel signals an error — a later send on the socket; entries that arrive after
+    /// the last send wait in the queue until the next one. [`Stats::peer_errors`] counts them
+    /// all; the socket keeps the first 4096 since the last call.
     ///
     /// # Errors
     /// [`Error::UnknownSocket`].
     pub fn take_peer_errors(&mut self, id: SocketId) -> Result<Vec<Error>, Error> {
         self.core.take_peer_errors(id)
+    }
+
+    /// The ICMP reports per destination since the last call: the peer errors of
+    /// [`Engine::take_peer_errors`] counted by destination and errno, one [`Unreachable`] each
+    /// (in the order they were first reported), so a relay sees which destinations are dead
+    /// without walking one entry per ICMP message. `reports` counts ICMP messages, not
+    /// datagrams lost. At most 4096 destinations are kept between calls (reports about others
+    /// are counted only in [`Stats::peer_errors`]). Independent of `take_peer_errors`: taking
+    /// one leaves the other.
+    ///
+    /// To stop paying for a dead destination, stop sending to it: the engine sends whatever it
+    /// is given.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSocket`].
+    pub fn unreachable_destinations(&mut self, id: SocketId) -> Result<Vec<Unreachable>, Error> {
+        self.core.take_unreachable(id)
     }
 
     /// The queue timestamp for the next write: the clock for a sampled write, 0 otherwise.
@@ -464,8 +500,15 @@ impl Engine {
 
     /// Queues one datagram to `dest` on an unconnected UDP socket.
     ///
+    /// With GSO on, a flush groups the datagrams queued on the socket by destination: those to
+    /// one destination join one GSO send (equal sizes, the last may be shorter, ≤ 64 segments)
+    /// even when datagrams to other destinations were queued between them; order is kept per
+    /// destination, not across destinations.
+    ///
     /// # Errors
-    /// As [`Engine::send`].
+    /// As [`Engine::send`], and [`Error::BadDestination`] for a destination the socket can never
+    /// send to (the other address family, port 0, the unspecified address; see
+    /// [`Engine::register_udp`]): refused at once, the buffer handed back, nothing queued.
     #[inline(always)]
     pub fn send_to(
         &mut self,

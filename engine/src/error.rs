@@ -10,7 +10,8 @@ use crate::SocketId;
 
 /// What happened to a write that did not complete, as the kernel told it.
 ///
-/// Every status keeps the raw errno in [`Error::Socket`]; this enum is the portable name for it.
+/// Every status keeps the raw errno in [`Error::Socket`] and [`Error::Peer`]; this enum is the
+/// portable name for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Status {
@@ -153,10 +154,18 @@ impl fmt::Display for Limit {
 }
 
 /// Everything that can go wrong in volley.
+///
+/// Converts into [`io::Error`] with a kind that says what to do: misuse of the API
+/// ([`Error::WrongSocketKind`], [`Error::BufferTooLarge`], [`Error::BadDestination`],
+/// [`Error::UnknownSocket`]) is [`io::ErrorKind::InvalidInput`] — an unknown socket is the
+/// caller's mistake (a stale or foreign id), not a missing resource; [`Error::Backpressure`] is
+/// [`io::ErrorKind::WouldBlock`]; [`Error::FlushTimeout`] is [`io::ErrorKind::TimedOut`];
+/// [`Error::UringUnavailable`] is [`io::ErrorKind::Unsupported`]; errors with an errno
+/// ([`Error::Socket`], [`Error::Peer`], [`Error::Io`]) take the errno's kind.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Error {
-    /// The kernel failed a send on a socket.
+    /// The kernel failed a send on a socket: the write (or datagram) did not go out.
     Socket {
         /// Portable status.
         status: Status,
@@ -167,7 +176,27 @@ pub enum Error {
         /// The peer (connected sockets) or destination (unconnected UDP), when known.
         peer: Option<SocketAddr>,
     },
-    /// A limit would be exceeded: flush (or wait for completions) and try again.
+    /// A *peer error*: the kernel reported, after a datagram was sent, that its destination
+    /// cannot be reached — an ICMP port, host or network unreachable read from the socket's
+    /// error queue ([`Engine::take_peer_errors`](crate::Engine::take_peer_errors)). The send
+    /// itself succeeded and was counted as sent; one report per ICMP message, which may be fewer
+    /// than the datagrams lost (the kernel rate-limits ICMP, and one GSO send is one packet to
+    /// the ICMP sender until it is segmented).
+    Peer {
+        /// Portable status (`ConnectionRefused` for an ICMP port unreachable).
+        status: Status,
+        /// The raw errno the kernel reported.
+        errno: i32,
+        /// The engine socket that sent the datagram.
+        socket: SocketId,
+        /// The destination the report concerns, when the kernel named it (an IPv4 destination
+        /// of a dual-stack socket is given as IPv4, not IPv4-mapped).
+        peer: Option<SocketAddr>,
+    },
+    /// A limit would be exceeded. Make room, then send the returned buffer again: flush the
+    /// socket, or (from an event loop) [`Engine::submit`](crate::Engine::submit) and wait for
+    /// the engine's descriptor before retrying. Only the queue limits ([`Limit`]) refuse at
+    /// `send`; the in-flight limits never do.
     Backpressure {
         /// The socket the write was for.
         socket: SocketId,
@@ -194,6 +223,17 @@ pub enum Error {
         /// What the call needs.
         expected: &'static str,
     },
+    /// A `send_to` destination the socket can never send to, refused at once (nothing queued):
+    /// an address of the other family (IPv6 on an IPv4 socket; IPv4, plain or IPv4-mapped, on
+    /// an `IPV6_V6ONLY` socket), port 0, or the unspecified address (`0.0.0.0`, `::`).
+    BadDestination {
+        /// The socket.
+        socket: SocketId,
+        /// The refused destination.
+        dest: SocketAddr,
+        /// Why, in words.
+        reason: &'static str,
+    },
     /// io_uring was asked for explicitly but cannot work here.
     UringUnavailable {
         /// Why, in words (errno, seccomp/sysctl hint, missing opcode).
@@ -213,11 +253,27 @@ pub enum Error {
     },
 }
 
+/// Peer errors about one destination since the last
+/// [`Engine::unreachable_destinations`](crate::Engine::unreachable_destinations): how many
+/// times the kernel reported it unreachable (ICMP reports, not datagrams lost).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Unreachable {
+    /// The destination (IPv4 destinations of a dual-stack socket as IPv4).
+    pub dest: SocketAddr,
+    /// Portable status of the reports (`ConnectionRefused`: ICMP port unreachable).
+    pub status: Status,
+    /// The raw errno of the reports.
+    pub errno: i32,
+    /// Reports received.
+    pub reports: u64,
+}
+
 impl Error {
-    /// The socket status, for [`Error::Socket`].
+    /// The socket status, for [`Error::Socket`] and [`Error::Peer`].
     pub fn status(&self) -> Option<Status> {
         match self {
-            Error::Socket { status, .. } => Some(*status),
+            Error::Socket { status, .. } | Error::Peer { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -225,17 +281,27 @@ impl Error {
     /// The raw errno, where there is one.
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
-            Error::Socket { errno, .. } | Error::Io { errno, .. } => Some(*errno),
+            Error::Socket { errno, .. } | Error::Peer { errno, .. } | Error::Io { errno, .. } => {
+                Some(*errno)
+            }
             _ => None,
         }
     }
 
-    /// The peer or destination an [`Error::Socket`] concerns, when known.
+    /// The peer or destination the error concerns, when known ([`Error::Socket`],
+    /// [`Error::Peer`], [`Error::BadDestination`]).
     pub fn peer(&self) -> Option<SocketAddr> {
         match self {
-            Error::Socket { peer, .. } => *peer,
+            Error::Socket { peer, .. } | Error::Peer { peer, .. } => *peer,
+            Error::BadDestination { dest, .. } => Some(*dest),
             _ => None,
         }
+    }
+
+    /// Whether the error is a peer error: a report about a datagram already sent
+    /// ([`Error::Peer`]), not a failed send.
+    pub fn is_peer_error(&self) -> bool {
+        matches!(self, Error::Peer { .. })
     }
 
     /// Whether the error is backpressure (retry after a flush).
@@ -260,8 +326,36 @@ impl Error {
     }
 }
 
-fn errno_name(errno: i32) -> String {
-    io::Error::from_raw_os_error(errno).to_string()
+/// The C library's text for `errno`, without std's " (os error N)" suffix (the messages give the
+/// number once, themselves).
+fn strerror(errno: i32) -> String {
+    let text = io::Error::from_raw_os_error(errno).to_string();
+    match text.strip_suffix(&format!(" (os error {errno})")) {
+        Some(t) => t.to_owned(),
+        None => text,
+    }
+}
+
+/// The status in words: its short name, or for [`Status::Other`] the C library's text.
+fn describe(status: Status, errno: i32) -> String {
+    match status {
+        Status::Other => strerror(errno),
+        s => s.describe().to_owned(),
+    }
+}
+
+/// The ICMP message behind an error-queue errno (Linux's `icmp_err_convert` and
+/// `icmpv6_err_convert`), for the ones only ICMP produces.
+fn icmp_name(errno: i32) -> Option<&'static str> {
+    Some(match errno {
+        libc::ECONNREFUSED => "ICMP port unreachable",
+        libc::EHOSTUNREACH => "ICMP host unreachable",
+        libc::ENETUNREACH => "ICMP network unreachable",
+        libc::EHOSTDOWN => "ICMP host unknown",
+        libc::ENOPROTOOPT => "ICMP protocol unreachable",
+        libc::EPROTO => "ICMP parameter problem",
+        _ => return None,
+    })
 }
 
 impl fmt::Display for Error {
@@ -272,7 +366,28 @@ impl fmt::Display for Error {
                 if let Some(p) = peer {
                     write!(f, " to {p}")?;
                 }
-                write!(f, " failed: {status} (errno {errno}: {})", errno_name(*errno))
+                write!(f, " failed: {} (errno {errno})", describe(*status, *errno))
+            }
+            Error::Peer { status, errno, socket, peer } => {
+                let what = describe(*status, *errno);
+                match (peer, icmp_name(*errno)) {
+                    (Some(p), Some(icmp)) => write!(
+                        f,
+                        "{socket}: {p} unreachable: {what} ({icmp} after sending, errno {errno})"
+                    ),
+                    (None, Some(icmp)) => write!(
+                        f,
+                        "{socket}: a destination is unreachable: {what} ({icmp} after sending, errno {errno})"
+                    ),
+                    (Some(p), None) => write!(
+                        f,
+                        "{socket}: error reported for a datagram sent to {p}: {what} (after sending, errno {errno})"
+                    ),
+                    (None, None) => write!(
+                        f,
+                        "{socket}: error reported for a datagram sent earlier: {what} (errno {errno})"
+                    ),
+                }
             }
             Error::Backpressure { socket, limit, max } => write!(
                 f,
@@ -286,6 +401,9 @@ impl fmt::Display for Error {
             Error::WrongSocketKind { socket, expected } => {
                 write!(f, "{socket}: this call needs {expected}")
             }
+            Error::BadDestination { socket, dest, reason } => {
+                write!(f, "{socket}: cannot send to {dest}: {reason}")
+            }
             Error::UringUnavailable { reason } => {
                 write!(f, "io_uring backend unavailable: {reason}; use Backend::Auto or Backend::Epoll")
             }
@@ -296,7 +414,7 @@ impl fmt::Display for Error {
                 write!(f, "flush of the engine timed out; writes stay queued")
             }
             Error::Io { what, errno } => {
-                write!(f, "{what} failed: errno {errno}: {}", errno_name(*errno))
+                write!(f, "{what} failed: {} (errno {errno})", strerror(*errno))
             }
         }
     }
@@ -305,14 +423,19 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 impl From<Error> for io::Error {
+    /// The kinds are listed on [`Error`]; every variant is named here, so a new one must pick.
     fn from(e: Error) -> io::Error {
         let kind = match &e {
             Error::Backpressure { .. } => io::ErrorKind::WouldBlock,
             Error::FlushTimeout { .. } => io::ErrorKind::TimedOut,
-            _ => match e.raw_os_error() {
-                Some(errno) => io::Error::from_raw_os_error(errno).kind(),
-                None => io::ErrorKind::Other,
-            },
+            Error::WrongSocketKind { .. }
+            | Error::BufferTooLarge { .. }
+            | Error::BadDestination { .. }
+            | Error::UnknownSocket(_) => io::ErrorKind::InvalidInput,
+            Error::UringUnavailable { .. } => io::ErrorKind::Unsupported,
+            Error::Socket { errno, .. } | Error::Peer { errno, .. } | Error::Io { errno, .. } => {
+                io::Error::from_raw_os_error(*errno).kind()
+            }
         };
         io::Error::new(kind, e)
     }
@@ -404,5 +527,102 @@ mod tests {
         for (i, s) in Status::ALL.iter().enumerate() {
             assert_eq!(s.index(), i);
         }
+    }
+
+    /// Each message says what happened once: the status in words and the errno number, never
+    /// std's "(os error N)" again.
+    #[test]
+    fn messages_say_it_once() {
+        let id = SocketId::new(0, 0);
+        let dest: SocketAddr = "127.0.0.1:40005".parse().unwrap();
+        let send = Error::socket(libc::ECONNREFUSED, id, Some(dest));
+        assert_eq!(
+            send.to_string(),
+            "send on socket#0 to 127.0.0.1:40005 failed: connection refused (errno 111)"
+        );
+        let peer = Error::Peer {
+            status: Status::ConnectionRefused,
+            errno: libc::ECONNREFUSED,
+            socket: id,
+            peer: Some(dest),
+        };
+        assert_eq!(
+            peer.to_string(),
+            "socket#0: 127.0.0.1:40005 unreachable: connection refused \
+             (ICMP port unreachable after sending, errno 111)"
+        );
+        assert!(peer.is_peer_error() && !send.is_peer_error());
+        assert_eq!(
+            (peer.status(), peer.raw_os_error(), peer.peer()),
+            (Some(Status::ConnectionRefused), Some(111), Some(dest))
+        );
+        // An errno without a status of its own is named by the C library, once.
+        let other = Error::socket(libc::EAFNOSUPPORT, id, None);
+        assert_eq!(
+            other.to_string(),
+            "send on socket#0 failed: Address family not supported by protocol (errno 97)"
+        );
+        let io = Error::Io {
+            what: "epoll_create1",
+            errno: libc::EMFILE,
+        };
+        assert_eq!(
+            io.to_string(),
+            "epoll_create1 failed: Too many open files (errno 24)"
+        );
+        for e in [&send, &peer, &other, &io] {
+            assert!(!e.to_string().contains("os error"), "{e}");
+        }
+    }
+
+    #[test]
+    fn io_error_kinds() {
+        let id = SocketId::new(1, 0);
+        let dest: SocketAddr = "[::1]:9".parse().unwrap();
+        let kind = |e: Error| io::Error::from(e).kind();
+        for misuse in [
+            Error::UnknownSocket(id),
+            Error::WrongSocketKind {
+                socket: id,
+                expected: "a TCP stream",
+            },
+            Error::BufferTooLarge {
+                socket: id,
+                len: 10,
+                max: 1,
+            },
+            Error::BadDestination {
+                socket: id,
+                dest,
+                reason: "r",
+            },
+        ] {
+            assert_eq!(kind(misuse), io::ErrorKind::InvalidInput);
+        }
+        let bp = Error::Backpressure {
+            socket: id,
+            limit: Limit::QueuedBytesTotal,
+            max: 1,
+        };
+        assert_eq!(kind(bp), io::ErrorKind::WouldBlock);
+        assert_eq!(
+            kind(Error::FlushTimeout { socket: None }),
+            io::ErrorKind::TimedOut
+        );
+        let reset = Error::socket(libc::ECONNRESET, id, None);
+        assert_eq!(kind(reset), io::ErrorKind::ConnectionReset);
+        let refused = Error::Peer {
+            status: Status::ConnectionRefused,
+            errno: libc::ECONNREFUSED,
+            socket: id,
+            peer: None,
+        };
+        assert_eq!(kind(refused), io::ErrorKind::ConnectionRefused);
+        let io_err = io::Error::from(Error::socket(libc::EPIPE, id, None));
+        // The engine's error rides along as the source, with its message.
+        assert!(
+            io_err.to_string().starts_with("send on socket#1"),
+            "{io_err}"
+        );
     }
 }

@@ -11,6 +11,25 @@ use volley::{Backend, Engine};
 /// Both backends, for tests that must hold on each.
 pub const BACKENDS: [Backend; 2] = [Backend::Uring, Backend::Epoll];
 
+/// One test per backend for each named `fn(Backend)`: `per_backend!(a, b)` makes the tests
+/// `a::uring`, `a::epoll`, `b::uring`, `b::epoll`, so a failure on one backend never hides the
+/// other.
+#[macro_export]
+macro_rules! per_backend {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn uring() {
+                super::$name(volley::Backend::Uring);
+            }
+            #[test]
+            fn epoll() {
+                super::$name(volley::Backend::Epoll);
+            }
+        }
+    )*};
+}
+
 /// An engine on `backend` with the defaults.
 pub fn engine(backend: Backend) -> Engine {
     Engine::builder()

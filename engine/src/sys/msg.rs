@@ -170,6 +170,18 @@ pub(crate) fn set_recverr(fd: RawFd, v6: bool) -> bool {
     }
 }
 
+/// The address family a UDP socket sends to, for `send_to`'s destination check: (IPv6 socket,
+/// `IPV6_V6ONLY` set). An IPv6 socket whose option cannot be read counts as dual-stack (the
+/// kernel then refuses what it cannot reach, at flush).
+pub(crate) fn udp_family(socket: &std::net::UdpSocket) -> (bool, bool) {
+    let sock = socket2::SockRef::from(socket);
+    let v6 = match sock.domain() {
+        Ok(d) => d == socket2::Domain::IPV6,
+        Err(_) => socket.local_addr().is_ok_and(|a| a.is_ipv6()),
+    };
+    (v6, v6 && sock.only_v6().unwrap_or(false))
+}
+
 /// Reads the socket's error queue (`MSG_ERRQUEUE`, non-blocking) until it is empty, at most
 /// `max` entries; pushes (destination of the datagram the error is about, errno) for each.
 /// Returns the number of system calls made.
