@@ -1,27 +1,38 @@
 //! The sans-IO core: per-socket queues of owned buffers, in-flight operations, flush barriers and
-//! the policy of what goes out next. It makes no system calls; a backend (or a simulated kernel in
-//! tests and fuzz targets) asks it for the next operation with [`Core::next_op`], builds the kernel
-//! request from [`Core::for_each_slice`], and hands every result back through [`Core::complete`].
+//! the policy of what goes out next. It makes no system calls; the orchestration asks it for the
+//! next operation with [`Core::next_op`], a driver builds the kernel request from
+//! [`Core::for_each_slice`], and every result comes back as an [`Event`] through [`Core::apply`].
 //!
-//! Time is passed in (`now_ns`), never read here, so a simulated kernel is fully deterministic.
+//! Files: `admit` (what `send` accepts), `slots` (socket and op tables), `op` (the driver
+//! boundary as data), `stream` and `dgram` (each queue's policy), `barrier` (flush barriers and
+//! reports), `peer` (error-queue reports); this file holds the state, planning and completions.
+//!
+//! Time is passed in (a [`Clock`] the driver reads), never read here, so a simulated kernel is
+//! fully deterministic.
 
+mod admit;
+mod barrier;
 mod dgram;
 pub(crate) mod op;
+mod peer;
+mod slots;
 mod stream;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
-use bytes::Bytes;
-
-use crate::error::{Error, Limit, SendError, Status, Unreachable};
-use crate::report::FlushReport;
+use crate::error::{Error, Status};
 use crate::stats::Stats;
 use crate::SocketId;
 
+use admit::{DEST_NONE, DEST_V4, DEST_V4_MAPPED, DEST_V6};
+use barrier::Acc;
 pub(crate) use dgram::DgramQueue;
 pub(crate) use op::{Event, OpShape, Planned, Token};
+pub(crate) use peer::is_icmp_errno;
+use peer::Unreachables;
+use slots::{OpInfo, OpSlot, SockSlot};
 pub(crate) use stream::StreamQueue;
 
 /// Limits and switches the core enforces: what `EngineBuilder` sets, and (as `sim::SimConfig`)
@@ -143,35 +154,6 @@ pub(crate) enum Queue {
     Dgram(DgramQueue),
 }
 
-/// Terminal outcomes accumulated since the socket's last flush.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Acc {
-    pub writes: u64,
-    pub bytes: u64,
-    pub failed: u64,
-    pub failures: [u64; Status::ALL.len()],
-    pub first_error: Option<Error>,
-}
-
-impl Acc {
-    /// The report so far, leaving the accumulator empty; the per-status array is copied and
-    /// cleared only when something failed (the common flush has no failure).
-    fn take(&mut self) -> FlushReport {
-        let failures = if self.failed == 0 {
-            [0; Status::ALL.len()]
-        } else {
-            std::mem::take(&mut self.failures)
-        };
-        FlushReport {
-            writes: std::mem::take(&mut self.writes),
-            bytes: std::mem::take(&mut self.bytes),
-            failed: std::mem::take(&mut self.failed),
-            failures,
-            first_error: self.first_error.take(),
-        }
-    }
-}
-
 #[derive(Debug)]
 pub(crate) struct Sock {
     pub fd: RawFd,
@@ -208,131 +190,6 @@ pub(crate) struct Sock {
     unreachable: Option<Box<Unreachables>>,
     /// Which destinations `send` takes (`DEST_*` bits): read by the hot path's one test.
     dests: u8,
-}
-
-/// Peer errors per (destination, errno), in the order first reported: at most
-/// [`PEER_ERRORS_KEPT`] destinations.
-#[derive(Debug, Default)]
-struct Unreachables {
-    list: Vec<Unreachable>,
-    at: HashMap<(SocketAddr, i32), usize>,
-}
-
-/// `send` without a destination (streams, connected UDP).
-const DEST_NONE: u8 = 1;
-/// `send_to` an IPv4 address.
-const DEST_V4: u8 = 2;
-/// `send_to` an IPv6 address.
-const DEST_V6: u8 = 4;
-/// `send_to` an IPv4-mapped IPv6 address (a dual-stack socket).
-const DEST_V4_MAPPED: u8 = 8;
-
-/// Whether a socket taking `dests` can ever send to `dest`: the right kind of call, an address
-/// of a family the socket reaches, a port and a specified address. A few instructions on the
-/// hot path; [`dest_problem`] says why not, out of line.
-#[inline(always)]
-fn dest_fits(dest: Option<SocketAddr>, dests: u8) -> bool {
-    // Non-short-circuit `&`: one branch for the whole test (measured: a branch per field cost
-    // about 0.4 ns per datagram). No 128-bit loads: the caller's address was usually just
-    // written in pieces, and a wide load of it stalls store forwarding (+6 ns per datagram).
-    match dest {
-        None => dests & DEST_NONE != 0,
-        Some(SocketAddr::V4(a)) => {
-            // Nonzero product: port ≠ 0 and address ≠ 0.0.0.0.
-            (dests & DEST_V4 != 0) & (u64::from(a.port()) * u64::from(a.ip().to_bits()) != 0)
-        }
-        Some(SocketAddr::V6(a)) => {
-            let s = a.ip().segments();
-            // `::/80` followed by 0xffff: IPv4-mapped. `::` and `::ffff:0.0.0.0` are the
-            // unspecified forms.
-            let low = (s[0] | s[1] | s[2] | s[3] | s[4]) == 0;
-            let mapped = low & (s[5] == 0xffff);
-            let unspecified = low & ((s[5] == 0) | mapped) & ((s[6] | s[7]) == 0);
-            (dests & DEST_V6 != 0)
-                & (a.port() != 0)
-                & !unspecified
-                & (!mapped | (dests & DEST_V4_MAPPED != 0))
-        }
-    }
-}
-
-/// Why a datagram socket taking `dests` (a `send_to` socket) can never send to `dest`.
-#[cold]
-fn dest_problem(dest: SocketAddr, dests: u8) -> Option<&'static str> {
-    let mapped = match dest {
-        SocketAddr::V6(a) => a.ip().to_ipv4_mapped(),
-        SocketAddr::V4(_) => None,
-    };
-    let ip_unspecified = match dest {
-        SocketAddr::V4(a) => a.ip().is_unspecified(),
-        SocketAddr::V6(a) => {
-            a.ip().is_unspecified() || mapped.is_some_and(|v4| v4.is_unspecified())
-        }
-    };
-    if dest.is_ipv6() && dests & DEST_V6 == 0 {
-        return Some("an IPv6 address on an IPv4 socket (IPv6 peers need an IPv6 socket)");
-    }
-    if dest.is_ipv4() && dests & DEST_V4 == 0 {
-        return Some("an IPv4 address on an IPv6-only socket (IPV6_V6ONLY is set)");
-    }
-    if mapped.is_some() && dests & DEST_V4_MAPPED == 0 {
-        return Some("an IPv4-mapped address on an IPv6-only socket (IPV6_V6ONLY is set)");
-    }
-    if ip_unspecified {
-        return Some("the unspecified address (0.0.0.0 or ::) is not a destination");
-    }
-    if dest.port() == 0 {
-        return Some("port 0 is not a destination");
-    }
-    None
-}
-
-/// The name a peer error gives its destination: an IPv4 destination reached through a
-/// dual-stack IPv6 socket comes back from the error queue IPv4-mapped; it is named as IPv4,
-/// the way such destinations are usually written.
-fn canonical(dest: SocketAddr) -> SocketAddr {
-    match dest {
-        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::from((v4, a.port())),
-            None => dest,
-        },
-        SocketAddr::V4(_) => dest,
-    }
-}
-
-/// Peer errors kept per socket until taken.
-pub(crate) const PEER_ERRORS_KEPT: usize = 4096;
-
-/// Errors a pending socket error (`sk_err`) can carry from an ICMP message about an earlier
-/// datagram: with `IP_RECVERR` an unconnected socket gets them too, and the send that picks one
-/// up sends nothing.
-pub(crate) fn is_icmp_errno(errno: i32) -> bool {
-    matches!(
-        errno,
-        libc::ECONNREFUSED
-            | libc::EHOSTUNREACH
-            | libc::ENETUNREACH
-            | libc::EHOSTDOWN
-            | libc::EPROTO
-    )
-}
-
-#[derive(Debug)]
-struct SockSlot {
-    gen: u32,
-    sock: Option<Sock>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct OpInfo {
-    sock: u32,
-    shape: OpShape,
-}
-
-#[derive(Debug)]
-struct OpSlot {
-    gen: u32,
-    op: Option<OpInfo>,
 }
 
 /// The sans-IO engine state.
@@ -388,78 +245,6 @@ impl Core {
     }
 
     // ---- sockets ----------------------------------------------------------------------------
-
-    pub fn add_socket(&mut self, fd: RawFd, peer: Option<SocketAddr>, queue: Queue) -> SocketId {
-        let sock = Sock {
-            fd,
-            peer,
-            writable: true,
-            watching: false,
-            in_ready: false,
-            capped: false,
-            barrier: None,
-            in_flight: 0,
-            queued_bytes: 0,
-            poisoned: None,
-            accepting: true,
-            acc: Acc::default(),
-            retry_at_ns: None,
-            closing: false,
-            recverr: false,
-            errqueue: false,
-            peer_errors: Vec::new(),
-            unreachable: None,
-            // A stream or a connected UDP socket takes no destination; an unconnected one any
-            // address until `set_family` says which (the simulated kernel never does).
-            dests: match (&queue, peer) {
-                (Queue::Dgram(_), None) => DEST_V4 | DEST_V6 | DEST_V4_MAPPED,
-                _ => DEST_NONE,
-            },
-            queue,
-        };
-        if let Some(idx) = self.free_socks.pop() {
-            let slot = &mut self.socks[idx as usize];
-            slot.sock = Some(sock);
-            SocketId::new(idx, slot.gen)
-        } else {
-            let idx = u32::try_from(self.socks.len()).expect("more than u32::MAX sockets");
-            self.socks.push(SockSlot {
-                gen: 0,
-                sock: Some(sock),
-            });
-            SocketId::new(idx, 0)
-        }
-    }
-
-    pub fn sock(&self, id: SocketId) -> Result<&Sock, Error> {
-        match self.socks.get(id.index as usize) {
-            Some(SockSlot { gen, sock: Some(s) }) if *gen == id.gen => Ok(s),
-            _ => Err(Error::UnknownSocket(id)),
-        }
-    }
-
-    fn sock_mut(&mut self, id: SocketId) -> Result<&mut Sock, Error> {
-        match self.socks.get_mut(id.index as usize) {
-            Some(SockSlot { gen, sock: Some(s) }) if *gen == id.gen => Ok(s),
-            _ => Err(Error::UnknownSocket(id)),
-        }
-    }
-
-    pub fn id_of(&self, idx: u32) -> SocketId {
-        SocketId::new(idx, self.socks[idx as usize].gen)
-    }
-
-    /// Iterates live socket indices.
-    pub fn socket_indices(&self) -> impl Iterator<Item = u32> + '_ {
-        (0u32..)
-            .zip(self.socks.iter())
-            .filter(|(_, s)| s.sock.is_some())
-            .map(|(i, _)| i)
-    }
-
-    pub fn sock_at(&self, idx: u32) -> Option<&Sock> {
-        self.socks.get(idx as usize).and_then(|s| s.sock.as_ref())
-    }
 
     /// Removes a socket that has nothing in flight. Queued writes fail as cancelled.
     /// Returns its fd, or `None` if it must wait for in-flight ops (it is marked closing).
@@ -533,184 +318,7 @@ impl Core {
         Ok(())
     }
 
-    /// Asks the backend to read the socket's error queue (only where `IP_RECVERR` is on).
-    pub fn want_errqueue(&mut self, idx: u32) {
-        if let Some(s) = self
-            .socks
-            .get_mut(idx as usize)
-            .and_then(|s| s.sock.as_mut())
-        {
-            if s.recverr && !s.errqueue {
-                s.errqueue = true;
-                self.errqueue.push(idx);
-            }
-        }
-    }
-
-    /// The next socket whose error queue should be read: (index, fd).
-    pub fn take_errqueue(&mut self) -> Option<(u32, RawFd)> {
-        while let Some(idx) = self.errqueue.pop() {
-            if let Some(s) = self
-                .socks
-                .get_mut(idx as usize)
-                .and_then(|s| s.sock.as_mut())
-            {
-                s.errqueue = false;
-                return Some((idx, s.fd));
-            }
-        }
-        None
-    }
-
-    /// Records an error the kernel reported (error queue) about an earlier datagram to `dest`:
-    /// the datagram was sent; this is what came back ([`Error::Peer`]), kept as an entry and
-    /// counted per destination.
-    pub fn peer_error(&mut self, idx: u32, dest: Option<SocketAddr>, errno: i32) {
-        let id = self.id_of(idx);
-        self.stats.peer_errors += 1;
-        let Some(s) = self
-            .socks
-            .get_mut(idx as usize)
-            .and_then(|s| s.sock.as_mut())
-        else {
-            return;
-        };
-        let dest = dest.or(s.peer).map(canonical);
-        if s.peer_errors.len() < PEER_ERRORS_KEPT {
-            s.peer_errors.push(Error::Peer {
-                status: Status::from_errno(errno),
-                errno,
-                socket: id,
-                peer: dest,
-            });
-        }
-        let Some(dest) = dest else {
-            return;
-        };
-        let u = s.unreachable.get_or_insert_with(Box::default);
-        if let Some(&i) = u.at.get(&(dest, errno)) {
-            u.list[i].reports += 1;
-        } else if u.list.len() < PEER_ERRORS_KEPT {
-            u.at.insert((dest, errno), u.list.len());
-            u.list.push(Unreachable {
-                dest,
-                status: Status::from_errno(errno),
-                errno,
-                reports: 1,
-            });
-        }
-    }
-
-    /// Takes the peer errors recorded for the socket since the last call.
-    pub fn take_peer_errors(&mut self, id: SocketId) -> Result<Vec<Error>, Error> {
-        Ok(std::mem::take(&mut self.sock_mut(id)?.peer_errors))
-    }
-
-    /// Takes the per-destination counts of peer errors since the last call, in the order each
-    /// (destination, errno) was first reported.
-    pub fn take_unreachable(&mut self, id: SocketId) -> Result<Vec<Unreachable>, Error> {
-        Ok(self
-            .sock_mut(id)?
-            .unreachable
-            .take()
-            .map_or_else(Vec::new, |u| u.list))
-    }
-
     // ---- writes -----------------------------------------------------------------------------
-
-    /// Queues a write: a stream write, or a datagram (`dest` for unconnected UDP sockets).
-    /// `queued_ns` is the caller's clock for a sampled write, 0 otherwise.
-    ///
-    /// One socket lookup: this is the per-buffer hot path (always inlined into
-    /// `Engine::send`/`send_to`, so the buffer is not passed through memory twice).
-    #[inline(always)]
-    pub fn send(
-        &mut self,
-        id: SocketId,
-        data: Bytes,
-        dest: Option<SocketAddr>,
-        queued_ns: u64,
-    ) -> Result<(), SendError> {
-        let len = data.len();
-        let total = self.queued_bytes;
-        let cfg = &self.cfg;
-        let s = match self.socks.get_mut(id.index as usize) {
-            Some(SockSlot { gen, sock: Some(s) }) if *gen == id.gen => s,
-            _ => return Err(self.refused(id, data, dest)),
-        };
-        // One test for the common case: the socket accepts writes, the call fits its kind, and
-        // every limit holds (no overflow: `Config::clamped` keeps the limits ≤ isize::MAX).
-        // Everything else is sorted out, and the error built, out of line.
-        let fits = s.accepting
-            && s.queued_bytes + len <= cfg.max_queued_bytes_per_socket
-            && total + len <= cfg.max_queued_bytes;
-        let dests = s.dests;
-        match &mut s.queue {
-            Queue::Stream(q)
-                if fits && dest.is_none() && q.len() < cfg.max_queued_writes_per_socket =>
-            {
-                q.push(
-                    data,
-                    queued_ns,
-                    cfg.coalesce_below_bytes,
-                    cfg.coalesce_max_bytes,
-                );
-            }
-            // `dest_fits`: the call fits the socket (connected or not) and the destination is
-            // one it can reach (family, port, a specified address).
-            Queue::Dgram(q)
-                if fits && dest_fits(dest, dests) && q.len() < cfg.max_queued_writes_per_socket =>
-            {
-                q.push(data, dest, queued_ns);
-            }
-            _ => return Err(self.refused(id, data, dest)),
-        }
-        s.queued_bytes += len;
-        let in_ready = s.in_ready;
-        self.queued_bytes += len;
-        self.pending_writes += 1;
-        if !in_ready {
-            self.wake(id.index);
-        }
-        Ok(())
-    }
-
-    /// Why [`Core::send`] refuses, in the order a caller should hear it, with the buffer.
-    #[cold]
-    #[inline(never)]
-    fn refused(&self, id: SocketId, data: Bytes, dest: Option<SocketAddr>) -> SendError {
-        let Ok(s) = self.sock(id) else {
-            return SendError::new(Error::UnknownSocket(id), data);
-        };
-        let expected = match (&s.queue, s.peer.is_some(), dest.is_some()) {
-            (Queue::Stream(_), _, true) => Some("an unconnected UDP socket"),
-            (Queue::Dgram(_), true, true) => Some("an unconnected UDP socket (use send)"),
-            (Queue::Dgram(_), false, false) => Some("a connected UDP socket (use send_to)"),
-            _ => None,
-        };
-        if let Some(expected) = expected {
-            let e = Error::WrongSocketKind {
-                socket: id,
-                expected,
-            };
-            return SendError::new(e, data);
-        }
-        if let Some(dest) = dest {
-            if let Some(reason) = dest_problem(dest, s.dests) {
-                let e = Error::BadDestination {
-                    socket: id,
-                    dest,
-                    reason,
-                };
-                return SendError::new(e, data);
-            }
-        }
-        match refuse(s, &self.cfg, self.queued_bytes, id, data.len()) {
-            Err(e) => SendError::new(e, data),
-            // Not refused after all (cannot happen: `send` asked because a test failed).
-            Ok(()) => SendError::new(Error::UnknownSocket(id), data),
-        }
-    }
 
     // ---- planning ---------------------------------------------------------------------------
 
@@ -764,12 +372,6 @@ impl Core {
             .iter()
             .filter_map(|&idx| self.sock_at(idx).and_then(|s| s.retry_at_ns))
             .min()
-    }
-
-    /// Sets or clears the socket's pending barrier (`Engine::try_flush`).
-    pub fn set_barrier(&mut self, id: SocketId, target: Option<u64>) -> Result<(), Error> {
-        self.sock_mut(id)?.barrier = target;
-        Ok(())
     }
 
     /// Ops in flight, over all sockets.
@@ -864,47 +466,6 @@ impl Core {
                 dest,
             });
         }
-    }
-
-    fn alloc_op(&mut self, info: OpInfo) -> Token {
-        if let Some(i) = self.free_ops.pop() {
-            let slot = &mut self.ops[i as usize];
-            slot.op = Some(info);
-            Token::op(i, slot.gen)
-        } else {
-            let i = u32::try_from(self.ops.len()).expect("more than u32::MAX ops");
-            self.ops.push(OpSlot {
-                gen: 0,
-                op: Some(info),
-            });
-            Token::op(i, 0)
-        }
-    }
-
-    fn take_op(&mut self, t: Token) -> Option<OpInfo> {
-        let i = t.slot();
-        let slot = self.ops.get_mut(i)?;
-        if slot.gen != t.gen() {
-            return None;
-        }
-        let info = slot.op.take()?;
-        slot.gen = slot.gen.wrapping_add(1);
-        // `i` came from a u32 slot index (`Token::op`).
-        self.free_ops
-            .push(u32::try_from(i).expect("op slots come from u32 indices"));
-        Some(info)
-    }
-
-    /// Tokens of the ops in flight on socket `sock` (every socket with `None`): what a cancel
-    /// targets, op by op (not by file, which a `dup`ed descriptor would share).
-    pub fn in_flight_tokens(&self, sock: Option<u32>) -> Vec<Token> {
-        (0u32..)
-            .zip(&self.ops)
-            .filter_map(|(i, slot)| {
-                let op = slot.op?;
-                (sock.is_none() || sock == Some(op.sock)).then(|| Token::op(i, slot.gen))
-            })
-            .collect()
     }
 
     /// The payload slices of a planned op, in order (iovec building).
@@ -1120,33 +681,6 @@ impl Core {
 
     // ---- barriers ---------------------------------------------------------------------------
 
-    /// The sequence number a barrier created now waits for.
-    pub fn barrier(&self, id: SocketId) -> Result<u64, Error> {
-        Ok(match &self.sock(id)?.queue {
-            Queue::Stream(q) => q.next_seq(),
-            Queue::Dgram(q) => q.next_seq(),
-        })
-    }
-
-    /// Whether every write before `target` is terminal.
-    pub fn barrier_done(&self, id: SocketId, target: u64) -> Result<bool, Error> {
-        Ok(match &self.sock(id)?.queue {
-            Queue::Stream(q) => q.done_upto() >= target,
-            Queue::Dgram(q) => q.done_upto() >= target,
-        })
-    }
-
-    /// Takes the outcomes accumulated since the socket's last flush.
-    pub fn take_report(&mut self, id: SocketId) -> Result<FlushReport, Error> {
-        let s = self.sock_mut(id)?;
-        let mut r = s.acc.take();
-        // A poisoned stream keeps reporting its error: later flushes fail the same way.
-        if r.first_error.is_none() {
-            r.first_error = s.poisoned.clone();
-        }
-        Ok(r)
-    }
-
     /// Whether the socket is a stream (flush errors are raised) or datagram (counted).
     pub fn is_stream(&self, id: SocketId) -> Result<bool, Error> {
         Ok(matches!(self.sock(id)?.queue, Queue::Stream(_)))
@@ -1166,126 +700,5 @@ impl Core {
     }
 }
 
-/// Which limit refuses `len` more bytes on `s` (poison and closing first), in the order a
-/// caller should hear it.
-#[cold]
-#[inline(never)]
-fn refuse(s: &Sock, cfg: &Config, total: usize, id: SocketId, len: usize) -> Result<(), Error> {
-    if let Some(e) = &s.poisoned {
-        return Err(e.clone());
-    }
-    if s.closing {
-        return Err(Error::UnknownSocket(id));
-    }
-    let (max_total, max_per) = (cfg.max_queued_bytes, cfg.max_queued_bytes_per_socket);
-    let max = max_per.min(max_total);
-    if len > max {
-        return Err(Error::BufferTooLarge {
-            socket: id,
-            len,
-            max,
-        });
-    }
-    if s.queued_bytes + len > max_per {
-        return Err(Error::Backpressure {
-            socket: id,
-            limit: Limit::QueuedBytesPerSocket,
-            max: max_per,
-        });
-    }
-    if total + len > max_total {
-        return Err(Error::Backpressure {
-            socket: id,
-            limit: Limit::QueuedBytesTotal,
-            max: max_total,
-        });
-    }
-    let queued_writes = match &s.queue {
-        Queue::Stream(q) => q.len(),
-        Queue::Dgram(q) => q.len(),
-    };
-    if queued_writes >= cfg.max_queued_writes_per_socket {
-        return Err(Error::Backpressure {
-            socket: id,
-            limit: Limit::QueuedWritesPerSocket,
-            max: cfg.max_queued_writes_per_socket,
-        });
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests;
-
-#[cfg(test)]
-mod dest_tests {
-    use super::*;
-
-    /// The hot path's test and the cold path's reason agree on every kind of address, for
-    /// every kind of `send_to` socket: refused exactly when there is a reason.
-    #[test]
-    fn dest_fits_agrees_with_dest_problem() {
-        let addrs = [
-            "127.0.0.1:9",
-            "10.1.2.3:65535",
-            "0.0.0.0:9",
-            "127.0.0.1:0",
-            "0.0.0.0:0",
-            "[::1]:9",
-            "[2001:db8::1]:9",
-            "[fe80::1]:9",
-            "[::]:9",
-            "[::1]:0",
-            "[::ffff:127.0.0.1]:9",
-            "[::ffff:0.0.0.0]:9",
-            "[::ffff:127.0.0.1]:0",
-            "[::1:0:0]:9",
-            "[::ffff:0:0:1]:9",
-            "[::127.0.0.1]:9",
-            "[0:0:0:0:1::]:9",
-        ];
-        let socks = [
-            ("v4", DEST_V4),
-            ("v6only", DEST_V6),
-            ("dual", DEST_V4 | DEST_V6 | DEST_V4_MAPPED),
-        ];
-        for a in addrs {
-            let dest: SocketAddr = a.parse().unwrap();
-            for (name, dests) in socks {
-                let fits = dest_fits(Some(dest), dests);
-                let problem = dest_problem(dest, dests);
-                assert_eq!(fits, problem.is_none(), "{a} on {name}: {problem:?}");
-            }
-        }
-        // Exact verdicts where it matters.
-        let refused = |a: &str, dests| dest_problem(a.parse().unwrap(), dests);
-        assert!(refused("[::1]:9", DEST_V4).is_some_and(|r| r.contains("IPv6 address on an IPv4")));
-        assert!(refused("127.0.0.1:9", DEST_V6).is_some_and(|r| r.contains("IPv6-only")));
-        assert!(refused("[::ffff:127.0.0.1]:9", DEST_V6).is_some_and(|r| r.contains("mapped")));
-        assert_eq!(
-            refused("[::ffff:127.0.0.1]:9", DEST_V4 | DEST_V6 | DEST_V4_MAPPED),
-            None
-        );
-        assert_eq!(
-            refused("127.0.0.1:9", DEST_V4 | DEST_V6 | DEST_V4_MAPPED),
-            None
-        );
-        assert!(refused("0.0.0.0:9", DEST_V4).is_some_and(|r| r.contains("unspecified")));
-        assert!(
-            refused("[::ffff:0.0.0.0]:9", DEST_V4 | DEST_V6 | DEST_V4_MAPPED)
-                .is_some_and(|r| r.contains("unspecified"))
-        );
-        assert!(refused("127.0.0.1:0", DEST_V4).is_some_and(|r| r.contains("port 0")));
-        // No destination: streams and connected sockets only.
-        assert!(dest_fits(None, DEST_NONE) && !dest_fits(None, DEST_V4 | DEST_V6));
-        assert!(!dest_fits(Some("127.0.0.1:9".parse().unwrap()), DEST_NONE));
-    }
-
-    #[test]
-    fn canonical_names_mapped_destinations_as_ipv4() {
-        let mapped: SocketAddr = "[::ffff:10.0.0.7]:5004".parse().unwrap();
-        assert_eq!(canonical(mapped), "10.0.0.7:5004".parse().unwrap());
-        let v6: SocketAddr = "[2001:db8::7]:5004".parse().unwrap();
-        assert_eq!(canonical(v6), v6);
-    }
-}

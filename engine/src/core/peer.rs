@@ -1,0 +1,133 @@
+//! Peer errors: ICMP reports about datagrams already sent, read from a socket's error queue
+//! (`IP_RECVERR`) when the kernel signals one, kept per socket and per destination.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+
+use super::Core;
+use crate::error::{Error, Status, Unreachable};
+use crate::SocketId;
+
+/// Peer errors per (destination, errno), in the order first reported: at most
+/// [`PEER_ERRORS_KEPT`] destinations.
+#[derive(Debug, Default)]
+pub(super) struct Unreachables {
+    list: Vec<Unreachable>,
+    at: HashMap<(SocketAddr, i32), usize>,
+}
+
+/// The name a peer error gives its destination: an IPv4 destination reached through a
+/// dual-stack IPv6 socket comes back from the error queue IPv4-mapped; it is named as IPv4,
+/// the way such destinations are usually written.
+pub(super) fn canonical(dest: SocketAddr) -> SocketAddr {
+    match dest {
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, a.port())),
+            None => dest,
+        },
+        SocketAddr::V4(_) => dest,
+    }
+}
+
+/// Peer errors kept per socket until taken.
+pub(crate) const PEER_ERRORS_KEPT: usize = 4096;
+
+/// Errors a pending socket error (`sk_err`) can carry from an ICMP message about an earlier
+/// datagram: with `IP_RECVERR` an unconnected socket gets them too, and the send that picks one
+/// up sends nothing.
+pub(crate) fn is_icmp_errno(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::ECONNREFUSED
+            | libc::EHOSTUNREACH
+            | libc::ENETUNREACH
+            | libc::EHOSTDOWN
+            | libc::EPROTO
+    )
+}
+
+impl Core {
+    /// Asks the backend to read the socket's error queue (only where `IP_RECVERR` is on).
+    pub fn want_errqueue(&mut self, idx: u32) {
+        if let Some(s) = self
+            .socks
+            .get_mut(idx as usize)
+            .and_then(|s| s.sock.as_mut())
+        {
+            if s.recverr && !s.errqueue {
+                s.errqueue = true;
+                self.errqueue.push(idx);
+            }
+        }
+    }
+
+    /// The next socket whose error queue should be read: (index, fd).
+    pub fn take_errqueue(&mut self) -> Option<(u32, RawFd)> {
+        while let Some(idx) = self.errqueue.pop() {
+            if let Some(s) = self
+                .socks
+                .get_mut(idx as usize)
+                .and_then(|s| s.sock.as_mut())
+            {
+                s.errqueue = false;
+                return Some((idx, s.fd));
+            }
+        }
+        None
+    }
+
+    /// Records an error the kernel reported (error queue) about an earlier datagram to `dest`:
+    /// the datagram was sent; this is what came back ([`Error::Peer`]), kept as an entry and
+    /// counted per destination.
+    pub fn peer_error(&mut self, idx: u32, dest: Option<SocketAddr>, errno: i32) {
+        let id = self.id_of(idx);
+        self.stats.peer_errors += 1;
+        let Some(s) = self
+            .socks
+            .get_mut(idx as usize)
+            .and_then(|s| s.sock.as_mut())
+        else {
+            return;
+        };
+        let dest = dest.or(s.peer).map(canonical);
+        if s.peer_errors.len() < PEER_ERRORS_KEPT {
+            s.peer_errors.push(Error::Peer {
+                status: Status::from_errno(errno),
+                errno,
+                socket: id,
+                peer: dest,
+            });
+        }
+        let Some(dest) = dest else {
+            return;
+        };
+        let u = s.unreachable.get_or_insert_with(Box::default);
+        if let Some(&i) = u.at.get(&(dest, errno)) {
+            u.list[i].reports += 1;
+        } else if u.list.len() < PEER_ERRORS_KEPT {
+            u.at.insert((dest, errno), u.list.len());
+            u.list.push(Unreachable {
+                dest,
+                status: Status::from_errno(errno),
+                errno,
+                reports: 1,
+            });
+        }
+    }
+
+    /// Takes the peer errors recorded for the socket since the last call.
+    pub fn take_peer_errors(&mut self, id: SocketId) -> Result<Vec<Error>, Error> {
+        Ok(std::mem::take(&mut self.sock_mut(id)?.peer_errors))
+    }
+
+    /// Takes the per-destination counts of peer errors since the last call, in the order each
+    /// (destination, errno) was first reported.
+    pub fn take_unreachable(&mut self, id: SocketId) -> Result<Vec<Unreachable>, Error> {
+        Ok(self
+            .sock_mut(id)?
+            .unreachable
+            .take()
+            .map_or_else(Vec::new, |u| u.list))
+    }
+}
