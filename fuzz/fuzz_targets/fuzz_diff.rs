@@ -1,37 +1,24 @@
-//! The same trace through the io_uring-shaped and the epoll-shaped simulated kernel, with one
-//! deterministic kernel ([`volley::sim::Script`]: results depend on stream offsets and datagram
-//! sequence numbers only), must give the same observable outcome: the bytes each stream peer
-//! received, the multiset of datagrams each socket delivered, the fate of every send call (a
-//! write refused with a poisoned stream's status equals one accepted and then failed with it),
-//! every flush result and the final `flush_all`. Arrival order of datagrams, op counts, GSO
-//! grouping and retries may differ. Limits are out of reach (backpressure depends on timing) and
-//! sockets are dropped only by `close` (flush first). Both runs also check every invariant
-//! `fuzz_trace` checks.
+//! The same trace through the io_uring and the epoll completion model of the simulated kernel,
+//! with one deterministic kernel (`volley::sim::Script`: verdicts depend on stream offsets and
+//! datagram sequence numbers only), must give the same observable outcome: every call's result
+//! (each flush report's exact counts, a stream's raised error, every send accepted or refused
+//! alike), the bytes each stream peer received, the multiset of datagrams each socket
+//! delivered, and every socket's summed reports. Arrival order of datagrams across
+//! destinations, op counts, GSO grouping, retries and which of a UDP socket's failures came
+//! first may differ. Every public call is in play (abort and peer errors included); queue
+//! limits are out of reach (backpressure depends on timing); peers may stall, reset and close
+//! ports, which both models see at the same point of the trace; no verdict is injected per op
+//! (an op is cut differently on each model). Both runs also make every check `fuzz_trace`
+//! makes.
 
 #![no_main]
 
+mod common;
+
 use arbitrary::Arbitrary;
+use common::{Call, Limits, Peer, MAX_STEPS};
 use libfuzzer_sys::fuzz_target;
-use volley::sim::{Fate, Model, Script, Sim, SimConfig, Step};
-
-#[derive(Debug, Arbitrary)]
-struct Input {
-    cfg: Cfg,
-    streams: Vec<StreamSpec>,
-    fates: Vec<FateSpec>,
-    ops: Vec<Op>,
-}
-
-#[derive(Debug, Arbitrary)]
-struct Cfg {
-    in_flight: u8,
-    iovecs: u8,
-    bytes_per_op: u16,
-    gso: bool,
-    gso_segments: u8,
-    nobufs_retries: u8,
-    seed: u64,
-}
+use volley::sim::{Fate, Mode, Runner, Script, Setup, Step};
 
 #[derive(Debug, Arbitrary)]
 struct StreamSpec {
@@ -49,139 +36,81 @@ struct FateSpec {
 
 #[derive(Debug, Clone, Copy, Arbitrary)]
 enum Op {
-    AddStream,
-    AddDgram(bool),
-    Send {
-        sock: u8,
-        len: u16,
-    },
-    SendTo {
-        sock: u8,
-        port: u8,
-        len: u16,
-    },
-    Barrier(u8),
-    Flush(u8),
-    FlushAll,
-    Submit(u8),
-    /// io_uring only: completes an op in flight with the script's result.
-    Complete(u8),
-    /// io_uring only.
-    Requeue(u8),
-    /// io_uring only.
-    Stale {
-        pick: u64,
-        requeue: bool,
-    },
-    Advance(u16),
-    Close(u8),
+    Call(Call),
+    Peer(Peer),
+    Stale(u64),
 }
 
-fn len(l: u16) -> u16 {
-    match l % 8 {
-        0 => 0,
-        1 => 1,
-        2 => 1200,
-        _ => l % 2048,
-    }
-}
-
-impl From<Op> for Step {
-    fn from(op: Op) -> Step {
-        match op {
-            Op::AddStream => Step::AddStream,
-            Op::AddDgram(connected) => Step::AddDgram { connected },
-            Op::Send { sock, len: l } => Step::Send { sock, len: len(l) },
-            Op::SendTo { sock, port, len: l } => Step::SendTo {
-                sock,
-                port,
-                len: len(l),
-            },
-            Op::Barrier(sock) => Step::Barrier { sock },
-            Op::Flush(sock) => Step::Flush { sock },
-            Op::FlushAll => Step::FlushAll,
-            Op::Submit(max) => Step::Submit { max: max % 4 },
-            Op::Complete(which) => Step::Complete {
-                which,
-                outcome: None,
-            },
-            Op::Requeue(which) => Step::Requeue { which },
-            Op::Stale { pick, requeue } => Step::Stale { pick, requeue },
-            Op::Advance(us) => Step::Advance { us },
-            Op::Close(sock) => Step::Close { sock },
+impl Op {
+    fn step(self) -> Step {
+        match self {
+            Op::Call(c) => c.step(),
+            Op::Peer(p) => p.step(),
+            Op::Stale(pick) => Step::Stale { pick },
         }
     }
 }
 
-const FATE_ERRNOS: [Option<i32>; 6] = [
+#[derive(Debug, Arbitrary)]
+struct Input {
+    limits: Limits,
+    streams: Vec<StreamSpec>,
+    fates: Vec<FateSpec>,
+    ops: Vec<Op>,
+}
+
+const FATE_ERRNOS: [Option<i32>; 8] = [
     None,
     Some(libc::EMSGSIZE),
     Some(libc::EIO),
     Some(libc::EINVAL),
     Some(libc::ECONNREFUSED),
     Some(libc::EHOSTUNREACH),
+    Some(libc::EACCES),
+    Some(libc::EPROTO),
 ];
+
+/// Registrations the script covers (the runner allows 12 sockets).
+const REGS: usize = 12;
 
 fn script(input: &Input) -> Script {
     let mut s = Script::new();
-    for (sock, spec) in input.streams.iter().take(16).enumerate() {
+    for (reg, spec) in input.streams.iter().take(REGS).enumerate() {
         for &c in spec.cuts.iter().take(16) {
-            s.cut(sock, usize::from(c));
+            s.cut(reg, usize::from(c));
         }
         for &a in spec.again.iter().take(16) {
-            s.again_at(sock, usize::from(a));
+            s.again_at(reg, usize::from(a));
         }
         if let Some((at, pipe)) = spec.fail {
             let errno = if pipe { libc::EPIPE } else { libc::ECONNRESET };
-            s.fail_at(sock, usize::from(at), errno);
+            s.fail_at(reg, usize::from(at), errno);
         }
     }
-    // Fates apply to datagram `i / 16` of socket `i % 16`.
-    for (i, f) in input.fates.iter().take(512).enumerate() {
+    // Fate `i` is datagram `i / REGS` of registration `i % REGS`.
+    for (i, f) in input.fates.iter().take(1024).enumerate() {
         let fate = Fate {
             errno: FATE_ERRNOS[usize::from(f.errno) % FATE_ERRNOS.len()],
             nobufs: f.nobufs % 7,
             again: f.again,
         };
-        s.fate(i % 16, i / 16, fate);
+        s.fate(i % REGS, i / REGS, fate);
     }
     s
 }
 
 fuzz_target!(|input: Input| {
-    let c = &input.cfg;
-    let cfg = SimConfig {
-        max_in_flight_ops: usize::from(c.in_flight % 16),
-        max_iovecs_per_op: usize::from(c.iovecs % 8),
-        max_bytes_per_op: usize::from(c.bytes_per_op),
-        coalesce_below_bytes: c.seed as usize % 600,
-        gso: c.gso,
-        gso_max_segments: usize::from(c.gso_segments % 70),
-        nobufs_retries: c.nobufs_retries % 6,
-        ..SimConfig::default()
-    };
+    let cfg = input.limits.cfg(false);
     let script = script(&input);
-    let run = |model: Model| {
-        let mut sim = Sim::new(&cfg, model);
-        sim.seed(c.seed);
-        sim.add_stream();
-        sim.add_dgram(false);
-        let mut kernel = script.clone();
-        let flushes: Vec<_> = input
-            .ops
-            .iter()
-            .take(512)
-            .filter_map(|&op| sim.step(op.into(), &mut kernel))
-            .collect();
-        let last = sim.flush_all(&mut kernel);
-        sim.check_final();
-        (sim.observed(), flushes, last)
+    let run = |mode: Mode| {
+        let mut runner = Runner::new(Setup {
+            cfg: cfg.clone(),
+            mode,
+            behaviour: Box::new(script.clone()),
+            ..Setup::default()
+        });
+        runner.run(input.ops.iter().take(MAX_STEPS).map(|op| op.step()));
+        runner.finish()
     };
-    let uring = run(Model::Uring);
-    let epoll = run(Model::Epoll);
-    assert_eq!(uring.0.writes, epoll.0.writes, "fate of each send");
-    assert_eq!(uring.0.streams, epoll.0.streams, "stream bytes received");
-    assert_eq!(uring.0.dgrams, epoll.0.dgrams, "datagrams delivered");
-    assert_eq!(uring.1, epoll.1, "flush results");
-    assert_eq!(uring.2, epoll.2, "final flush_all");
+    run(Mode::Uring).assert_same(&run(Mode::Epoll), "io_uring vs epoll");
 });
