@@ -11,6 +11,7 @@ use crate::core::{Clock, Config, Core, DgramQueue, Event, Planned, Queue, Stream
 use crate::error::{Error, SendError, Unreachable};
 use crate::report::{FlushAllReport, FlushReport};
 use crate::stats::Stats;
+use crate::sys::uring::{FastPaths, UringFeatures};
 use crate::sys::{self, AnyDriver, Driver, Wait};
 use crate::SocketId;
 
@@ -83,6 +84,9 @@ pub struct EngineBuilder {
     flush_timeout: Option<Duration>,
     write_latency: u32,
     flush_latency: u32,
+    /// io_uring fast-path switches set by the `uring_*` setters, in call order (they win over
+    /// `VOLLEY_URING`).
+    uring: Vec<(&'static str, bool)>,
 }
 
 impl Default for EngineBuilder {
@@ -95,6 +99,7 @@ impl Default for EngineBuilder {
             flush_timeout: None,
             write_latency: 16,
             flush_latency: 16,
+            uring: Vec::new(),
         }
     }
 }
@@ -227,16 +232,101 @@ impl EngineBuilder {
         self
     }
 
+    // ---- io_uring fast paths ----------------------------------------------------------------
+    //
+    // Probed at `build` (a refusal is recorded, never an error); `VOLLEY_URING` and its
+    // grammar: `UringFeatures`; the measurements behind the defaults: docs/bench/ablation.md.
+
+    /// io_uring `IORING_SETUP_SINGLE_ISSUER` (Linux 6.0): the kernel may skip the locking that
+    /// several submitting threads need. **Default off**: the ring is bound to the thread that
+    /// builds the engine, and driving the engine from any other thread (it is `Send`) then fails
+    /// with [`Error::Io`] (`EEXIST`). Turn it on only for an engine that never leaves its thread.
+    /// Also `VOLLEY_URING=single_issuer` (its grammar: [`UringFeatures`]).
+    pub fn uring_single_issuer(mut self, on: bool) -> Self {
+        self.uring.push(("single_issuer", on));
+        self
+    }
+
+    /// io_uring `IORING_SETUP_DEFER_TASKRUN` (Linux 6.1; brings `SINGLE_ISSUER` along, with its
+    /// one-thread rule): completion work runs only when the engine enters the kernel to reap,
+    /// batched. **Default off**: besides the one-thread rule, the engine's descriptor
+    /// ([`AsFd`]) then does not become readable when a completion waits (kernel 6.18 measured:
+    /// `poll(2)` sleeps through it), so an event loop driving the engine through
+    /// [`Engine::try_flush`] and its descriptor would stall; the blocking calls work. Also
+    /// `VOLLEY_URING=defer_taskrun`.
+    pub fn uring_defer_taskrun(mut self, on: bool) -> Self {
+        self.uring.push(("defer_taskrun", on));
+        self
+    }
+
+    /// io_uring `IORING_SETUP_COOP_TASKRUN` with `IORING_SETUP_TASKRUN_FLAG` (Linux 5.19):
+    /// completion work waits for the thread's next kernel entry instead of interrupting it, and
+    /// the engine enters only when the kernel flags such work. No thread rule, and the
+    /// descriptor still wakes event loops, but **default off**: no gain measured (sends mostly
+    /// complete within the submitting call, which leaves no completion work to defer). Also
+    /// `VOLLEY_URING=coop_taskrun`.
+    pub fn uring_coop_taskrun(mut self, on: bool) -> Self {
+        self.uring.push(("coop_taskrun", on));
+        self
+    }
+
+    /// Registers the ring's descriptor (`IORING_REGISTER_RING_FDS`, Linux 5.18) so each
+    /// `io_uring_enter` skips the descriptor lookup (measured: ~40-50 ns less per enter).
+    /// Registered in the building thread's table, which holds 16 (more are refused and go
+    /// without); on other threads the engine enters by the plain descriptor. An engine dropped
+    /// on another thread cannot take its entry out: the ring stays allocated (its sockets are
+    /// released) until the building thread exits. Default on. Also
+    /// `VOLLEY_URING=-register_ring_fd`.
+    pub fn uring_register_ring_fd(mut self, on: bool) -> Self {
+        self.uring.push(("register_ring_fd", on));
+        self
+    }
+
+    /// Registers each socket in a sparse file table (Linux 5.19) at its socket index, so its send
+    /// ops skip the per-op file lookup and reference count (measured: ~50-100 ns less per op).
+    /// The table starts at 64 entries and doubles, while nothing is in flight, up to 65 536 (or
+    /// `RLIMIT_NOFILE`); a socket that does not fit then, or is refused, goes by its
+    /// descriptor. Costs one `io_uring_register` per socket registered and removed. Default on.
+    /// Also `VOLLEY_URING=-register_files`.
+    pub fn uring_register_files(mut self, on: bool) -> Self {
+        self.uring.push(("register_files", on));
+        self
+    }
+
+    /// io_uring `IORING_SETUP_NO_SQARRAY` (Linux 6.6): no SQ index array. **Default off**: no
+    /// gain measurable (it saves one load per SQE). Also `VOLLEY_URING=no_sqarray`.
+    pub fn uring_no_sqarray(mut self, on: bool) -> Self {
+        self.uring.push(("no_sqarray", on));
+        self
+    }
+
+    /// The fast paths asked for: the defaults, then `VOLLEY_URING`, then the setters.
+    fn uring_fast_paths(&self) -> Result<FastPaths, Error> {
+        let mut fast = FastPaths::DEFAULT;
+        if let Ok(v) = std::env::var("VOLLEY_URING") {
+            fast = fast
+                .apply_env(&v)
+                .map_err(|reason| Error::UringUnavailable { reason })?;
+        }
+        for &(name, on) in &self.uring {
+            fast.set(name, on);
+        }
+        Ok(fast)
+    }
+
     /// Builds the engine.
     ///
     /// # Errors
     /// [`Error::UringUnavailable`] when io_uring was asked for (builder or `VOLLEY_BACKEND`) and
-    /// cannot work; [`Error::Io`] when epoll cannot be set up.
+    /// cannot work, or `VOLLEY_URING` names an unknown fast path; [`Error::Io`] when epoll
+    /// cannot be set up. A fast path the kernel refuses is not an error
+    /// ([`Engine::uring_features`]).
     pub fn build(self) -> Result<Engine, Error> {
         let requested = match self.backend {
             Some(b) => b,
             None => Backend::from_env()?,
         };
+        let fast = self.uring_fast_paths()?;
         let base = Instant::now();
         let mut cfg = self.cfg.clamped();
         let gso_wanted = self.gso.unwrap_or_else(|| {
@@ -252,13 +342,13 @@ impl EngineBuilder {
                 BackendKind::Epoll,
                 None,
             ),
-            Backend::Uring | Backend::Auto => match sys::probe::uring(self.ring_entries) {
-                Ok(ring) => {
+            Backend::Uring | Backend::Auto => match sys::probe::uring(self.ring_entries, &fast) {
+                Ok((ring, features)) => {
                     // The in-flight cap stays within the CQ; beyond it, each socket's one reserved
                     // op may exceed it, which IORING_FEAT_NODROP (5.5) absorbs.
                     let cq = ring.params().cq_entries() as usize;
                     cfg.max_in_flight_ops = cfg.max_in_flight_ops.min(cq);
-                    let u = sys::uring::Uring::new(ring, base);
+                    let u = sys::uring::Uring::new(ring, base, fast, features);
                     (AnyDriver::Uring(Box::new(u)), BackendKind::Uring, None)
                 }
                 Err(reason) if requested == Backend::Auto => {
@@ -374,6 +464,19 @@ impl Engine {
     /// Why `Auto` fell back to epoll, if it did (the library prints nothing).
     pub fn fallback_reason(&self) -> Option<&str> {
         self.reason.as_deref()
+    }
+
+    /// The io_uring fast paths in effect, and those asked for (builder `uring_*` setters,
+    /// `VOLLEY_URING`) but refused by the kernel, with why. Empty on epoll.
+    pub fn uring_features(&self) -> &UringFeatures {
+        static NONE: UringFeatures = UringFeatures {
+            enabled: Vec::new(),
+            refused: Vec::new(),
+        };
+        match &self.driver {
+            AnyDriver::Uring(u) => u.features(),
+            _ => &NONE,
+        }
     }
 
     /// Whether UDP GSO is on for new sockets (the kernel supports it and no switch turned it off).

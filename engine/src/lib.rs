@@ -65,6 +65,7 @@ pub use engine::{Backend, BackendKind, Engine, EngineBuilder};
 pub use error::{Error, Limit, SendError, Status, Unreachable};
 pub use report::{FlushAllReport, FlushReport};
 pub use stats::Stats;
+pub use sys::uring::UringFeatures;
 
 /// Kernel limits the engine plans with, for callers that size batches the same way.
 pub mod limits {

@@ -1,8 +1,15 @@
 //! The io_uring driver: one `IORING_OP_SEND`/`SENDMSG` per stream op or datagram group, all
 //! sockets' ops in the SQ and one `io_uring_enter` that submits them (and, when asked, waits).
+//!
+//! The fast paths ([`FastPaths`]) are switches, each probed: the setup flags by `probe::uring`,
+//! the registered ring fd and the registered file table here, at [`Uring::new`]. What was asked
+//! for and refused is recorded with the reason ([`UringFeatures`]). `docs/bench/ablation.md` has
+//! the measurement behind each default.
 
+use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use io_uring::{opcode, squeue, types, IoUring};
@@ -11,6 +18,258 @@ use super::msg::MsgMem;
 use super::{nanos_since, Driver, Tally, Wait};
 use crate::core::{Core, Event, Planned, Token};
 use crate::error::Error;
+
+/// `io_uring_enter` flags (include/uapi/linux/io_uring.h).
+/// Wait for `min_complete` completions; on a `DEFER_TASKRUN` ring also the only enter that runs
+/// the deferred completion work (Linux 5.1).
+const IORING_ENTER_GETEVENTS: u32 = 1 << 0;
+/// `arg` is a `struct io_uring_getevents_arg` (Linux 5.11, commit c73ebb685fb6).
+const IORING_ENTER_EXT_ARG: u32 = 1 << 3;
+/// `fd` is an index into the calling task's registered ring table (Linux 5.18, commit
+/// e7a6c00dc77a).
+const IORING_ENTER_REGISTERED_RING: u32 = 1 << 4;
+/// `io_uring_register` opcodes for the ring table (Linux 5.18).
+const IORING_REGISTER_RING_FDS: libc::c_uint = 20;
+const IORING_UNREGISTER_RING_FDS: libc::c_uint = 21;
+
+/// Entries of the registered file table at first; it doubles (while nothing is in flight) to
+/// take sockets with higher indices.
+const FIXED_FILES_INITIAL: u32 = 64;
+/// Entries of the registered file table, at most: a socket whose index is beyond it (or beyond
+/// `RLIMIT_NOFILE`, which the kernel caps the table at) goes by its plain descriptor.
+const FIXED_FILES_MAX: u32 = 65_536;
+
+/// `struct io_uring_getevents_arg` (Linux 5.11).
+#[repr(C)]
+struct GetEventsArg {
+    sigmask: u64,
+    sigmask_sz: u32,
+    min_wait_usec: u32,
+    ts: u64,
+}
+
+/// `struct __kernel_timespec`.
+#[repr(C)]
+struct KernelTimespec {
+    tv_sec: i64,
+    tv_nsec: i64,
+}
+
+/// `struct io_uring_rsrc_update` (Linux 5.13).
+#[repr(C)]
+struct RsrcUpdate {
+    offset: u32,
+    resv: u32,
+    data: u64,
+}
+
+/// The io_uring fast paths, one switch each: [`crate::EngineBuilder`]'s `uring_*` setters or
+/// `VOLLEY_URING` (see [`FastPaths::apply_env`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FastPaths {
+    /// `IORING_SETUP_SINGLE_ISSUER` (6.0): one task submits; the kernel skips the locking that
+    /// several submitters need and refuses (`EEXIST`) any other task.
+    pub single_issuer: bool,
+    /// `IORING_SETUP_DEFER_TASKRUN` (6.1, needs `SINGLE_ISSUER`): completion work runs only when
+    /// the engine enters with `GETEVENTS`, batched, never interrupting the thread.
+    pub defer_taskrun: bool,
+    /// `IORING_SETUP_COOP_TASKRUN` (5.19): completion work waits for the thread's next kernel
+    /// entry instead of interrupting it with an IPI.
+    pub coop_taskrun: bool,
+    /// `IORING_REGISTER_RING_FDS` (5.18): `io_uring_enter` by index, skipping the descriptor
+    /// lookup (`fdget`/`fdput`) on every entry.
+    pub register_ring_fd: bool,
+    /// A registered (fixed) file table (sparse, 5.19): SQEs name sockets by table index,
+    /// skipping the per-op file lookup and reference count.
+    pub register_files: bool,
+    /// `IORING_SETUP_NO_SQARRAY` (6.6): no SQ index array; the kernel reads SQEs in ring order.
+    pub no_sqarray: bool,
+}
+
+impl FastPaths {
+    /// The switch names, as the setters (`uring_<name>`) and `VOLLEY_URING` spell them.
+    pub const NAMES: [&'static str; 6] = UringFeatures::SWITCHES;
+
+    /// The defaults: what measured a gain and keeps every engine contract
+    /// (docs/bench/ablation.md). On: the registered ring fd (~40-50 ns less per
+    /// `io_uring_enter`) and file table (~50-100 ns less per send op). Off: `SINGLE_ISSUER` and
+    /// `DEFER_TASKRUN` (no gain on sends, an engine may move between threads, and a
+    /// `DEFER_TASKRUN` ring's descriptor does not wake an event loop), `COOP_TASKRUN` and
+    /// `NO_SQARRAY` (no gain measurable).
+    pub const DEFAULT: FastPaths = FastPaths {
+        single_issuer: false,
+        defer_taskrun: false,
+        coop_taskrun: false,
+        register_ring_fd: true,
+        register_files: true,
+        no_sqarray: false,
+    };
+
+    /// All off: the plain ring.
+    pub const NONE: FastPaths = FastPaths {
+        single_issuer: false,
+        defer_taskrun: false,
+        coop_taskrun: false,
+        register_ring_fd: false,
+        register_files: false,
+        no_sqarray: false,
+    };
+
+    fn slot(&mut self, name: &str) -> Option<&mut bool> {
+        Some(match name {
+            "single_issuer" => &mut self.single_issuer,
+            "defer_taskrun" => &mut self.defer_taskrun,
+            "coop_taskrun" => &mut self.coop_taskrun,
+            "register_ring_fd" => &mut self.register_ring_fd,
+            "register_files" => &mut self.register_files,
+            "no_sqarray" => &mut self.no_sqarray,
+            _ => return None,
+        })
+    }
+
+    /// Turns the named switch on or off.
+    ///
+    /// # Panics
+    /// On a name not in [`FastPaths::NAMES`] (the setters pass constants).
+    pub fn set(&mut self, name: &str, on: bool) {
+        *self.slot(name).expect("a FastPaths name") = on;
+    }
+
+    /// Applies a `VOLLEY_URING` value over `self`: entries separated by commas or spaces, applied
+    /// in order; `name` turns a switch on, `-name` (or `!name`) off, `all` / `none` (or
+    /// `default`) set every switch.
+    ///
+    /// # Errors
+    /// An unknown entry, named, with the names that exist.
+    pub fn apply_env(mut self, value: &str) -> Result<FastPaths, String> {
+        for item in value
+            .split([',', ' '])
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+        {
+            let item = item.to_ascii_lowercase();
+            let (name, on) = match item.strip_prefix(['-', '!']) {
+                Some(n) => (n, false),
+                None => (item.strip_prefix('+').unwrap_or(&item), true),
+            };
+            match name {
+                "all" if on => {
+                    self = FastPaths::NONE;
+                    for n in FastPaths::NAMES {
+                        self.set(n, true);
+                    }
+                }
+                "none" if on => self = FastPaths::NONE,
+                "default" if on => self = FastPaths::DEFAULT,
+                _ => match self.slot(name) {
+                    Some(b) => *b = on,
+                    None => {
+                        return Err(format!(
+                            "VOLLEY_URING: unknown entry {item:?} (expected all, none, default or \
+                             [-]name with name one of {})",
+                            FastPaths::NAMES.join(", ")
+                        ))
+                    }
+                },
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// The io_uring fast paths an engine runs with: those in effect, and those asked for but
+/// refused, with why ([`crate::Engine::uring_features`]; empty on epoll).
+///
+/// Names are the switch names: `single_issuer`, `defer_taskrun`, `coop_taskrun`,
+/// `register_ring_fd`, `register_files`, `no_sqarray` (see the `EngineBuilder::uring_*`
+/// setters). Each is probed when the engine is built; one the kernel refuses is left off and
+/// listed in `refused` with why, never an error.
+///
+/// # `VOLLEY_URING`
+///
+/// Sets the switches without recompiling (for ablation runs): entries separated by commas,
+/// applied in order over the defaults — `name` on, `-name` off, `all`, `none`, `default` — e.g.
+/// `VOLLEY_URING=none,coop_taskrun` or `VOLLEY_URING=-register_files`. An explicit
+/// `EngineBuilder::uring_*` call wins over it; an unknown entry makes `build` fail with
+/// [`crate::Error::UringUnavailable`] naming it. `docs/bench/ablation.md` has the measurements
+/// behind the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UringFeatures {
+    /// Fast paths in effect.
+    pub enabled: Vec<&'static str>,
+    /// Fast paths asked for and refused: (name, why, in words).
+    pub refused: Vec<(&'static str, String)>,
+}
+
+impl UringFeatures {
+    /// Every switch's name, as `enabled`, `refused`, the `EngineBuilder::uring_*` setters and
+    /// `VOLLEY_URING` spell them.
+    pub const SWITCHES: [&'static str; 6] = [
+        "single_issuer",
+        "defer_taskrun",
+        "coop_taskrun",
+        "register_ring_fd",
+        "register_files",
+        "no_sqarray",
+    ];
+
+    /// Whether the named fast path is in effect.
+    pub fn is_enabled(&self, name: &str) -> bool {
+        self.enabled.contains(&name)
+    }
+
+    /// Why the named fast path was refused, if it was asked for and refused.
+    pub fn refused_reason(&self, name: &str) -> Option<&str> {
+        self.refused
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, why)| why.as_str())
+    }
+
+    pub(crate) fn refuse(&mut self, name: &'static str, why: String) {
+        self.enabled.retain(|n| *n != name);
+        self.refused.push((name, why));
+    }
+}
+
+/// A number that names the calling thread for the life of the process (never reused, unlike
+/// thread ids): a registered ring index is valid only in the task that registered it.
+fn thread_key() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static KEY: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    KEY.with(|k| *k)
+}
+
+/// `io_uring_register(2)` with a plain argument array.
+///
+/// # Safety
+/// `arg` points at `nr` entries of the layout `opcode` expects, valid for the call.
+unsafe fn register(
+    fd: RawFd,
+    opcode: libc::c_uint,
+    arg: *const libc::c_void,
+    nr: libc::c_uint,
+) -> io::Result<i64> {
+    // SAFETY: the caller guarantees `arg`; the other arguments are plain integers.
+    let rc = unsafe { libc::syscall(libc::SYS_io_uring_register, fd, opcode, arg, nr) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// The ring descriptor registered in one thread's ring table.
+#[derive(Debug, Clone, Copy)]
+struct RegisteredRing {
+    index: u32,
+    /// [`thread_key`] of the registering thread: elsewhere the index means nothing (or another
+    /// ring), so other threads enter by the plain descriptor.
+    thread: u64,
+}
 
 pub(crate) struct Uring {
     ring: IoUring,
@@ -29,6 +288,18 @@ pub(crate) struct Uring {
     /// Send ops handed to the ring whose completion has not been reaped.
     in_kernel: usize,
     tally: Tally,
+    /// The ring's index in its builder thread's ring table (`register_ring_fd`).
+    registered_ring: Option<RegisteredRing>,
+    /// Entries in the registered file table (0: none, `register_files` off or refused).
+    fixed_files: u32,
+    /// Per socket index: its descriptor if it is in the file table (at that index), else -1.
+    fixed_fd: Vec<RawFd>,
+    /// `COOP_TASKRUN` or `DEFER_TASKRUN` (with `TASKRUN_FLAG`): completion work may wait for an
+    /// enter with `GETEVENTS`, announced by `IORING_SQ_TASKRUN`.
+    taskrun: bool,
+    /// `SINGLE_ISSUER`: another thread's enter fails with `EEXIST`.
+    single_issuer: bool,
+    features: UringFeatures,
 }
 
 impl std::fmt::Debug for Uring {
@@ -37,6 +308,7 @@ impl std::fmt::Debug for Uring {
             .field("sq_entries", &self.ring.params().sq_entries())
             .field("cq_entries", &self.ring.params().cq_entries())
             .field("in_kernel", &self.in_kernel)
+            .field("features", &self.features)
             .finish()
     }
 }
@@ -63,8 +335,18 @@ pub(crate) fn set_nonblocking(fd: RawFd, on: bool) -> Result<(), Error> {
 }
 
 impl Uring {
-    pub fn new(ring: IoUring, base: Instant) -> Uring {
-        Uring {
+    /// A driver over `ring` (set up by `probe::uring` with the setup flags of `want`, whose
+    /// outcome `features` records); registers the ring descriptor and the file table if `want`
+    /// asks, recording a refusal instead of failing.
+    pub fn new(
+        ring: IoUring,
+        base: Instant,
+        want: FastPaths,
+        mut features: UringFeatures,
+    ) -> Uring {
+        let taskrun = features.is_enabled("coop_taskrun") || features.is_enabled("defer_taskrun");
+        let single_issuer = ring.params().is_setup_single_issuer();
+        let mut u = Uring {
             ring,
             mem: Vec::new(),
             pool: Vec::new(),
@@ -73,6 +355,190 @@ impl Uring {
             extra: 0,
             in_kernel: 0,
             tally: Tally::default(),
+            registered_ring: None,
+            fixed_files: 0,
+            fixed_fd: Vec::new(),
+            taskrun,
+            single_issuer,
+            features: UringFeatures::default(),
+        };
+        if want.register_ring_fd {
+            match u.register_ring() {
+                Ok(r) => {
+                    u.registered_ring = Some(r);
+                    features.enabled.push("register_ring_fd");
+                }
+                Err(e) => features.refuse(
+                    "register_ring_fd",
+                    match e.raw_os_error() {
+                        Some(libc::EBUSY) => format!(
+                            "IORING_REGISTER_RING_FDS failed ({e}): this thread already holds \
+                             16 registered rings, the kernel's limit per thread"
+                        ),
+                        _ => format!("IORING_REGISTER_RING_FDS failed ({e}): needs Linux 5.18"),
+                    },
+                ),
+            }
+        }
+        if want.register_files {
+            match u.register_file_table() {
+                Ok(n) => {
+                    u.fixed_files = n;
+                    features.enabled.push("register_files");
+                }
+                Err(why) => features.refuse("register_files", why),
+            }
+        }
+        u.features = features;
+        u
+    }
+
+    /// The fast paths in effect and those refused.
+    pub fn features(&self) -> &UringFeatures {
+        &self.features
+    }
+
+    fn register_ring(&self) -> io::Result<RegisteredRing> {
+        let mut up = RsrcUpdate {
+            // Any free slot (the kernel writes back which).
+            offset: u32::MAX,
+            resv: 0,
+            data: u64::try_from(self.ring.as_raw_fd()).unwrap_or(u64::MAX),
+        };
+        // SAFETY: one `io_uring_rsrc_update`, live and writable for the call.
+        unsafe {
+            register(
+                self.ring.as_raw_fd(),
+                IORING_REGISTER_RING_FDS,
+                (&mut up as *mut RsrcUpdate).cast(),
+                1,
+            )
+        }?;
+        Ok(RegisteredRing {
+            index: up.offset,
+            thread: thread_key(),
+        })
+    }
+
+    /// The most entries a file table may have: `FIXED_FILES_MAX`, or `RLIMIT_NOFILE` if lower
+    /// (the kernel refuses a larger table with `EMFILE`).
+    fn file_table_cap() -> u32 {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `lim` is a writable rlimit for the call.
+        let nofile = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+            u32::try_from(lim.rlim_cur).unwrap_or(u32::MAX)
+        } else {
+            1024
+        };
+        FIXED_FILES_MAX.min(nofile)
+    }
+
+    /// A sparse file table of `FIXED_FILES_INITIAL` entries (fewer if capped); its size.
+    fn register_file_table(&self) -> Result<u32, String> {
+        let n = FIXED_FILES_INITIAL.min(Uring::file_table_cap());
+        if n == 0 {
+            return Err("RLIMIT_NOFILE is 0: no room for a file table".to_string());
+        }
+        self.ring
+            .submitter()
+            .register_files_sparse(n)
+            .map_err(|e| {
+                format!(
+                    "a sparse file table of {n} entries was refused ({e}): needs Linux 5.19 \
+                     (IORING_RSRC_REGISTER_SPARSE)"
+                )
+            })?;
+        Ok(n)
+    }
+
+    /// The table index of socket `sock`'s descriptor, if it is in the table.
+    #[inline]
+    fn fixed_index(&self, sock: u32) -> Option<u32> {
+        (self.fixed_fd.get(sock as usize).copied().unwrap_or(-1) >= 0).then_some(sock)
+    }
+
+    /// Replaces the file table with one that has room for index `sock` (doubling, within
+    /// [`Uring::file_table_cap`]) and puts every registered socket back at its index. Only with
+    /// nothing in flight: on older kernels unregistering a table waits for the requests that
+    /// use it (a stalled peer's op would hang it). Returns whether `sock` fits now; if the new table is refused, the engine goes on
+    /// without one (every socket by its descriptor).
+    fn grow_file_table(&mut self, sock: u32) -> bool {
+        let cap = Uring::file_table_cap();
+        if sock >= cap || self.in_kernel > 0 || self.pushed > 0 {
+            return false;
+        }
+        let n = sock
+            .saturating_add(1)
+            .checked_next_power_of_two()
+            .unwrap_or(cap)
+            .max(self.fixed_files.saturating_mul(2))
+            .min(cap);
+        let sub = self.ring.submitter();
+        if sub.unregister_files().is_err() {
+            return false;
+        }
+        if sub.register_files_sparse(n).is_err() {
+            self.fixed_files = 0;
+            self.fixed_fd.clear();
+            return false;
+        }
+        let end = self.fixed_fd.len().min(n as usize);
+        if end > 0 && sub.register_files_update(0, &self.fixed_fd[..end]).is_err() {
+            self.fixed_fd.clear();
+        }
+        self.fixed_fd.truncate(end);
+        self.fixed_files = n;
+        true
+    }
+
+    /// `io_uring_enter(2)`: by the registered index on the registering thread, else by the
+    /// descriptor.
+    fn sys_enter(
+        &self,
+        to_submit: u32,
+        min_complete: u32,
+        mut flags: u32,
+        arg: Option<&GetEventsArg>,
+    ) -> io::Result<()> {
+        let fd = match self.registered_ring {
+            Some(r) if r.thread == thread_key() => {
+                flags |= IORING_ENTER_REGISTERED_RING;
+                i64::from(r.index)
+            }
+            _ => i64::from(self.ring.as_raw_fd()),
+        };
+        let (argp, argsz) = match arg {
+            Some(a) => {
+                flags |= IORING_ENTER_EXT_ARG;
+                (
+                    (a as *const GetEventsArg).cast::<libc::c_void>(),
+                    std::mem::size_of::<GetEventsArg>(),
+                )
+            }
+            None => (std::ptr::null(), 0),
+        };
+        // SAFETY: `fd` names this ring (its descriptor, or its index in this thread's table);
+        // `argp` is null (no signal mask) or an `io_uring_getevents_arg` whose timespec
+        // outlives the call; the SQEs it submits point at memory kept alive until their
+        // completions (see `issue`).
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_enter,
+                fd,
+                to_submit,
+                min_complete,
+                flags,
+                argp,
+                argsz,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
         }
     }
 
@@ -144,12 +610,34 @@ impl Uring {
 }
 
 impl Driver for Uring {
-    fn register(&mut self, _sock: u32, fd: RawFd, _stream: bool) -> Result<(), Error> {
+    fn register(&mut self, sock: u32, fd: RawFd, _stream: bool) -> Result<(), Error> {
         // Blocking mode: io_uring then arms poll internally instead of completing with EAGAIN.
-        set_nonblocking(fd, false)
+        set_nonblocking(fd, false)?;
+        if self.fixed_files > 0 && (sock < self.fixed_files || self.grow_file_table(sock)) {
+            // Into the file table at the socket's index; if the kernel refuses (say `EEXIST`
+            // from another thread on a SINGLE_ISSUER ring), the socket goes by its descriptor.
+            // Not booked as a transition: like the `fcntl` above, registration is set-up, and
+            // booking it would charge it to whichever flush absorbs the tally next.
+            let ok = matches!(
+                self.ring.submitter().register_files_update(sock, &[fd]),
+                Ok(1)
+            );
+            let i = sock as usize;
+            if self.fixed_fd.len() <= i {
+                self.fixed_fd.resize(i + 1, -1);
+            }
+            self.fixed_fd[i] = if ok { fd } else { -1 };
+        }
+        Ok(())
     }
 
-    fn deregister(&mut self, _sock: u32, _fd: RawFd) {}
+    fn deregister(&mut self, sock: u32, _fd: RawFd) {
+        if let Some(i) = self.fixed_index(sock) {
+            // Drops the table's reference to the socket, so closing the descriptor closes it.
+            let _ = self.ring.submitter().register_files_update(i, &[-1]);
+            self.fixed_fd[sock as usize] = -1;
+        }
+    }
 
     fn issue(
         &mut self,
@@ -166,14 +654,20 @@ impl Driver for Uring {
             let mut m = self.pool.pop().unwrap_or_else(|| Box::new(MsgMem::new()));
             m.prepare(payload, p);
             let flags = libc::MSG_NOSIGNAL;
-            let sqe = match m
+            let single = m
                 .single_buffer()
-                .and_then(|(ptr, len)| Some((ptr, u32::try_from(len).ok()?)))
-            {
-                Some((ptr, len)) => opcode::Send::new(types::Fd(p.fd), ptr, len)
+                .and_then(|(ptr, len)| Some((ptr, u32::try_from(len).ok()?)));
+            let sqe = match (single, self.fixed_index(p.sock)) {
+                (Some((ptr, len)), None) => opcode::Send::new(types::Fd(p.fd), ptr, len)
                     .flags(flags)
                     .build(),
-                None => opcode::SendMsg::new(types::Fd(p.fd), &m.msg)
+                (Some((ptr, len)), Some(i)) => opcode::Send::new(types::Fixed(i), ptr, len)
+                    .flags(flags)
+                    .build(),
+                (None, None) => opcode::SendMsg::new(types::Fd(p.fd), &m.msg)
+                    .flags(flags as u32)
+                    .build(),
+                (None, Some(i)) => opcode::SendMsg::new(types::Fixed(i), &m.msg)
                     .flags(flags as u32)
                     .build(),
             }
@@ -203,37 +697,65 @@ impl Driver for Uring {
         let (want, deadline) = match wait {
             Wait::No => (0, None),
             // Never block with nothing that could end the wait.
-            Wait::Until(d) => (usize::from(self.in_kernel > 0 || d.is_some()), d),
+            Wait::Until(d) => (u32::from(self.in_kernel > 0 || d.is_some()), d),
         };
-        if self.pushed == 0 && self.extra == 0 && want == 0 {
+        // Completion work the kernel holds back for an enter with GETEVENTS (COOP_TASKRUN,
+        // DEFER_TASKRUN with TASKRUN_FLAG), or completions beyond a full CQ.
+        let held = {
+            let sq = self.ring.submission();
+            (self.taskrun && sq.taskrun()) || sq.cq_overflow()
+        };
+        if self.pushed == 0 && self.extra == 0 && want == 0 && !held {
             // Nothing to hand over and nothing to wait for: just look at the CQ (no syscall).
             self.reap(out);
             return Ok(());
         }
         self.tally.transitions += 1;
-        if self.pushed > 0 {
-            self.tally.batches += 1;
-            self.tally.sqes += self.pushed as u64;
-            self.pushed = 0;
-        }
-        self.extra = 0;
-        let submitter = self.ring.submitter();
+        let to_submit = u32::try_from(self.ring.submission().len()).unwrap_or(u32::MAX);
+        let flags = if want > 0 || held || self.taskrun {
+            IORING_ENTER_GETEVENTS
+        } else {
+            0
+        };
         let rc = match super::until(self.base, deadline) {
             Some(left) if want > 0 => {
-                let ts = types::Timespec::from(left);
-                let args = types::SubmitArgs::new().timespec(&ts);
-                submitter.submit_with_args(want, &args)
+                let ts = KernelTimespec {
+                    tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+                    tv_nsec: i64::from(left.subsec_nanos()),
+                };
+                let arg = GetEventsArg {
+                    sigmask: 0,
+                    sigmask_sz: 0,
+                    min_wait_usec: 0,
+                    ts: &ts as *const KernelTimespec as u64,
+                };
+                self.sys_enter(to_submit, want, flags, Some(&arg))
             }
-            _ => submitter.submit_and_wait(want),
+            _ => self.sys_enter(to_submit, want, flags, None),
         };
         if let Err(e) = rc {
             match e.raw_os_error() {
                 // Interrupted, timed out, or CQ full (EBUSY): reaping below makes room; the
                 // caller loops.
                 Some(libc::EINTR | libc::ETIME | libc::EBUSY | libc::EAGAIN) => {}
+                Some(libc::EEXIST) if self.single_issuer => {
+                    return Err(Error::io(
+                        "io_uring_enter on a SINGLE_ISSUER ring from a thread other than the one \
+                         that built the engine (drive it from that thread, or turn \
+                         uring_single_issuer and uring_defer_taskrun off)",
+                        &e,
+                    ))
+                }
                 _ => return Err(Error::io("io_uring_enter", &e)),
             }
         }
+        // Handed over (a failed enter above leaves the SQ, and these counts, for the next one).
+        if self.pushed > 0 {
+            self.tally.batches += 1;
+            self.tally.sqes += self.pushed as u64;
+            self.pushed = 0;
+        }
+        self.extra = 0;
         self.reap(out);
         Ok(())
     }
@@ -297,5 +819,72 @@ impl Driver for Uring {
         // SAFETY: the ring's descriptor stays open as long as `self.ring`, which outlives the
         // borrow of `self`.
         unsafe { BorrowedFd::borrow_raw(self.ring.as_raw_fd()) }
+    }
+}
+
+impl Drop for Uring {
+    /// Takes the ring out of the ring table. Only the registering thread can; elsewhere the
+    /// table keeps the ring alive until that thread exits (at most 16 rings per thread: the
+    /// table's size), so the file table is emptied first, entry by entry (an update never
+    /// waits for requests in flight): the sockets it holds must close when the engine drops
+    /// them.
+    fn drop(&mut self) {
+        let Some(r) = self.registered_ring else {
+            return;
+        };
+        if r.thread != thread_key() {
+            if !self.fixed_fd.is_empty() {
+                let empty = vec![-1; self.fixed_fd.len()];
+                let _ = self.ring.submitter().register_files_update(0, &empty);
+            }
+            return;
+        }
+        let up = RsrcUpdate {
+            offset: r.index,
+            resv: 0,
+            data: 0,
+        };
+        // SAFETY: one `io_uring_rsrc_update`, live for the call.
+        let _ = unsafe {
+            register(
+                self.ring.as_raw_fd(),
+                IORING_UNREGISTER_RING_FDS,
+                (&up as *const RsrcUpdate).cast(),
+                1,
+            )
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FastPaths;
+
+    #[test]
+    fn env_entries_apply_in_order() {
+        let d = FastPaths::DEFAULT;
+        assert_eq!(d.apply_env(""), Ok(d));
+        assert_eq!(d.apply_env(" none "), Ok(FastPaths::NONE));
+        let all = FastPaths::NONE.apply_env("all").expect("all");
+        for n in FastPaths::NAMES {
+            let mut one = FastPaths::NONE;
+            one.set(n, true);
+            assert_eq!(FastPaths::NONE.apply_env(n), Ok(one), "{n}");
+            let mut without = all;
+            without.set(n, false);
+            assert_eq!(d.apply_env(&format!("all,-{n}")), Ok(without), "{n}");
+            assert_eq!(d.apply_env(&format!("ALL !{n}")), Ok(without), "{n}");
+        }
+        assert_eq!(
+            FastPaths::NONE.apply_env("+coop_taskrun,default"),
+            Ok(FastPaths::DEFAULT)
+        );
+        let e = d
+            .apply_env("coop_taskrun,sqpoll")
+            .expect_err("unknown entry");
+        assert!(
+            e.contains("\"sqpoll\"") && e.contains("register_files"),
+            "{e}"
+        );
     }
 }
