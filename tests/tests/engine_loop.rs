@@ -19,23 +19,6 @@ use rand::{Rng, RngCore, SeedableRng};
 use volley::{Backend, Engine, Error, FlushAllReport, FlushReport, Limit, SocketId, Status};
 use volley_tests::*;
 
-/// One `#[test]` per backend for each `fn name(b: Backend)` listed: `name::uring` and
-/// `name::epoll`, so a failure on one backend never hides the other's result.
-macro_rules! per_backend {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn uring() {
-                super::$name(volley::Backend::Uring);
-            }
-            #[test]
-            fn epoll() {
-                super::$name(volley::Backend::Epoll);
-            }
-        }
-    )*};
-}
-
 per_backend!(
     stalled_neighbour_no_timeout,
     stalled_neighbour_timeout_5s,

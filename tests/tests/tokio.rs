@@ -20,23 +20,6 @@ use volley::tokio::Driver;
 use volley::{Backend, Engine};
 use volley_tests::*;
 
-/// One `#[test]` per backend for each `fn name(b: Backend)` listed: `name::uring` and
-/// `name::epoll`, so a failure on one backend never hides the other's result.
-macro_rules! per_backend {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn uring() {
-                super::$name(volley::Backend::Uring);
-            }
-            #[test]
-            fn epoll() {
-                super::$name(volley::Backend::Epoll);
-            }
-        }
-    )*};
-}
-
 per_backend!(
     tcp_many_writes_then_flush,
     tcp_framed_write_length_delimited,
