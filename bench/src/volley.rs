@@ -45,18 +45,18 @@ impl Volley {
             event_loop,
         })
     }
+}
 
-    /// The barrier on `id`: blocking, or as an event loop drives it.
-    fn flush(&mut self, id: SocketId) -> Result<FlushReport, Error> {
-        if !self.event_loop {
-            return self.engine.flush(id);
+/// The barrier on `id`: blocking, or (`event_loop`) as an event loop drives it.
+fn barrier(engine: &mut Engine, event_loop: bool, id: SocketId) -> Result<FlushReport, Error> {
+    if !event_loop {
+        return engine.flush(id);
+    }
+    loop {
+        if let Some(r) = engine.try_flush(id)? {
+            return Ok(r);
         }
-        loop {
-            if let Some(r) = self.engine.try_flush(id)? {
-                return Ok(r);
-            }
-            wait_readable(&self.engine, self.engine.next_timeout());
-        }
+        wait_readable(engine, engine.next_timeout());
     }
 }
 
@@ -137,22 +137,28 @@ fn check_udp(r: Result<FlushReport, Error>) -> Result<(), String> {
 impl Method for Volley {
     fn batch(&mut self, w: &mut Workload) -> Result<(), String> {
         let spec = w.spec;
-        let ids = self.ids.clone();
+        // Fields borrowed apart: no copy of the ids per batch.
+        let Volley {
+            engine,
+            ids,
+            event_loop,
+        } = self;
+        let (engine, event_loop) = (engine, *event_loop);
         match spec.kind {
             Kind::Tcp => {
                 for (peer, &id) in ids.iter().enumerate() {
                     for _ in 0..spec.per_peer {
-                        send(&mut self.engine, id, w, peer, None)?;
+                        send(engine, id, w, peer, None)?;
                     }
                 }
                 if let [id] = ids[..] {
-                    self.flush(id).map_err(|e| e.to_string())?;
-                } else if self.event_loop {
-                    for &id in &ids {
-                        self.flush(id).map_err(|e| e.to_string())?;
+                    barrier(engine, event_loop, id).map_err(|e| e.to_string())?;
+                } else if event_loop {
+                    for &id in ids.iter() {
+                        barrier(engine, event_loop, id).map_err(|e| e.to_string())?;
                     }
                 } else {
-                    self.engine
+                    engine
                         .flush_all()
                         .and_then(FlushAllReport::into_result)
                         .map_err(|e| e.to_string())?;
@@ -161,17 +167,17 @@ impl Method for Volley {
             Kind::UdpConnected => {
                 let id = ids[0];
                 for _ in 0..spec.per_peer {
-                    send(&mut self.engine, id, w, 0, None)?;
+                    send(engine, id, w, 0, None)?;
                 }
-                check_udp(self.flush(id))?;
+                check_udp(barrier(engine, event_loop, id))?;
             }
             Kind::UdpUnconnected => {
                 let id = ids[0];
                 for (peer, _) in spec.send_order() {
                     let dest = Some(w.dests[peer]);
-                    send(&mut self.engine, id, w, peer, dest)?;
+                    send(engine, id, w, peer, dest)?;
                 }
-                check_udp(self.flush(id))?;
+                check_udp(barrier(engine, event_loop, id))?;
             }
         }
         Ok(())

@@ -30,6 +30,19 @@ macro_rules! per_backend {
     )*};
 }
 
+/// Cuts `data` into consecutive slices (zero-copy) of the given sizes; they must fit.
+pub fn cut(data: &bytes::Bytes, sizes: &[usize]) -> Vec<bytes::Bytes> {
+    let mut at = 0;
+    sizes
+        .iter()
+        .map(|&n| {
+            let b = data.slice(at..at + n);
+            at += n;
+            b
+        })
+        .collect()
+}
+
 /// An engine on `backend` with the defaults.
 pub fn engine(backend: Backend) -> Engine {
     Engine::builder()

@@ -45,19 +45,6 @@ fn random_bytes(seed: u64, len: usize) -> Bytes {
     Bytes::from(v)
 }
 
-/// Cuts `data` into consecutive slices (zero-copy) of the given sizes; they must fit.
-fn cut(data: &Bytes, sizes: &[usize]) -> Vec<Bytes> {
-    let mut at = 0;
-    sizes
-        .iter()
-        .map(|&n| {
-            let b = data.slice(at..at + n);
-            at += n;
-            b
-        })
-        .collect()
-}
-
 /// Sizes in `1..=max` (log-uniform) that sum to exactly `total`.
 fn sizes_summing_to(seed: u64, total: usize, max: usize) -> Vec<usize> {
     let mut out = Vec::new();

@@ -77,19 +77,6 @@ fn random(seed: u64, len: usize) -> Bytes {
     Bytes::from(payload(seed, len))
 }
 
-/// Cuts `data` into consecutive slices of the given sizes (they must fit).
-fn cut(data: &Bytes, sizes: &[usize]) -> Vec<Bytes> {
-    let mut at = 0;
-    sizes
-        .iter()
-        .map(|&n| {
-            let b = data.slice(at..at + n);
-            at += n;
-            b
-        })
-        .collect()
-}
-
 /// Three TCP streams with 300 writes each (up to 16 KiB, so some are queued by reference and
 /// the streams have several ops in flight together: the ring, not the lone-op direct send), one
 /// `flush_all`, three rounds; then 400 datagrams on a connected UDP socket (runs of equal sizes

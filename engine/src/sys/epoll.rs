@@ -80,18 +80,7 @@ impl Epoll {
         self.tally.transitions += 1;
         self.tally.batches += 1;
         self.tally.sqes += 1;
-        let rc = match m.single_buffer() {
-            // SAFETY: the buffer is a live slice of the core's queue (or the staging run) for
-            // the duration of the call.
-            Some((ptr, len)) => unsafe { libc::send(p.fd, ptr.cast(), len, libc::MSG_NOSIGNAL) },
-            // SAFETY: the msghdr points at iovecs/buffers that live until this call returns.
-            None => unsafe { libc::sendmsg(p.fd, &m.msg, libc::MSG_NOSIGNAL) },
-        };
-        let res = if rc < 0 {
-            -errno()
-        } else {
-            i32::try_from(rc).unwrap_or(i32::MAX)
-        };
+        let res = m.send_now(p.fd, libc::MSG_NOSIGNAL);
         out.push(Event::Done {
             token: p.token,
             res,

@@ -108,6 +108,28 @@ impl MsgMem {
     }
 }
 
+impl MsgMem {
+    /// Sends the prepared op now on `fd` — `send(2)` for one plain buffer, else `sendmsg(2)` —
+    /// with `flags`; the result as a completion would carry it (bytes, or `-errno`).
+    pub fn send_now(&self, fd: RawFd, flags: libc::c_int) -> i32 {
+        let rc = match self.single_buffer() {
+            // SAFETY: the buffer is a live slice of the core's queue (or a staging chunk) for
+            // the duration of the call.
+            Some((ptr, len)) => unsafe { libc::send(fd, ptr.cast(), len, flags) },
+            // SAFETY: the msghdr points at iovecs, address and cmsg in `self` and at buffers the
+            // core keeps alive; all outlive the call.
+            None => unsafe { libc::sendmsg(fd, &self.msg, flags) },
+        };
+        if rc < 0 {
+            -std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO)
+        } else {
+            i32::try_from(rc).unwrap_or(i32::MAX)
+        }
+    }
+}
+
 /// Appends `s` as an iovec, or extends the previous iovec when `s` starts where it ends: buffers
 /// cut from one allocation (`BytesMut::split_to`, `Bytes::slice`) then cost the kernel one iovec
 /// for the whole run, as a single contiguous buffer would (its per-iovec cost is far above ours).

@@ -560,23 +560,9 @@ impl Uring {
     fn direct(&mut self, payload: &Core, p: &Planned, out: &mut Vec<Event>) -> bool {
         let mut m = self.pool.pop().unwrap_or_else(|| Box::new(MsgMem::new()));
         m.prepare(payload, p);
-        let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
         self.tally.transitions += 1;
-        let rc = match m.single_buffer() {
-            // SAFETY: the buffer is a live slice of the core's queue for the duration of the call.
-            Some((ptr, len)) => unsafe { libc::send(p.fd, ptr.cast(), len, flags) },
-            // SAFETY: the msghdr points at iovecs, address and cmsg in `m` and buffers the core
-            // keeps alive; all outlive the call.
-            None => unsafe { libc::sendmsg(p.fd, &m.msg, flags) },
-        };
+        let res = m.send_now(p.fd, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT);
         self.pool.push(m);
-        let res = if rc < 0 {
-            -std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO)
-        } else {
-            i32::try_from(rc).unwrap_or(i32::MAX)
-        };
         if res == -libc::EAGAIN {
             return false;
         }
