@@ -1,10 +1,11 @@
-//! `volley`: send stdin through the engine, sink what arrives, or benchmark the engine against
+//! `volley`: send stdin through the engine, sink what arrives, benchmark the engine against
 //! per-buffer system calls, tokio, tokio-uring and quinn-udp (the methods live in the
-//! `volley-bench` library).
+//! `volley-bench` library), or run a VPN-style TUN ↔ UDP tunnel on it.
 
 mod addr;
 mod send;
 mod sink;
+mod tunnel;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -99,6 +100,31 @@ enum Cmd {
         #[arg(long)]
         udp_gro: bool,
     },
+    /// VPN-style tunnel: TUN packets to the peer as UDP datagrams (batched through the engine),
+    /// the peer's datagrams into the TUN device. Runs until SIGINT/SIGTERM; prints a summary.
+    Tunnel {
+        /// TUN device name (created, or attached if it exists).
+        #[arg(long)]
+        tun: String,
+        /// Local UDP address, ADDR:PORT.
+        #[arg(long)]
+        listen: String,
+        /// The peer tunnel's UDP address, ADDR:PORT; datagrams from anywhere else are dropped.
+        #[arg(long)]
+        peer: String,
+        /// TUN MTU; must fit the underlay route's MTU minus 28 (IPv4) or 48 (IPv6) bytes.
+        #[arg(long, default_value_t = tunnel::DEFAULT_MTU)]
+        mtu: usize,
+        /// Backend (default: VOLLEY_BACKEND, else auto).
+        #[arg(long, value_enum)]
+        backend: Option<BackendArg>,
+        /// Baseline: one read→sendto and one recvfrom→write per packet, no engine.
+        #[arg(long, conflicts_with = "backend")]
+        naive: bool,
+        /// TUN packets read per wake-up at most (one submission each).
+        #[arg(long, default_value_t = tunnel::DEFAULT_BATCH)]
+        batch: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -147,6 +173,25 @@ fn main() -> ExitCode {
             batch,
             udp_gro,
         }),
+        Cmd::Tunnel {
+            tun,
+            listen,
+            peer,
+            mtu,
+            backend,
+            naive,
+            batch,
+        } => {
+            return tunnel::run(&tunnel::TunnelOpts {
+                tun,
+                listen,
+                peer,
+                mtu,
+                backend: backend.map(Into::into),
+                naive,
+                batch,
+            })
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
