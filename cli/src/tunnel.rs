@@ -609,8 +609,11 @@ impl Tunnel {
             self.c.drop_unsent_at_exit += 1;
         }
         if let Path::Volley { engine, id, .. } = &mut self.path {
-            match engine.flush(*id) {
-                Ok(r) => self.c.add_report(&r),
+            // `close` rather than `flush`: it also takes the socket out of the engine (and out of
+            // io_uring's registered file table), so the port is free as soon as we exit instead
+            // of when the kernel gets round to tearing the ring down.
+            match engine.close(*id) {
+                Ok((r, _fd)) => self.c.add_report(&r),
                 Err(e) => {
                     self.c.drop_unsent_at_exit += engine.pending_writes();
                     eprintln!("volley tunnel: the final flush failed: {e}");

@@ -5,6 +5,10 @@ use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+/// How long `bind` retries an address in use.
+const BIND_RETRY: Duration = Duration::from_secs(3);
 
 /// `size_of::<T>()` as a `socklen_t` (every sockaddr and option type here is far below 4 GiB).
 fn socklen_of<T>() -> libc::socklen_t {
@@ -87,7 +91,18 @@ fn set_pmtudisc_do(sock: &UdpSocket, v6: bool) -> io::Result<()> {
 /// # Errors
 /// A message naming the address.
 pub fn bind(listen: SocketAddr) -> Result<UdpSocket, String> {
-    let sock = UdpSocket::bind(listen).map_err(|e| format!("cannot bind UDP {listen}: {e}"))?;
+    // A tunnel that just exited may hold the port for a moment longer (io_uring tears its ring
+    // and registered files down asynchronously): retry briefly before calling it a conflict.
+    let deadline = Instant::now() + BIND_RETRY;
+    let sock = loop {
+        match UdpSocket::bind(listen) {
+            Ok(s) => break s,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(format!("cannot bind UDP {listen}: {e}")),
+        }
+    };
     set_pmtudisc_do(&sock, listen.is_ipv6())
         .map_err(|e| format!("cannot set path-MTU discovery on {listen}: {e}"))?;
     volley_bench::net::grow_rcvbuf(&sock, 8 << 20);
