@@ -134,6 +134,51 @@ fn check_udp(r: Result<FlushReport, Error>) -> Result<(), String> {
     Ok(())
 }
 
+/// TCP messages up to this size go through [`volley::StreamWriter`] (the engine's default
+/// staging threshold, `coalesce_below_bytes`).
+const WRITER_MAX_BYTES: usize = 512;
+
+/// `n` messages for `peer` through a `StreamWriter`: each copied into the stream's staging;
+/// on backpressure, flush everything and write the same message again.
+#[inline(always)]
+fn write_small(
+    engine: &mut Engine,
+    id: SocketId,
+    w: &mut Workload,
+    peer: usize,
+    n: usize,
+) -> Result<(), String> {
+    let mut wr = engine.writer(id).map_err(|e| e.to_string())?;
+    for _ in 0..n {
+        let b = w.next(peer);
+        if let Err(e) = wr.write(&b) {
+            if !e.is_backpressure() {
+                return Err(e.to_string());
+            }
+            wr.flush().map_err(|e| e.to_string())?;
+            wr.write(&b).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// The barrier of a TCP batch: one stream's, or every stream's.
+fn finish_tcp(engine: &mut Engine, ids: &[SocketId], event_loop: bool) -> Result<(), String> {
+    if let [id] = ids[..] {
+        barrier(engine, event_loop, id).map_err(|e| e.to_string())?;
+    } else if event_loop {
+        for &id in ids {
+            barrier(engine, event_loop, id).map_err(|e| e.to_string())?;
+        }
+    } else {
+        engine
+            .flush_all()
+            .and_then(FlushAllReport::into_result)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 impl Method for Volley {
     fn batch(&mut self, w: &mut Workload) -> Result<(), String> {
         let spec = w.spec;
@@ -145,24 +190,22 @@ impl Method for Volley {
         } = self;
         let (engine, event_loop) = (engine, *event_loop);
         match spec.kind {
+            // Small messages are written by reference through a `StreamWriter` (copied into
+            // the engine's staging, as a `BufWriter` copies them); big ones are handed over as
+            // `Bytes` (no copy).
+            Kind::Tcp if spec.msg_size <= WRITER_MAX_BYTES => {
+                for (peer, &id) in ids.iter().enumerate() {
+                    write_small(engine, id, w, peer, spec.per_peer)?;
+                }
+                finish_tcp(engine, ids, event_loop)?;
+            }
             Kind::Tcp => {
                 for (peer, &id) in ids.iter().enumerate() {
                     for _ in 0..spec.per_peer {
                         send(engine, id, w, peer, None)?;
                     }
                 }
-                if let [id] = ids[..] {
-                    barrier(engine, event_loop, id).map_err(|e| e.to_string())?;
-                } else if event_loop {
-                    for &id in ids.iter() {
-                        barrier(engine, event_loop, id).map_err(|e| e.to_string())?;
-                    }
-                } else {
-                    engine
-                        .flush_all()
-                        .and_then(FlushAllReport::into_result)
-                        .map_err(|e| e.to_string())?;
-                }
+                finish_tcp(engine, ids, event_loop)?;
             }
             Kind::UdpConnected => {
                 let id = ids[0];

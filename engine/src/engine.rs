@@ -391,7 +391,7 @@ impl EngineBuilder {
 /// backpressured neighbour does not delay it.
 #[derive(Debug)]
 pub struct Engine {
-    core: Core,
+    pub(crate) core: Core,
     driver: AnyDriver,
     kind: BackendKind,
     reason: Option<String>,

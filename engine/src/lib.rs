@@ -42,6 +42,7 @@ mod error;
 mod report;
 mod stats;
 mod sys;
+mod writer;
 
 /// The batch planner (pure functions from queues to kernel ops): internal, reachable by fuzz
 /// targets and tests through the `sim` feature or `cfg(fuzzing)`.
@@ -66,6 +67,7 @@ pub use error::{Error, Limit, SendError, Status, Unreachable};
 pub use report::{FlushAllReport, FlushReport};
 pub use stats::Stats;
 pub use sys::uring::UringFeatures;
+pub use writer::StreamWriter;
 
 /// Kernel limits the engine plans with, for callers that size batches the same way.
 pub mod limits {

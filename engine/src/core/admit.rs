@@ -79,6 +79,14 @@ fn dest_problem(dest: SocketAddr, dests: u8) -> Option<&'static str> {
     None
 }
 
+/// What a [`crate::StreamWriter`] may still queue on its stream: bytes under both byte limits,
+/// and writes under the per-socket count.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Room {
+    pub bytes: usize,
+    pub writes: usize,
+}
+
 impl Core {
     /// Queues a write: a stream write, or a datagram (`dest` for unconnected UDP sockets).
     /// `queued_ns` is the caller's clock for a sampled write, 0 otherwise.
@@ -135,6 +143,94 @@ impl Core {
             self.wake(id.index);
         }
         Ok(())
+    }
+
+    /// Opens a stream for borrowed writes ([`crate::StreamWriter`]): the checks [`Core::send`]
+    /// makes per buffer, made once; the room left under every queue limit is then spent by
+    /// the writer without looking again.
+    pub fn open_stream(&self, id: SocketId) -> Result<Room, Error> {
+        let s = self.sock(id)?;
+        let Queue::Stream(q) = &s.queue else {
+            return Err(Error::WrongSocketKind {
+                socket: id,
+                expected: "a TCP stream",
+            });
+        };
+        if !s.accepting {
+            refuse(s, &self.cfg, self.queued_bytes, id, 0)?;
+        }
+        let cfg = &self.cfg;
+        Ok(Room {
+            bytes: (cfg.max_queued_bytes_per_socket - s.queued_bytes)
+                .min(cfg.max_queued_bytes - self.queued_bytes),
+            writes: cfg.max_queued_writes_per_socket.saturating_sub(q.len()),
+        })
+    }
+
+    /// Queues a chunk of borrowed writes filled by a [`crate::StreamWriter`] on a stream
+    /// opened with [`Core::open_stream`] (socket index `idx`; the writer kept within the
+    /// room it was given, and holds the engine, so nothing changed meanwhile). Hands back an
+    /// empty end-offset vector for the writer's next chunk.
+    pub fn push_chunk(&mut self, idx: u32, data: Bytes, ends: Vec<u32>) -> Vec<u32> {
+        let Some(SockSlot { sock: Some(s), .. }) = self.socks.get_mut(idx as usize) else {
+            return ends;
+        };
+        let Queue::Stream(q) = &mut s.queue else {
+            return ends;
+        };
+        let (len, writes) = (data.len(), ends.len().max(1));
+        let spare = q.push_chunk(data, ends);
+        s.queued_bytes += len;
+        self.queued_bytes += len;
+        self.pending_writes += writes as u64;
+        self.wake(idx);
+        spare
+    }
+
+    /// An empty end-offset vector for a writer's chunk on `idx` (a spare one: no allocation
+    /// in the steady state).
+    pub fn spare_ends(&mut self, idx: u32) -> Vec<u32> {
+        match self.socks.get_mut(idx as usize) {
+            Some(SockSlot {
+                sock:
+                    Some(Sock {
+                        queue: Queue::Stream(q),
+                        ..
+                    }),
+                ..
+            }) => q.spare_ends(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Takes back a writer's end-offset vector when it closes.
+    pub fn return_ends(&mut self, idx: u32, ends: Vec<u32>) {
+        if let Some(SockSlot {
+            sock:
+                Some(Sock {
+                    queue: Queue::Stream(q),
+                    ..
+                }),
+            ..
+        }) = self.socks.get_mut(idx as usize)
+        {
+            q.return_ends(ends);
+        }
+    }
+
+    /// Why a [`crate::StreamWriter`] has no room for `len` more bytes on `id`.
+    #[cold]
+    #[inline(never)]
+    pub fn refuse_copy(&self, id: SocketId, len: usize) -> Error {
+        match self.sock(id) {
+            Err(e) => e,
+            Ok(s) => match refuse(s, &self.cfg, self.queued_bytes, id, len) {
+                Err(e) => e,
+                // Not refused after all (cannot happen: the room was computed from the same
+                // state).
+                Ok(()) => Error::UnknownSocket(id),
+            },
+        }
     }
 
     /// Why [`Core::send`] refuses, in the order a caller should hear it, with the buffer.

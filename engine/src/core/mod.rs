@@ -26,6 +26,7 @@ use crate::error::{Error, Status};
 use crate::stats::Stats;
 use crate::SocketId;
 
+pub(crate) use admit::Room;
 use admit::{DEST_NONE, DEST_V4, DEST_V4_MAPPED, DEST_V6};
 use barrier::Acc;
 pub(crate) use dgram::DgramQueue;

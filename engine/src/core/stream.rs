@@ -91,6 +91,34 @@ impl StreamQueue {
         self.next_seq += 1;
     }
 
+    /// Queues a chunk filled by a [`crate::StreamWriter`], after everything queued before it:
+    /// `ends` says where each of its writes ends in `data` (empty: `data` is one write). Hands
+    /// back an empty end-offset vector for the writer's next chunk.
+    pub fn push_chunk(&mut self, data: Bytes, ends: Vec<u32>) -> Vec<u32> {
+        self.seal();
+        self.next_seq += ends.len().max(1) as u64;
+        self.q.push_back(Entry {
+            data,
+            ends,
+            counted: 0,
+            queued_ns: 0,
+        });
+        self.spare_ends.pop().unwrap_or_default()
+    }
+
+    /// An empty end-offset vector, with capacity if one is spare (a writer's first chunk).
+    pub fn spare_ends(&mut self) -> Vec<u32> {
+        self.spare_ends.pop().unwrap_or_default()
+    }
+
+    /// Takes back a writer's unused end-offset vector for later chunks.
+    pub fn return_ends(&mut self, mut ends: Vec<u32>) {
+        if ends.capacity() > 0 && self.spare_ends.len() < 4 {
+            ends.clear();
+            self.spare_ends.push(ends);
+        }
+    }
+
     /// Seals the open chunk and starts a fresh one of `chunk_bytes`.
     #[cold]
     fn new_chunk(&mut self, chunk_bytes: usize) {

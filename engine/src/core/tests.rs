@@ -127,6 +127,86 @@ both! {
 }
 
 both! {
+    /// `StreamWriter` chunks under short counts: every write is counted once, when the bytes
+    /// that end it are sent, and the peer gets the exact concatenation (the writer mixed with
+    /// `send`, small chunks so that a chunk is cut by short sends and op limits).
+    fn writer_chunks_count_each_write_once_under_short_counts(mode) {
+        let mut rng = SmallRng::seed_from_u64(11);
+        for _ in 0..40 {
+            let cfg = SimConfig {
+                max_iovecs_per_op: rng.gen_range(1..6),
+                max_bytes_per_op: rng.gen_range(1..300),
+                coalesce_max_bytes: rng.gen_range(1..400),
+                ..SimConfig::default()
+            };
+            let seed = rng.gen::<u64>();
+            let kernel = SimKernel::with_behaviour(
+                mode,
+                Box::new(FnBehaviour({
+                    let mut r = SmallRng::seed_from_u64(seed);
+                    move |op: &OpView<'_>| Verdict::Short(r.gen_range(0..=op.bytes.min(50)))
+                })),
+            );
+            let k = kernel.handle();
+            let mut e = Engine::with_sim(cfg, kernel);
+            let h = stream(&mut e, &k);
+            let mut want = Vec::new();
+            let (mut writes, mut reported) = (0u64, 0u64);
+            for tag in 0..30u64 {
+                if rng.gen_bool(0.3) {
+                    want.extend(send_all(&mut e, h, tag * 100, &[rng.gen_range(1..200)]));
+                    writes += 1;
+                }
+                let mut w = e.writer(h).unwrap();
+                for i in 0..rng.gen_range(1..20u64) {
+                    let b = payload(tag * 100 + 50 + i, rng.gen_range(0..600));
+                    w.write(&b).unwrap();
+                    want.extend_from_slice(&b);
+                    writes += 1;
+                    if rng.gen_bool(0.1) {
+                        reported += w.flush().unwrap().writes;
+                    }
+                }
+                drop(w);
+                if rng.gen_bool(0.3) {
+                    reported += e.flush(h).unwrap().writes;
+                }
+            }
+            let r = e.flush(h).unwrap();
+            reported += r.writes;
+            assert_eq!(r.failed, 0);
+            assert_eq!(reported, writes, "every write reported once");
+            assert!(k.peer(h).received == want);
+        }
+    }
+}
+
+both! {
+    /// A stream error in the middle of a writer's chunk: the writes wholly sent before it count
+    /// as sent, the rest of the chunk fails with the error, later writes are refused at once.
+    fn writer_chunk_cut_by_a_reset_fails_exactly_the_unsent_writes(mode) {
+        let (mut e, k) = sim(mode, SimConfig::default());
+        let h = stream(&mut e, &k);
+        k.script(h, [Verdict::Short(250), Verdict::Errno(libc::ECONNRESET)]);
+        let mut w = e.writer(h).unwrap();
+        for i in 0..10u64 {
+            w.write(&payload(i, 100)).unwrap();
+        }
+        w.submit().unwrap();
+        let late = w.write(b"late").unwrap_err();
+        assert_eq!(late.status(), Some(Status::ConnectionReset), "refused at once");
+        drop(w);
+        let all = e.flush_all().unwrap();
+        let r = all.socket(h).unwrap();
+        // 250 bytes went out: writes 0 and 1 whole, write 2 half; the reset fails 2..10.
+        assert_eq!((r.writes, r.failed, r.bytes), (2, 8, 250));
+        assert_eq!(r.failed_with(Status::ConnectionReset), 8);
+        assert_eq!(k.peer(h).received.len(), 250);
+        assert!(e.writer(h).is_err(), "a poisoned stream opens no writer");
+    }
+}
+
+both! {
     fn eagain_eintr_and_erestartsys_retry_without_teardown(mode) {
         let (mut e, k) = sim(mode, SimConfig::default());
         let h = stream(&mut e, &k);

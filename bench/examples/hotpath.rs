@@ -1,0 +1,98 @@
+//! The per-message cost of each way to send small TCP messages, for `valgrind --tool=callgrind`
+//! (instruction counts do not depend on the machine's load): `BATCHES` × 1024 messages of 64
+//! bytes, one flush per 1024, to a loopback receiver thread that discards them.
+//!
+//! ```sh
+//! cargo build --release -p volley-bench --example hotpath
+//! valgrind --tool=callgrind --toggle-collect='hotpath::run*' \
+//!     target/release/examples/hotpath writer   # or: send, bufwriter
+//! ```
+//! Instructions per message = the `run_*` function's inclusive count ÷ (BATCHES × 1024).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+
+use bytes::Bytes;
+use volley::{Backend, Engine};
+
+const BATCHES: usize = 200;
+const PER_FLUSH: usize = 1024;
+const SIZE: usize = 64;
+
+fn main() {
+    let how = std::env::args().nth(1).unwrap_or_else(|| "writer".into());
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let rx = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0usize;
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        total
+    });
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let payload = Bytes::from_static(vec![7u8; SIZE * PER_FLUSH].leak());
+    match how.as_str() {
+        "bufwriter" => run_bufwriter(stream, &payload),
+        "send" | "writer" => {
+            let mut engine = Engine::builder()
+                .backend(Backend::Uring)
+                .write_latency_every(0)
+                .flush_latency_every(0)
+                .build()
+                .expect("engine");
+            let id = engine.register_tcp(stream).expect("register");
+            if how == "send" {
+                run_send(&mut engine, id, &payload);
+            } else {
+                run_writer(&mut engine, id, &payload);
+            }
+            drop(engine);
+        }
+        other => panic!("unknown method {other}: writer, send or bufwriter"),
+    }
+    let got = rx.join().expect("receiver");
+    assert_eq!(got, BATCHES * PER_FLUSH * SIZE, "bytes received");
+    println!("{how}: {} messages", BATCHES * PER_FLUSH);
+}
+
+#[inline(never)]
+fn run_bufwriter(stream: TcpStream, payload: &Bytes) {
+    let mut w = std::io::BufWriter::with_capacity(64 << 10, stream);
+    for _ in 0..BATCHES {
+        for i in 0..PER_FLUSH {
+            let b = payload.slice(i * SIZE..(i + 1) * SIZE);
+            w.write_all(&b).expect("write");
+        }
+        w.flush().expect("flush");
+    }
+}
+
+#[inline(never)]
+fn run_send(engine: &mut Engine, id: volley::SocketId, payload: &Bytes) {
+    for _ in 0..BATCHES {
+        for i in 0..PER_FLUSH {
+            let b = payload.slice(i * SIZE..(i + 1) * SIZE);
+            engine.send(id, b).expect("send");
+        }
+        engine.flush(id).expect("flush");
+    }
+}
+
+#[inline(never)]
+fn run_writer(engine: &mut Engine, id: volley::SocketId, payload: &Bytes) {
+    for _ in 0..BATCHES {
+        let mut w = engine.writer(id).expect("writer");
+        for i in 0..PER_FLUSH {
+            let b = payload.slice(i * SIZE..(i + 1) * SIZE);
+            w.write(&b).expect("write");
+        }
+        w.flush().expect("flush");
+    }
+}
