@@ -124,6 +124,10 @@ enum Cmd {
         /// TUN packets read per wake-up at most (one submission each).
         #[arg(long, default_value_t = tunnel::DEFAULT_BATCH)]
         batch: usize,
+        /// IFF_VNET_HDR + TSO/checksum offload: TCP super-packets of up to 64 KiB in one TUN
+        /// read, cut into MTU-sized packets here (as wireguard-go does).
+        #[arg(long, conflicts_with = "naive")]
+        offload: bool,
     },
 }
 
@@ -181,6 +185,7 @@ fn main() -> ExitCode {
             backend,
             naive,
             batch,
+            offload,
         } => {
             return tunnel::run(&tunnel::TunnelOpts {
                 tun,
@@ -190,6 +195,7 @@ fn main() -> ExitCode {
                 backend: backend.map(Into::into),
                 naive,
                 batch,
+                offload,
             })
         }
     };

@@ -27,10 +27,12 @@
 //! summary line, every datagram received is written or counted.
 
 mod ip;
+mod offload;
 mod sys;
 mod tun;
 mod udp;
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
@@ -77,6 +79,8 @@ pub struct TunnelOpts {
     pub naive: bool,
     /// TUN packets per wake-up at most.
     pub batch: usize,
+    /// `IFF_VNET_HDR` + TSO/checksum offload: TCP super-packets in one read, cut here.
+    pub offload: bool,
 }
 
 /// Everything counted, for the summary line. `tx`: TUN → peer; `rx`: peer → TUN.
@@ -96,6 +100,8 @@ struct Counters {
     drop_garbage: u64,
     /// TUN packets larger than the MTU (the device's MTU was raised behind our back).
     drop_oversize: u64,
+    /// `--offload`: reads whose virtio header or TCP headers could not be cut into packets.
+    drop_bad_offload: u64,
     /// Datagrams the TUN device refused with `EIO`: it is down.
     drop_tun_down: u64,
     /// Other TUN write failures.
@@ -171,8 +177,14 @@ struct Tunnel {
     c: Counters,
     /// Where the next TUN packet is read to.
     chunk: BytesMut,
-    /// A packet the engine refused for backpressure, sent first once it has room.
-    held: Option<Bytes>,
+    /// Packets behind one the engine refused for backpressure (it first), sent in order once it
+    /// has room; the TUN device is not read meanwhile.
+    held: VecDeque<Bytes>,
+    /// `--offload`: one raw read (virtio header + up to 64 KiB), and the packets cut from it.
+    raw: Vec<u8>,
+    segs: Vec<Bytes>,
+    /// The device was opened with `IFF_VNET_HDR`.
+    vnet: bool,
     recv: RecvBatch,
     /// The TUN device refused the last write with `EIO` (logged once per episode).
     tun_down: bool,
@@ -255,8 +267,15 @@ impl Tunnel {
                 opts.mtu
             ));
         }
-        let tun = Tun::open(&opts.tun)?;
+        if opts.offload && opts.naive {
+            return Err("--offload works with the engine, not with --naive".into());
+        }
+        let tun = Tun::open(&opts.tun, opts.offload)?;
         tun.set_mtu(opts.mtu)?;
+        if opts.offload {
+            offload::enable(tun.as_fd())
+                .map_err(|e| format!("TUNSETOFFLOAD on {} failed: {e}", tun.name))?;
+        }
         let tun_tx = tun
             .fd
             .try_clone()
@@ -299,7 +318,14 @@ impl Tunnel {
             path,
             c: Counters::default(),
             chunk: BytesMut::new(),
-            held: None,
+            held: VecDeque::new(),
+            raw: if opts.offload {
+                vec![0; offload::VNET_HDR_LEN + 65_536]
+            } else {
+                Vec::new()
+            },
+            segs: Vec::new(),
+            vnet: opts.offload,
             recv,
             tun_down: false,
             logged_send_error: false,
@@ -308,6 +334,9 @@ impl Tunnel {
 
     fn mode(&self) -> String {
         match &self.path {
+            Path::Volley { engine, .. } if self.vnet => {
+                format!("volley backend {} offload", engine.backend())
+            }
             Path::Volley { engine, .. } => format!("volley backend {}", engine.backend()),
             Path::Naive { .. } => "naive".into(),
         }
@@ -342,7 +371,7 @@ impl Tunnel {
             Path::Naive { sock } => (sock.as_raw_fd(), -1, -1),
         };
         // While a packet is held the TUN device is not read (an fd < 0 is skipped by poll).
-        let tun_fd = if self.held.is_some() {
+        let tun_fd = if !self.held.is_empty() {
             -1
         } else {
             self.tun.fd.as_raw_fd()
@@ -371,33 +400,71 @@ impl Tunnel {
         // descriptor says completions are waiting, after a backoff timer, and while a packet is
         // held.
         let timer = ready == 0 && timeout_ms >= 0;
-        if queued || fds[3].revents != 0 || timer || self.held.is_some() {
+        if queued || fds[3].revents != 0 || timer || !self.held.is_empty() {
             self.reap()?;
-            if self.held.is_some() {
+            if !self.held.is_empty() {
                 self.retry_held()?;
             }
         }
         Ok(None)
     }
 
-    /// Reads the TUN device until `EAGAIN` or the batch cap, handing each packet on. `true` if
-    /// something was queued on the engine.
+    /// Reads the TUN device until `EAGAIN` or the batch cap (in packets), handing each packet
+    /// on. `true` if something was queued on the engine.
     fn read_tun_batch(&mut self) -> Result<bool, String> {
         let mut queued = false;
-        for _ in 0..self.batch {
+        let mut packets = 0;
+        while packets < self.batch && self.held.is_empty() {
+            if self.vnet {
+                if !self.read_tun_offload()? {
+                    break;
+                }
+                let mut segs = std::mem::take(&mut self.segs);
+                packets += segs.len();
+                for pkt in segs.drain(..) {
+                    queued |= self.offer(pkt) != Offer::Done;
+                }
+                self.segs = segs;
+                continue;
+            }
             let Some(pkt) = self.read_tun()? else {
                 break;
             };
-            match self.offer(pkt) {
-                Offer::Queued => queued = true,
-                Offer::Done => {}
-                Offer::Held => {
-                    queued = true;
-                    break;
+            packets += 1;
+            queued |= self.offer(pkt) != Offer::Done;
+        }
+        Ok(queued)
+    }
+
+    /// `--offload`: one read (a TCP super-packet or a single packet behind a virtio header),
+    /// cut into MTU-sized IP packets in `self.segs`. `false` on `EAGAIN`.
+    fn read_tun_offload(&mut self) -> Result<bool, String> {
+        self.c.tun_reads += 1;
+        let n = match tun::read_packet_into(self.tun.as_fd(), &mut self.raw) {
+            Ok(Some(n)) => n,
+            Ok(None) => return Ok(false),
+            Err(e) => return Err(self.tun_error("read from", &e)),
+        };
+        let segs = &mut self.segs;
+        match offload::split(&mut self.raw[..n], self.mtu, &mut self.chunk, |b| {
+            segs.push(b)
+        }) {
+            Ok(_) => {
+                for p in &self.segs {
+                    self.c.tx_read_packets += 1;
+                    self.c.tx_read_bytes += p.len() as u64;
+                }
+            }
+            Err(e) => {
+                self.c.tx_read_packets += 1;
+                self.c.tx_read_bytes += n.saturating_sub(offload::VNET_HDR_LEN) as u64;
+                match e {
+                    offload::SplitError::Oversize => self.c.drop_oversize += 1,
+                    offload::SplitError::Malformed => self.c.drop_bad_offload += 1,
                 }
             }
         }
-        Ok(queued)
+        Ok(true)
     }
 
     /// One packet from the TUN device, split off the current 64 KiB buffer.
@@ -439,20 +506,32 @@ impl Tunnel {
         }
     }
 
-    /// Hands one TUN packet to the peer.
+    /// Hands one TUN packet to the peer (behind any held ones).
     fn offer(&mut self, pkt: Bytes) -> Offer {
+        if !self.held.is_empty() {
+            self.held.push_back(pkt);
+            return Offer::Held;
+        }
+        match self.send_now(pkt) {
+            Ok(o) => o,
+            Err(refused) => {
+                self.c.backpressure_waits += 1;
+                self.held.push_back(refused);
+                Offer::Held
+            }
+        }
+    }
+
+    /// Sends or queues one packet; `Err` hands back a packet refused for backpressure.
+    fn send_now(&mut self, pkt: Bytes) -> Result<Offer, Bytes> {
         match &mut self.path {
             Path::Volley { engine, id, .. } => match engine.send_to(*id, pkt, self.peer) {
-                Ok(()) => Offer::Queued,
-                Err(e) if e.is_backpressure() => {
-                    self.c.backpressure_waits += 1;
-                    self.held = Some(e.into_inner());
-                    Offer::Held
-                }
+                Ok(()) => Ok(Offer::Queued),
+                Err(e) if e.is_backpressure() => Err(e.into_inner()),
                 Err(e) => {
                     let msg = e.error().to_string();
                     self.send_failed(&msg, e.error().status());
-                    Offer::Done
+                    Ok(Offer::Done)
                 }
             },
             Path::Naive { sock } => {
@@ -467,7 +546,7 @@ impl Tunnel {
                         self.send_failed(&format!("send to {}: {e}", self.peer), status);
                     }
                 }
-                Offer::Done
+                Ok(Offer::Done)
             }
         }
     }
@@ -481,14 +560,22 @@ impl Tunnel {
         }
     }
 
-    /// Sends the held packet again (after the engine made room).
+    /// Sends the held packets again, in order (after the engine made room), until one is
+    /// refused again.
     fn retry_held(&mut self) -> Result<(), String> {
-        if let Some(pkt) = self.held.take() {
-            match self.offer(pkt) {
-                Offer::Queued => self.reap()?,
-                // Still full: held again, the engine's descriptor wakes the loop.
-                Offer::Held | Offer::Done => {}
+        let mut queued = false;
+        while let Some(pkt) = self.held.pop_front() {
+            match self.send_now(pkt) {
+                Ok(o) => queued |= o == Offer::Queued,
+                Err(refused) => {
+                    // Still full: the engine's descriptor wakes the loop when it has room.
+                    self.held.push_front(refused);
+                    break;
+                }
             }
+        }
+        if queued {
+            self.reap()?;
         }
         Ok(())
     }
@@ -566,7 +653,7 @@ impl Tunnel {
             return Ok(());
         }
         let len = d.data.len();
-        let outcome = Self::to_tun(&self.tun_tx, d.data);
+        let outcome = Self::to_tun(&self.tun_tx, self.vnet, d.data);
         self.c.tun_writes += 1;
         match outcome {
             Ok(()) => {
@@ -597,17 +684,22 @@ impl Tunnel {
         }
     }
 
-    /// The one place a packet from the peer is written to the TUN device: one `write(2)`.
+    /// The one place a packet from the peer is written to the TUN device: one `write(2)` (with
+    /// `IFF_VNET_HDR`, one `writev` behind an all-zero virtio header: no GSO, and the kernel
+    /// verifies the checksums itself).
     // TODO(register_packet): through the engine once `Engine::register_packet` lands.
-    fn to_tun(fd: &OwnedFd, p: &[u8]) -> io::Result<()> {
-        tun::write_packet(fd.as_fd(), p)
+    fn to_tun(fd: &OwnedFd, vnet: bool, p: &[u8]) -> io::Result<()> {
+        if vnet {
+            tun::write_packet_with(fd.as_fd(), &[0; offload::VNET_HDR_LEN], p)
+        } else {
+            tun::write_packet(fd.as_fd(), p)
+        }
     }
 
     /// At exit: the final flush (bounded), and whatever could not go counted.
     fn finish(&mut self) {
-        if self.held.take().is_some() {
-            self.c.drop_unsent_at_exit += 1;
-        }
+        self.c.drop_unsent_at_exit += self.held.len() as u64;
+        self.held.clear();
         if let Path::Volley { engine, id, .. } = &mut self.path {
             // `close` rather than `flush`: it also takes the socket out of the engine (and out of
             // io_uring's registered file table), so the port is free as soon as we exit instead
@@ -632,6 +724,7 @@ impl Tunnel {
             Path::Naive { .. } => ("none".to_string(), 0),
         };
         let mode = match self.path {
+            Path::Volley { .. } if self.vnet => "volley-offload",
             Path::Volley { .. } => "volley",
             Path::Naive { .. } => "naive",
         };
@@ -648,7 +741,7 @@ impl Tunnel {
         let rx_all = c.recv_calls + c.errqueue_reads + c.tun_writes;
         let packets = c.tx_read_packets + c.rx_recv_packets;
         let mut s = format!("volley tunnel: mode={mode} backend={backend} stop={stop}");
-        let fields: [(&str, u64); 26] = [
+        let fields: [(&str, u64); 27] = [
             ("tx_read_packets", c.tx_read_packets),
             ("tx_read_bytes", c.tx_read_bytes),
             ("tx_sent_packets", c.tx_sent_packets),
@@ -660,6 +753,7 @@ impl Tunnel {
             ("drop_foreign", c.drop_foreign),
             ("drop_garbage", c.drop_garbage),
             ("drop_oversize", c.drop_oversize),
+            ("drop_bad_offload", c.drop_bad_offload),
             ("drop_tun_down", c.drop_tun_down),
             ("drop_tun_write", c.drop_tun_write),
             ("drop_send_error", c.drop_send_error),

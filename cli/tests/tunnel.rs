@@ -1,7 +1,8 @@
 //! `volley tunnel` end to end: two network namespaces joined by a veth pair (underlay
 //! 10.210.N.1 ↔ 10.210.N.2), a tunnel in each (overlay 10.211.N.1 ↔ 10.211.N.2 on their TUN
 //! devices), and a TCP stream of a few MiB each way through the tunnels, compared byte for byte, on
-//! io_uring, on epoll and with `--naive`. Then the faults: datagrams from a foreign source and
+//! io_uring, on epoll (each also with `--offload`: TSO super-packets cut in user space) and with
+//! `--naive`. Then the faults: datagrams from a foreign source and
 //! garbage from the peer's own address are counted as drops and never reach the TUN device (its
 //! `rx_packets` counter says so); datagrams while the device is down are counted as
 //! `drop_tun_down` and delivery resumes once it is up; a peer tunnel killed and restarted
@@ -454,6 +455,7 @@ fn assert_clean(e: &Ended, ctx: &str) {
         "drop_foreign",
         "drop_garbage",
         "drop_oversize",
+        "drop_bad_offload",
         "drop_tun_write",
         "drop_send_error",
         "drop_unsent_at_exit",
@@ -496,6 +498,15 @@ fn transfer(test: &str, n: u8, extra: &[&str], mode: &str, backend: &str) {
         );
         assert!(e.get("rx_written_bytes") > FILE_BYTES as u64, "{ctx}");
     }
+    if mode == "volley-offload" {
+        // TCP super-packets: far fewer reads than packets (the sender side of the bulk stream).
+        let (reads, packets) = (ea.get("tun_reads"), ea.get("tx_read_packets"));
+        assert!(
+            reads * 2 < packets,
+            "{reads} TUN reads for {packets} packets:\n{}",
+            ea.stderr
+        );
+    }
     if mode == "naive" {
         // One sendto per packet, no engine.
         assert_eq!(ea.get("udp_send_calls"), ea.get("tx_read_packets"));
@@ -523,6 +534,28 @@ fn transfer_epoll() {
         2,
         &["--backend", "epoll"],
         "volley",
+        "epoll",
+    );
+}
+
+#[test]
+fn transfer_uring_offload() {
+    transfer(
+        "transfer_uring_offload",
+        10,
+        &["--backend", "uring", "--offload"],
+        "volley-offload",
+        "io_uring",
+    );
+}
+
+#[test]
+fn transfer_epoll_offload() {
+    transfer(
+        "transfer_epoll_offload",
+        11,
+        &["--backend", "epoll", "--offload"],
+        "volley-offload",
         "epoll",
     );
 }
@@ -689,6 +722,15 @@ fn faults_uring() {
 #[test]
 fn faults_epoll() {
     faults("faults_epoll", 5, &["--backend", "epoll"]);
+}
+
+#[test]
+fn faults_uring_offload() {
+    faults(
+        "faults_uring_offload",
+        12,
+        &["--backend", "uring", "--offload"],
+    );
 }
 
 #[test]

@@ -80,7 +80,9 @@ mod tests {
     #[test]
     fn garbage_and_bad_lengths_fail() {
         assert_eq!(check(&[]), Err(Bad::NotIp));
-        assert_eq!(check(b"hello, tunnel"), Err(Bad::NotIp));
+        assert_eq!(check(b"\x01hello, tunnel"), Err(Bad::NotIp));
+        // "h" is 0x68: version 6, and far too short for it.
+        assert_eq!(check(b"hello, tunnel"), Err(Bad::BadLength));
         assert_eq!(check(&[0u8; 100]), Err(Bad::NotIp));
         assert_eq!(check(&[0x45; 10]), Err(Bad::BadLength));
         let mut short = v4(100);

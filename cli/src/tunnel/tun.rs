@@ -1,5 +1,6 @@
 //! The TUN device: `/dev/net/tun` + `TUNSETIFF` (`IFF_TUN | IFF_NO_PI`: bare IP packets, no
-//! 4-byte packet-information prefix), its MTU (`SIOCSIFMTU`), and one packet per `read`/`write`.
+//! 4-byte packet-information prefix; `IFF_VNET_HDR` for `--offload`), its MTU (`SIOCSIFMTU`),
+//! and one packet per `read`/`write`.
 
 use std::ffi::CStr;
 use std::io;
@@ -33,12 +34,13 @@ fn ifreq(name: &str) -> Result<libc::ifreq, String> {
 
 impl Tun {
     /// Creates the device `name`, or attaches to it if it exists (a persistent device made with
-    /// `ip tuntap add mode tun`), non-blocking.
+    /// `ip tuntap add mode tun`), non-blocking; `vnet_hdr` adds `IFF_VNET_HDR` (every packet
+    /// behind a `virtio_net_hdr`, for offloads).
     ///
     /// # Errors
     /// A message saying what failed and what to do (no `/dev/net/tun`, no `CAP_NET_ADMIN`, the
     /// device is busy or not a TUN device).
-    pub fn open(name: &str) -> Result<Tun, String> {
+    pub fn open(name: &str, vnet_hdr: bool) -> Result<Tun, String> {
         let mut req = ifreq(name)?;
         let path = c"/dev/net/tun";
         // SAFETY: `path` is NUL-terminated and outlives the call; `open` only returns a new fd.
@@ -56,8 +58,9 @@ impl Tun {
         }
         // SAFETY: `raw` was just returned by `open`, and nothing else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        req.ifr_ifru.ifru_flags = libc::c_short::try_from(libc::IFF_TUN | libc::IFF_NO_PI)
-            .map_err(|_| "IFF_TUN | IFF_NO_PI does not fit ifr_flags".to_string())?;
+        let vnet = if vnet_hdr { libc::IFF_VNET_HDR } else { 0 };
+        req.ifr_ifru.ifru_flags = libc::c_short::try_from(libc::IFF_TUN | libc::IFF_NO_PI | vnet)
+            .map_err(|_| "the TUN flags do not fit ifr_flags".to_string())?;
         // SAFETY: TUNSETIFF reads and writes one `ifreq` (linux/if_tun.h), which lives on this
         // stack frame for the whole call; `fd` is an open /dev/net/tun descriptor.
         let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) };
@@ -119,18 +122,15 @@ fn control_socket() -> Result<OwnedFd, String> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
-/// One `read(2)`: one packet, into `buf`. `Ok(None)` on `EAGAIN`.
+/// One `read(2)` of up to `len` bytes to `buf`. `Ok(None)` on `EAGAIN`.
 ///
-/// # Errors
-/// The read's error (`EBADFD`: the device was deleted).
-pub fn read_packet(
-    fd: BorrowedFd<'_>,
-    buf: &mut [std::mem::MaybeUninit<u8>],
-) -> io::Result<Option<usize>> {
+/// # Safety
+/// `buf` must be valid for writes of `len` bytes for the duration of the call.
+unsafe fn read_raw(fd: BorrowedFd<'_>, buf: *mut u8, len: usize) -> io::Result<Option<usize>> {
     loop {
-        // SAFETY: `buf` is writable memory of `buf.len()` bytes for the duration of the call;
-        // `read` writes at most that many bytes and never reads them.
-        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        // SAFETY: the caller guarantees `buf` is writable for `len` bytes; `read` writes at most
+        // that many and never reads them.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.cast(), len) };
         if n >= 0 {
             return Ok(Some(n.unsigned_abs()));
         }
@@ -139,6 +139,56 @@ pub fn read_packet(
             Some(libc::EAGAIN) => return Ok(None),
             Some(libc::EINTR) => {}
             _ => return Err(e),
+        }
+    }
+}
+
+/// One `read(2)`: one packet, into (possibly uninitialised) `buf`. `Ok(None)` on `EAGAIN`.
+///
+/// # Errors
+/// The read's error (`EBADFD`: the device was deleted).
+pub fn read_packet(
+    fd: BorrowedFd<'_>,
+    buf: &mut [std::mem::MaybeUninit<u8>],
+) -> io::Result<Option<usize>> {
+    // SAFETY: `buf` is an exclusively borrowed slice of `buf.len()` bytes.
+    unsafe { read_raw(fd, buf.as_mut_ptr().cast(), buf.len()) }
+}
+
+/// [`read_packet`] into an initialised buffer.
+///
+/// # Errors
+/// As [`read_packet`].
+pub fn read_packet_into(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    // SAFETY: `buf` is an exclusively borrowed slice of `buf.len()` bytes.
+    unsafe { read_raw(fd, buf.as_mut_ptr(), buf.len()) }
+}
+
+/// One `writev(2)` of `hdr` then `p`: one packet behind a virtio header (`IFF_VNET_HDR`).
+///
+/// # Errors
+/// As [`write_packet`].
+pub fn write_packet_with(fd: BorrowedFd<'_>, hdr: &[u8], p: &[u8]) -> io::Result<()> {
+    let iov = [
+        libc::iovec {
+            iov_base: hdr.as_ptr().cast_mut().cast(),
+            iov_len: hdr.len(),
+        },
+        libc::iovec {
+            iov_base: p.as_ptr().cast_mut().cast(),
+            iov_len: p.len(),
+        },
+    ];
+    loop {
+        // SAFETY: both iovecs point at slices that are readable for their lengths for the
+        // call; `writev` only reads them (the `*mut` is the C type, not a licence to write).
+        let n = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), 2) };
+        if n >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
         }
     }
 }
