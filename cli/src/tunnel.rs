@@ -22,6 +22,10 @@
 //!   still held at exit is counted in `drop_unsent_at_exit`.
 //! - `--naive`: the same loop with one `read` → `sendto` per packet and one `recvfrom` → `write`
 //!   per datagram: the baseline.
+//! - `--offload` (with the engine): the device is opened with `IFF_VNET_HDR` and TSO/checksum
+//!   offload, so one read carries a TCP super-packet of up to 64 KiB, cut here into MTU-sized
+//!   packets with their checksums ([`offload::split`]); on the way in, runs of one TCP flow are
+//!   coalesced into one write ([`offload::gro_run`]). What wireguard-go does (tun/offload_linux.go).
 //!
 //! Nothing is lost silently: every packet read is sent or counted in a `drop_*` field of the
 //! summary line, every datagram received is written or counted.
