@@ -434,11 +434,12 @@ impl Tunnel {
                 self.segs = segs;
                 continue;
             }
-            let Some(pkt) = self.read_tun()? else {
-                break;
-            };
             packets += 1;
-            queued |= self.offer(pkt) != Offer::Done;
+            match self.read_tun()? {
+                Read::Packet(pkt) => queued |= self.offer(pkt) != Offer::Done,
+                Read::Dropped => {}
+                Read::Empty => break,
+            }
         }
         Ok(queued)
     }
@@ -475,7 +476,7 @@ impl Tunnel {
     }
 
     /// One packet from the TUN device, split off the current 64 KiB buffer.
-    fn read_tun(&mut self) -> Result<Option<Bytes>, String> {
+    fn read_tun(&mut self) -> Result<Read, String> {
         // One byte of room beyond the MTU, so an oversized packet shows as such.
         let room = self.mtu + 1;
         if self.chunk.capacity() < room {
@@ -485,20 +486,20 @@ impl Tunnel {
         let spare = &mut self.chunk.spare_capacity_mut()[..room];
         let n = match tun::read_packet(self.tun.as_fd(), spare) {
             Ok(Some(n)) => n,
-            Ok(None) => return Ok(None),
+            Ok(None) => return Ok(Read::Empty),
             Err(e) => return Err(tun_error(&self.tun.name, "read from", &e)),
         };
         self.c.tx_read_packets += 1;
         self.c.tx_read_bytes += n as u64;
         if n > self.mtu {
             self.c.drop_oversize += 1;
-            return self.read_tun();
+            return Ok(Read::Dropped);
         }
         // SAFETY: `read` initialised the first `n` bytes of the spare capacity (n ≤ room ≤
         // spare length), and `chunk` is empty between reads, so its first `n` bytes are exactly
         // those.
         unsafe { self.chunk.set_len(n) };
-        Ok(Some(self.chunk.split_to(n).freeze()))
+        Ok(Read::Packet(self.chunk.split_to(n).freeze()))
     }
 
     /// Hands one TUN packet to the peer (behind any held ones).
@@ -817,6 +818,16 @@ fn tun_error(name: &str, what: &str, e: &io::Error) -> String {
     } else {
         format!("cannot {what} the TUN device {name}: {e}")
     }
+}
+
+/// One read from the TUN device.
+#[derive(Debug)]
+enum Read {
+    Packet(Bytes),
+    /// Read and counted as dropped (larger than the MTU).
+    Dropped,
+    /// `EAGAIN`.
+    Empty,
 }
 
 /// What became of a packet handed to [`Tunnel::offer`].
