@@ -5,6 +5,10 @@
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+/// How long `TUNSETIFF` retries a device that is still attached elsewhere.
+const BUSY_RETRY: Duration = Duration::from_secs(3);
 
 /// An attached TUN device; the descriptor is non-blocking.
 #[derive(Debug)]
@@ -61,9 +65,20 @@ impl Tun {
         let vnet = if vnet_hdr { libc::IFF_VNET_HDR } else { 0 };
         req.ifr_ifru.ifru_flags = libc::c_short::try_from(libc::IFF_TUN | libc::IFF_NO_PI | vnet)
             .map_err(|_| "the TUN flags do not fit ifr_flags".to_string())?;
-        // SAFETY: TUNSETIFF reads and writes one `ifreq` (linux/if_tun.h), which lives on this
-        // stack frame for the whole call; `fd` is an open /dev/net/tun descriptor.
-        let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+        // A tunnel that just exited (even killed) may hold its device a moment longer: io_uring
+        // releases its registered files asynchronously after the process is gone. Retry EBUSY
+        // briefly before calling it a conflict.
+        let deadline = Instant::now() + BUSY_RETRY;
+        let r = loop {
+            // SAFETY: TUNSETIFF reads and writes one `ifreq` (linux/if_tun.h), which lives on
+            // this stack frame for the whole call; `fd` is an open /dev/net/tun descriptor.
+            let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+            let busy = r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY);
+            if !busy || Instant::now() >= deadline {
+                break r;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         if r < 0 {
             let e = io::Error::last_os_error();
             let hint = match e.raw_os_error() {
