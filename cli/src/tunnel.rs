@@ -13,13 +13,14 @@
 //!   as GSO groups: one `sendmsg`/SQE per up to 64 packets, one `io_uring_enter` per wake-up.
 //! - **UDP → TUN**: `recvmmsg` of up to 64 datagrams per call; each is checked (source = peer,
 //!   an IPv4/IPv6 header whose length field matches) and written to the TUN device with one
-//!   `write(2)` ([`Tunnel::to_tun`], the one place that writes to the device).
+//!   `write(2)` ([`Tunnel::to_tun`]; to go through the engine's packet descriptors once
+//!   `Engine::register_packet` is on main).
 //! - **Backpressure** (the engine refuses a packet at its queue limit): the packet is held and
 //!   the TUN device is not read until the engine has made room (its descriptor wakes the loop).
 //!   Dropping would waste a packet already read; waiting leaves the excess in the device's own
-//!   queue (`txqueuelen`), where the kernel drops and counts it (`ip -s link`) and where the
-//!   local TCP stack's small-queue feedback sees it. Counted as `backpressure_waits`; a packet
-//!   still held at exit is counted in `drop_unsent_at_exit`.
+//!   queue (`txqueuelen`), where the kernel drops and counts it (`ip -s link`: TX dropped) and
+//!   the sender's TCP sees the loss. Counted as `backpressure_waits`; a packet still held at exit
+//!   is counted in `drop_unsent_at_exit`.
 //! - `--naive`: the same loop with one `read` → `sendto` per packet and one `recvfrom` → `write`
 //!   per datagram: the baseline.
 //! - `--offload` (with the engine): the device is opened with `IFF_VNET_HDR` and TSO/checksum
