@@ -128,6 +128,10 @@ enum Cmd {
         /// read, cut into MTU-sized packets here (as wireguard-go does).
         #[arg(long, conflicts_with = "naive")]
         offload: bool,
+        /// The engine's queue limit per socket, in bytes (default: the engine's); a packet
+        /// refused at the limit is held, and the TUN device not read, until there is room.
+        #[arg(long, conflicts_with = "naive")]
+        queue_bytes: Option<usize>,
     },
 }
 
@@ -186,6 +190,7 @@ fn main() -> ExitCode {
             naive,
             batch,
             offload,
+            queue_bytes,
         } => {
             return tunnel::run(&tunnel::TunnelOpts {
                 tun,
@@ -196,6 +201,7 @@ fn main() -> ExitCode {
                 naive,
                 batch,
                 offload,
+                queue_bytes,
             })
         }
     };

@@ -86,6 +86,8 @@ pub struct TunnelOpts {
     pub batch: usize,
     /// `IFF_VNET_HDR` + TSO/checksum offload: TCP super-packets in one read, cut here.
     pub offload: bool,
+    /// The engine's queue limit per socket in bytes (`None`: the engine's default).
+    pub queue_bytes: Option<usize>,
 }
 
 /// Everything counted, for the summary line. `tx`: TUN → peer; `rx`: peer → TUN.
@@ -294,6 +296,9 @@ impl Tunnel {
             let mut b = Engine::builder().flush_timeout(EXIT_FLUSH);
             if let Some(backend) = opts.backend {
                 b = b.backend(backend);
+            }
+            if let Some(n) = opts.queue_bytes {
+                b = b.max_queued_bytes_per_socket(n);
             }
             let mut engine = b
                 .build()

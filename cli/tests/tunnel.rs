@@ -477,6 +477,7 @@ fn assert_clean(e: &Ended, ctx: &str) {
 }
 
 fn transfer(test: &str, n: u8, extra: &[&str], mode: &str, backend: &str) {
+    let tight = extra.contains(&"--queue-bytes");
     let Some(pair) = pair_or_skip(test, n) else {
         return;
     };
@@ -515,6 +516,13 @@ fn transfer(test: &str, n: u8, extra: &[&str], mode: &str, backend: &str) {
                 e.stderr
             );
         }
+    }
+    if tight {
+        assert!(
+            ea.get("backpressure_waits") > 0,
+            "the queue limit was never reached:\n{}",
+            ea.stderr
+        );
     }
     if mode == "naive" {
         // One sendto per packet, no engine.
@@ -566,6 +574,19 @@ fn transfer_epoll_offload() {
         &["--backend", "epoll", "--offload"],
         "volley-offload",
         "epoll",
+    );
+}
+
+/// A queue limit of 4 KiB (three packets): the engine refuses packets for backpressure all the
+/// time; they are held in order and nothing is lost or reordered.
+#[test]
+fn transfer_uring_backpressure() {
+    transfer(
+        "transfer_uring_backpressure",
+        13,
+        &["--backend", "uring", "--queue-bytes", "4096"],
+        "volley",
+        "io_uring",
     );
 }
 
