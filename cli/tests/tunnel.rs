@@ -2,7 +2,8 @@
 //! 10.210.N.1 ↔ 10.210.N.2), a tunnel in each (overlay 10.211.N.1 ↔ 10.211.N.2 on their TUN
 //! devices), and a TCP stream of a few MiB each way through the tunnels, compared byte for byte, on
 //! io_uring, on epoll (each also with `--offload`: TSO super-packets from the device cut in user
-//! space, runs from the peer coalesced into one write) and with `--naive`. Then the faults: datagrams from a foreign source and
+//! space, runs from the peer coalesced into one write), with `--naive`, under a 4 KiB queue limit
+//! (constant backpressure), and over an IPv6 overlay. Then the faults: datagrams from a foreign source and
 //! garbage from the peer's own address are counted as drops and never reach the TUN device (its
 //! `rx_packets` counter says so); datagrams while the device is down are counted as
 //! `drop_tun_down` and delivery resumes once it is up; a peer tunnel killed and restarted
@@ -23,7 +24,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -171,6 +172,20 @@ impl Pair {
         (Ipv4Addr::new(10, 210, self.n, side.host()), PORT).into()
     }
 
+    /// The overlay's IPv6 address of `side` (fd11:N::1 / fd11:N::2), on the device with `nodad`.
+    fn overlay6(&self, side: Side) -> Ipv6Addr {
+        Ipv6Addr::new(
+            0xfd11,
+            u16::from(self.n),
+            0,
+            0,
+            0,
+            0,
+            0,
+            u16::from(side.host()),
+        )
+    }
+
     fn overlay(&self, side: Side) -> Ipv4Addr {
         Ipv4Addr::new(10, 211, self.n, side.host())
     }
@@ -224,6 +239,8 @@ impl Pair {
             let ns = self.ns(side);
             let cidr = format!("{}/24", self.overlay(side));
             ip(&["-n", ns, "addr", "add", &cidr, "dev", "vt0"]).expect("overlay address");
+            let cidr6 = format!("{}/64", self.overlay6(side));
+            ip(&["-n", ns, "addr", "add", &cidr6, "dev", "vt0", "nodad"]).expect("overlay v6");
             ip(&["-n", ns, "link", "set", "vt0", "up"]).expect("vt0 up");
         }
         Tunnel {
@@ -253,7 +270,11 @@ impl Pair {
     /// Moves `len` bytes over TCP from `from`'s overlay address to `to`'s, checks them byte for
     /// byte at the receiver.
     fn move_bytes(&self, from: Side, to: Side, len: usize, seed: u64, port: u16) {
-        let dst: SocketAddr = (self.overlay(to), port).into();
+        self.move_bytes_to((self.overlay(to), port).into(), from, to, len, seed);
+    }
+
+    /// As `move_bytes`, to `dst` (an overlay address of `to`, IPv4 or IPv6).
+    fn move_bytes_to(&self, dst: SocketAddr, from: Side, to: Side, len: usize, seed: u64) {
         let (ltx, lrx) = mpsc::channel();
         let rx = self.in_ns(to, move || {
             let l = TcpListener::bind(dst).expect("bind the receiver");
@@ -593,6 +614,51 @@ fn transfer_uring_backpressure() {
 #[test]
 fn transfer_naive() {
     transfer("transfer_naive", 3, &["--naive"], "naive", "none");
+}
+
+/// TCP over an IPv6 overlay both ways (IPv6 packet checks; with `--offload`, TCPv6 segmentation
+/// and coalescing).
+fn transfer_v6(test: &str, n: u8, extra: &[&str]) {
+    let Some(pair) = pair_or_skip(test, n) else {
+        return;
+    };
+    let a = pair.tunnel(Side::A, extra, true);
+    let b = pair.tunnel(Side::B, extra, true);
+    let (to_b, to_a) = (pair.overlay6(Side::B), pair.overlay6(Side::A));
+    pair.move_bytes_to((to_b, 5011).into(), Side::A, Side::B, FILE_BYTES, 21);
+    pair.move_bytes_to((to_a, 5012).into(), Side::B, Side::A, FILE_BYTES, 22);
+    for (e, side) in [(a.stop(), "a"), (b.stop(), "b")] {
+        let ctx = format!("{test}, tunnel {side}");
+        assert_clean(&e, &ctx);
+        assert!(e.get("rx_written_bytes") > FILE_BYTES as u64, "{ctx}");
+        if extra.contains(&"--offload") {
+            // TCPv6 super-packets were read and cut, and runs coalesced on the way in.
+            let (reads, packets) = (e.get("tun_reads"), e.get("tx_read_packets"));
+            assert!(
+                reads * 2 < packets,
+                "{ctx}: {reads} reads, {packets} packets"
+            );
+            let (writes, written) = (e.get("tun_writes"), e.get("rx_written_packets"));
+            assert!(
+                writes < written,
+                "{ctx}: {writes} writes, {written} packets"
+            );
+        }
+    }
+}
+
+#[test]
+fn transfer_v6_uring() {
+    transfer_v6("transfer_v6_uring", 14, &["--backend", "uring"]);
+}
+
+#[test]
+fn transfer_v6_uring_offload() {
+    transfer_v6(
+        "transfer_v6_uring_offload",
+        15,
+        &["--backend", "uring", "--offload"],
+    );
 }
 
 /// A minimal IPv4/UDP packet from the peer's overlay address to `dst`:`port` (checksums zero:
