@@ -678,6 +678,10 @@ impl Engine {
                 return Ok(());
             }
             let issued = self.driver.issue(&self.core, &self.batch, &mut self.events);
+            while let Some((idx, fd, n)) = self.core.take_errq_after() {
+                self.driver
+                    .read_errqueue_after(idx, fd, n, &mut self.events);
+            }
             self.absorb()?;
             issued?;
         }

@@ -97,7 +97,21 @@ pub(crate) struct DgramQueue {
     spare: Vec<Vec<u64>>,
     /// Reused by each pass: destination → index in `ahead` of its open group.
     open: HashMap<Option<SocketAddr>, usize, BuildHasherDefault<Fnv>>,
+    /// Destinations that answered with an ICMP error (a peer error), by canonical address → the
+    /// pass of the last report. For [`NOISY_PASSES`] passes after a report, their groups go
+    /// last in a pass and the error queue is read right after them (see
+    /// [`DgramQueue::errq_after`]), so the error they draw never fails another destination's
+    /// send.
+    noisy: HashMap<SocketAddr, u32, BuildHasherDefault<Fnv>>,
+    /// Grouping passes so far (the clock of `noisy`).
+    passes: u32,
+    /// Groups to noisy destinations planned since the last [`DgramQueue::take_errq_after`]:
+    /// error-queue entries to read once they have gone out.
+    errq_after: usize,
 }
+
+/// How many grouping passes a destination stays noisy after its last ICMP report.
+const NOISY_PASSES: u32 = 64;
 
 impl DgramQueue {
     pub fn new(gso: bool) -> DgramQueue {
@@ -228,6 +242,49 @@ impl DgramQueue {
             }
         }
         self.scan = self.q.len();
+        self.passes = self.passes.wrapping_add(1);
+        if !self.noisy.is_empty() {
+            self.noisy_last();
+        }
+    }
+
+    /// Whether `dest` drew an ICMP error within the last [`NOISY_PASSES`] passes.
+    fn is_noisy(&self, dest: Option<SocketAddr>) -> bool {
+        dest.and_then(|d| self.noisy.get(&super::peer::canonical(d)))
+            .is_some_and(|&p| self.passes.wrapping_sub(p) < NOISY_PASSES)
+    }
+
+    /// Moves the groups of the pass that go to noisy destinations behind the others (order per
+    /// destination is kept; order across destinations has no meaning on the wire), and forgets
+    /// destinations that have been quiet for [`NOISY_PASSES`] passes.
+    #[cold]
+    fn noisy_last(&mut self) {
+        let passes = self.passes;
+        self.noisy
+            .retain(|_, p| passes.wrapping_sub(*p) < NOISY_PASSES);
+        if self.ahead.iter().any(|g| self.is_noisy(g.dest)) {
+            let ahead = std::mem::take(&mut self.ahead);
+            let (mut quiet, noisy): (VecDeque<Group>, VecDeque<Group>) =
+                ahead.into_iter().partition(|g| !self.is_noisy(g.dest));
+            quiet.extend(noisy);
+            self.ahead = quiet;
+        }
+    }
+
+    /// Notes an ICMP error about `dest` (see `noisy`).
+    pub fn mark_noisy(&mut self, dest: SocketAddr) {
+        self.noisy.insert(dest, self.passes);
+    }
+
+    /// Error-queue entries to read once the ops planned so far have gone out (one per group
+    /// to a noisy destination), and resets the count.
+    pub fn take_errq_after(&mut self) -> usize {
+        std::mem::take(&mut self.errq_after)
+    }
+
+    /// Groups to noisy destinations planned since the last [`DgramQueue::take_errq_after`].
+    pub fn errq_after(&self) -> usize {
+        self.errq_after
     }
 
     /// The next op: a group of the current pass (a new pass when none is left).
@@ -236,6 +293,9 @@ impl DgramQueue {
             self.group_pass(cfg);
         }
         let g = self.ahead.pop_front()?;
+        if !self.noisy.is_empty() && self.is_noisy(g.dest) {
+            self.errq_after += 1;
+        }
         for &seq in &g.seqs {
             let i = self.index(seq);
             self.q[i].state = State::InFlight;

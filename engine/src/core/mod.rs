@@ -214,6 +214,9 @@ pub(crate) struct Core {
     watch: Vec<u32>,
     /// Sockets with work held back by `max_in_flight_ops`.
     capped: Vec<u32>,
+    /// Datagram sockets whose error queue should be read once the ops planned so far have
+    /// gone out (groups to noisy destinations: see [`Core::take_errq_after`]).
+    errq_after: Vec<u32>,
     /// Reused list of (length, queued time) of writes that just ended.
     scratch: Vec<(usize, u64)>,
     pub stats: Stats,
@@ -240,6 +243,7 @@ impl Core {
             errqueue: Vec::new(),
             watch: Vec::new(),
             capped: Vec::new(),
+            errq_after: Vec::new(),
             scratch: Vec::new(),
             stats: Stats::default(),
         }
@@ -449,7 +453,12 @@ impl Core {
                     None => continue,
                 },
                 Queue::Dgram(q) => match q.plan(cfg) {
-                    Some(p) => p,
+                    Some(p) => {
+                        if q.errq_after() == 1 {
+                            self.errq_after.push(idx);
+                        }
+                        p
+                    }
                     None => continue,
                 },
             };
@@ -531,6 +540,7 @@ impl Core {
                 }
             }
             Event::Writable { sock } => self.set_writable(sock, true),
+            Event::PeerError { sock, dest, errno } => self.peer_error(sock, dest, errno),
         }
     }
 

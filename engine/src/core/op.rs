@@ -19,6 +19,17 @@ impl Token {
         Token((u64::from(gen) << 32) | u64::from(slot))
     }
 
+    /// The `user_data` of a driver's own error-queue read number `n` (slot `u32::MAX - 1`, never
+    /// allocated either).
+    pub fn errq(n: u32) -> Token {
+        Token::op(ERRQ_SLOT, n)
+    }
+
+    /// For a token made by [`Token::errq`]: its number.
+    pub fn errq_index(self) -> Option<u32> {
+        (self.slot() == ERRQ_SLOT as usize).then(|| self.gen())
+    }
+
     /// The op slot: drivers index their per-op kernel-visible memory with it.
     pub fn slot(self) -> usize {
         // The low 32 bits by construction.
@@ -30,6 +41,9 @@ impl Token {
         (self.0 >> 32) as u32
     }
 }
+
+/// The slot of [`Token::errq`] tokens.
+const ERRQ_SLOT: u32 = u32::MAX - 1;
 
 /// One operation as the kernel will see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +86,13 @@ pub(crate) enum Event {
     /// A `sendmmsg` stopped before this op without an error of its own (a partial count):
     /// nothing of it was sent, and the error that stopped the call, if any, was consumed.
     Stopped { token: Token },
+    /// An error-queue entry read for `sock` (an ICMP error about an earlier datagram to
+    /// `dest`), by a read the core asked for ([`super::Core::take_errq_after`]).
+    PeerError {
+        sock: u32,
+        dest: Option<SocketAddr>,
+        errno: i32,
+    },
     /// A socket the core asked to watch ([`super::Core::take_watch`]) is writable, or has an
     /// error pending that the next send will report.
     Writable { sock: u32 },

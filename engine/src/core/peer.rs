@@ -91,6 +91,9 @@ impl Core {
             return;
         };
         let dest = dest.or(s.peer).map(canonical);
+        if let (Some(d), super::Queue::Dgram(q)) = (dest, &mut s.queue) {
+            q.mark_noisy(d);
+        }
         if s.peer_errors.len() < PEER_ERRORS_KEPT {
             s.peer_errors.push(Error::Peer {
                 status: Status::from_errno(errno),
@@ -114,6 +117,28 @@ impl Core {
                 reports: 1,
             });
         }
+    }
+
+    /// The next datagram socket whose error queue should be read once the ops planned so far
+    /// have gone out, with its fd and the entries expected (one per group sent to a destination
+    /// that drew an ICMP error lately: reading them at once clears the socket's pending error
+    /// before it can fail another destination's send).
+    pub fn take_errq_after(&mut self) -> Option<(u32, RawFd, usize)> {
+        while let Some(idx) = self.errq_after.pop() {
+            if let Some(s) = self
+                .socks
+                .get_mut(idx as usize)
+                .and_then(|s| s.sock.as_mut())
+            {
+                if let super::Queue::Dgram(q) = &mut s.queue {
+                    let n = q.take_errq_after();
+                    if n > 0 {
+                        return Some((idx, s.fd, n));
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// Takes the peer errors recorded for the socket since the last call.

@@ -40,6 +40,9 @@ pub(crate) struct Tally {
     pub sqes: u64,
 }
 
+/// Entries a default [`Driver::read_errqueue_after`] reads at most (one `recvmmsg`).
+const ERRQUEUE_AFTER_MIN: usize = 64;
+
 /// How long [`Driver::enter`] may block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wait {
@@ -70,6 +73,17 @@ pub(crate) trait Driver {
     fn cancel(&mut self, tokens: &[Token], out: &mut Vec<Event>) -> Result<(), Error>;
     /// Reads up to `max` entries of the socket's error queue: (destination, errno) each.
     fn read_errqueue(&mut self, fd: RawFd, max: usize, out: &mut Vec<(Option<SocketAddr>, i32)>);
+    /// Reads `sock`'s error queue once the ops issued so far have gone to the kernel (`count`
+    /// entries expected): results come back as [`Event::PeerError`], now or from a later
+    /// [`Driver::enter`]. By default a read now (drivers whose `issue` sends at once).
+    fn read_errqueue_after(&mut self, sock: u32, fd: RawFd, count: usize, out: &mut Vec<Event>) {
+        let mut got = Vec::new();
+        self.read_errqueue(fd, count.max(ERRQUEUE_AFTER_MIN), &mut got);
+        out.extend(
+            got.into_iter()
+                .map(|(dest, errno)| Event::PeerError { sock, dest, errno }),
+        );
+    }
     /// `shutdown(fd, SHUT_WR)`.
     fn shutdown_write(&mut self, fd: RawFd) -> Result<(), Error>;
     /// Forgets the kernel-visible memory of every op in flight (a shutdown whose drain failed).
@@ -134,6 +148,9 @@ impl Driver for AnyDriver {
     }
     fn read_errqueue(&mut self, fd: RawFd, max: usize, out: &mut Vec<(Option<SocketAddr>, i32)>) {
         dispatch!(self, d => d.read_errqueue(fd, max, out))
+    }
+    fn read_errqueue_after(&mut self, sock: u32, fd: RawFd, count: usize, out: &mut Vec<Event>) {
+        dispatch!(self, d => d.read_errqueue_after(sock, fd, count, out))
     }
     fn shutdown_write(&mut self, fd: RawFd) -> Result<(), Error> {
         dispatch!(self, d => d.shutdown_write(fd))

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-use super::msg::MsgMem;
+use super::msg::{ErrqMem, MsgMem};
 use super::{nanos_since, Driver, Tally, Wait};
 use crate::core::{Core, Event, Planned, Token};
 use crate::error::Error;
@@ -280,6 +280,12 @@ pub(crate) struct Uring {
         reason = "boxes move between pool and slots; the kernel holds their addresses"
     )]
     pool: Vec<Box<MsgMem>>,
+    /// Error-queue reads in the ring ([`Token::errq`] number → its memory and socket), and the
+    /// free numbers.
+    errq: Vec<Option<(Box<ErrqMem>, u32)>>,
+    errq_free: Vec<u32>,
+    /// Error-queue reads handed to the ring whose completion has not been reaped.
+    errq_in_kernel: usize,
     base: Instant,
     /// Send SQEs pushed since the last `io_uring_enter`.
     pushed: usize,
@@ -350,6 +356,9 @@ impl Uring {
             ring,
             mem: Vec::new(),
             pool: Vec::new(),
+            errq: Vec::new(),
+            errq_free: Vec::new(),
+            errq_in_kernel: 0,
             base,
             pushed: 0,
             extra: 0,
@@ -583,6 +592,20 @@ impl Uring {
             if token == Token::CANCEL {
                 continue;
             }
+            if let Some(n) = token.errq_index() {
+                // An error-queue read: an entry read (`res >= 0`) is a peer error; `-EAGAIN`
+                // (the queue was empty) reports nothing.
+                if let Some((mut m, sock)) = self.errq.get_mut(n as usize).and_then(Option::take) {
+                    self.errq_in_kernel -= 1;
+                    self.errq_free.push(n);
+                    if cqe.result() >= 0 {
+                        if let Some((dest, errno)) = m.parse() {
+                            out.push(Event::PeerError { sock, dest, errno });
+                        }
+                    }
+                }
+                continue;
+            }
             if let Some(m) = self.mem.get_mut(token.slot()).and_then(Option::take) {
                 self.pool.push(m);
                 self.in_kernel -= 1;
@@ -777,6 +800,50 @@ impl Driver for Uring {
         self.tally.transitions += super::msg::drain_errqueue(fd, max, out);
     }
 
+    /// `count` `RECVMSG(MSG_ERRQUEUE | MSG_DONTWAIT)` SQEs behind the sends already in the SQ:
+    /// the kernel runs them in order in the same `io_uring_enter`, so each reads the error an
+    /// ICMP answer to a send before it left (on loopback the answer is there before the send
+    /// returns), clearing the socket's pending error before it can fail a later send. No
+    /// transition of its own; an empty queue completes with `-EAGAIN` (never waits:
+    /// `MSG_DONTWAIT`).
+    fn read_errqueue_after(&mut self, sock: u32, fd: RawFd, count: usize, out: &mut Vec<Event>) {
+        for _ in 0..count {
+            let n = match self.errq_free.pop() {
+                Some(n) => n,
+                None => {
+                    let Ok(n) = u32::try_from(self.errq.len()) else {
+                        return;
+                    };
+                    self.errq.push(None);
+                    n
+                }
+            };
+            let mut m = Box::new(ErrqMem::new());
+            m.prepare();
+            let flags = (libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) as u32;
+            let sqe = match self.fixed_index(sock) {
+                Some(i) => opcode::RecvMsg::new(types::Fixed(i), &mut m.msg),
+                None => opcode::RecvMsg::new(types::Fd(fd), &mut m.msg),
+            }
+            .flags(flags)
+            .build()
+            .user_data(Token::errq(n).0);
+            // `m` (the msghdr and the buffers it points to) is kept in `self.errq` until this
+            // read's completion, or leaked on a failed shutdown.
+            match self.push(&sqe, out) {
+                Ok(true) => {
+                    self.errq[n as usize] = Some((m, sock));
+                    self.errq_in_kernel += 1;
+                    self.extra += 1;
+                }
+                _ => {
+                    self.errq_free.push(n);
+                    return;
+                }
+            }
+        }
+    }
+
     fn shutdown_write(&mut self, fd: RawFd) -> Result<(), Error> {
         self.tally.transitions += 1;
         super::shutdown_write(fd)
@@ -787,6 +854,9 @@ impl Driver for Uring {
         for m in self.mem.drain(..).flatten() {
             std::mem::forget(m);
         }
+        for m in self.errq.drain(..).flatten() {
+            std::mem::forget(m);
+        }
     }
 
     fn now_ns(&self) -> u64 {
@@ -794,7 +864,7 @@ impl Driver for Uring {
     }
 
     fn idle(&self) -> bool {
-        self.pushed == 0 && self.extra == 0
+        self.pushed == 0 && self.extra == 0 && self.errq_in_kernel == 0
     }
 
     fn take_tally(&mut self) -> Tally {
