@@ -93,7 +93,8 @@ fn run(backend: Backend, dead: bool) -> (usize, u64, u64, u64, f64, f64) {
         if (f + 1) % PER_FLUSH == 0 {
             let t = Instant::now();
             let r = e.flush(id).expect("flush");
-            lat.record(t.elapsed().as_nanos() as u64).expect("record");
+            lat.record(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX))
+                .expect("record");
             assert_eq!(r.failed, 0, "no datagram fails");
             flushes += 1;
             if flushes % 64 == 0 {

@@ -552,7 +552,8 @@ fn relay_to_eight_destinations_one_closed(b: Backend) {
 /// all-open relay (before: 4×); epoll: at most 2×, one drain per flush (before: 4×). The dead
 /// destination is still reported, and every datagram to a live one arrives.
 fn a_dead_destination_costs_almost_nothing(b: Backend) {
-    const FRAMES: u64 = 800;
+    const FRAMES: usize = 800;
+    const FRAMES_U64: u64 = 800;
     const PER_FLUSH: u64 = 16;
     let _serial = serial();
     let ctx = format!("{b:?} relay cost");
@@ -563,7 +564,7 @@ fn a_dead_destination_costs_almost_nothing(b: Backend) {
             if dead && i == 3 {
                 dests.push(closed_udp_port("127.0.0.1:0"));
             } else {
-                let s = DgramSink::start("127.0.0.1:0", FRAMES as usize, IDLE);
+                let s = DgramSink::start("127.0.0.1:0", FRAMES, IDLE);
                 dests.push(s.addr);
                 sinks.push(s);
             }
@@ -573,7 +574,7 @@ fn a_dead_destination_costs_almost_nothing(b: Backend) {
             .register_udp(UdpSocket::bind("127.0.0.1:0").expect("bind"))
             .expect("register");
         let before = e.stats().kernel_transitions;
-        for frame in 0..FRAMES {
+        for frame in 0..FRAMES_U64 {
             for &dest in &dests {
                 e.send_to(id, dgram(frame, 160), dest).expect("send_to");
             }
@@ -605,7 +606,7 @@ fn a_dead_destination_costs_almost_nothing(b: Backend) {
     let (dead, reported, stale) = run(true);
     assert_eq!(none_reported, 0, "{ctx}");
     assert!(reported > 0, "{ctx}: the closed destination is reported");
-    let flushes = FRAMES / PER_FLUSH;
+    let flushes = FRAMES_U64 / PER_FLUSH;
     assert!(
         open >= flushes,
         "{ctx}: {open} transitions for {flushes} flushes"
