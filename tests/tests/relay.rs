@@ -594,11 +594,7 @@ fn a_dead_destination_costs_almost_nothing(b: Backend) {
             })
             .sum();
         for s in sinks {
-            assert_eq!(
-                s.finish().len(),
-                FRAMES as usize,
-                "{ctx}: a live destination"
-            );
+            assert_eq!(s.finish().len(), FRAMES, "{ctx}: a live destination");
         }
         (transitions, reported, e.stats().stale_error_resends)
     };
