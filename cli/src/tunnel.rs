@@ -22,6 +22,10 @@
 //!   still held at exit is counted in `drop_unsent_at_exit`.
 //! - `--naive`: the same loop with one `read` → `sendto` per packet and one `recvfrom` → `write`
 //!   per datagram: the baseline.
+//! - `--offload` (with the engine): the device is opened with `IFF_VNET_HDR` and TSO/checksum
+//!   offload, so one read carries a TCP super-packet of up to 64 KiB, cut here into MTU-sized
+//!   packets with their checksums ([`offload::split`]); on the way in, runs of one TCP flow are
+//!   coalesced into one write ([`offload::gro_run`]). What wireguard-go does (tun/offload_linux.go).
 //!
 //! Nothing is lost silently: every packet read is sent or counted in a `drop_*` field of the
 //! summary line, every datagram received is written or counted.
@@ -183,6 +187,8 @@ struct Tunnel {
     /// `--offload`: one raw read (virtio header + up to 64 KiB), and the packets cut from it.
     raw: Vec<u8>,
     segs: Vec<Bytes>,
+    /// `--offload`: one coalesced write (virtio header + super-packet).
+    gro_buf: Vec<u8>,
     /// The device was opened with `IFF_VNET_HDR`.
     vnet: bool,
     recv: RecvBatch,
@@ -325,6 +331,7 @@ impl Tunnel {
                 Vec::new()
             },
             segs: Vec::new(),
+            gro_buf: Vec::new(),
             vnet: opts.offload,
             recv,
             tun_down: false,
@@ -443,7 +450,7 @@ impl Tunnel {
         let n = match tun::read_packet_into(self.tun.as_fd(), &mut self.raw) {
             Ok(Some(n)) => n,
             Ok(None) => return Ok(false),
-            Err(e) => return Err(self.tun_error("read from", &e)),
+            Err(e) => return Err(tun_error(&self.tun.name, "read from", &e)),
         };
         let segs = &mut self.segs;
         match offload::split(&mut self.raw[..n], self.mtu, &mut self.chunk, |b| {
@@ -479,7 +486,7 @@ impl Tunnel {
         let n = match tun::read_packet(self.tun.as_fd(), spare) {
             Ok(Some(n)) => n,
             Ok(None) => return Ok(None),
-            Err(e) => return Err(self.tun_error("read from", &e)),
+            Err(e) => return Err(tun_error(&self.tun.name, "read from", &e)),
         };
         self.c.tx_read_packets += 1;
         self.c.tx_read_bytes += n as u64;
@@ -492,18 +499,6 @@ impl Tunnel {
         // those.
         unsafe { self.chunk.set_len(n) };
         Ok(Some(self.chunk.split_to(n).freeze()))
-    }
-
-    /// The message for a failed TUN read or write that ends the tunnel.
-    fn tun_error(&self, what: &str, e: &io::Error) -> String {
-        if e.raw_os_error() == Some(libc::EBADFD) {
-            format!(
-                "the TUN device {} was deleted ({what} it: {e}); stopping",
-                self.tun.name
-            )
-        } else {
-            format!("cannot {what} the TUN device {}: {e}", self.tun.name)
-        }
     }
 
     /// Hands one TUN packet to the peer (behind any held ones).
@@ -622,9 +617,7 @@ impl Tunnel {
                 }
                 Err(e) => return Err(format!("receiving from the UDP socket failed: {e}")),
             };
-            for i in 0..n {
-                self.deliver(i)?;
-            }
+            self.deliver(n)?;
             if n < self.recv_batch_len() {
                 break;
             }
@@ -639,54 +632,71 @@ impl Tunnel {
         }
     }
 
-    /// Checks datagram `i` of the last receive and writes it to the TUN device, or counts it.
-    fn deliver(&mut self, i: usize) -> Result<(), String> {
-        let d = self.recv.get(i);
-        self.c.rx_recv_packets += 1;
-        self.c.rx_recv_bytes += d.data.len() as u64;
-        if d.from != Some(self.peer) {
-            self.c.drop_foreign += 1;
-            return Ok(());
+    /// Checks the `n` datagrams of the last receive and writes those that are IP packets from
+    /// the peer to the TUN device (with `--offload`, runs of one TCP flow coalesced into one
+    /// write each); counts the rest.
+    fn deliver(&mut self, n: usize) -> Result<(), String> {
+        let mut pkts: Vec<&[u8]> = Vec::with_capacity(n);
+        for i in 0..n {
+            let d = self.recv.get(i);
+            self.c.rx_recv_packets += 1;
+            self.c.rx_recv_bytes += d.data.len() as u64;
+            if d.from != Some(self.peer) {
+                self.c.drop_foreign += 1;
+            } else if d.truncated || ip::check(d.data).is_err() {
+                self.c.drop_garbage += 1;
+            } else {
+                pkts.push(d.data);
+            }
         }
-        if d.truncated || ip::check(d.data).is_err() {
-            self.c.drop_garbage += 1;
-            return Ok(());
-        }
-        let len = d.data.len();
-        let outcome = Self::to_tun(&self.tun_tx, self.vnet, d.data);
-        self.c.tun_writes += 1;
-        match outcome {
-            Ok(()) => {
-                self.c.rx_written_packets += 1;
-                self.c.rx_written_bytes += len as u64;
-                if self.tun_down {
-                    self.tun_down = false;
-                    eprintln!("volley tunnel: {} is up again", self.tun.name);
+        let mut k = 0;
+        while k < pkts.len() {
+            let run = if self.vnet {
+                offload::gro_run(&pkts, k)
+            } else {
+                1
+            };
+            let bytes: usize = pkts[k..k + run].iter().map(|p| p.len()).sum();
+            let outcome = if run > 1 {
+                offload::gro_build(&pkts[k..k + run], &mut self.gro_buf);
+                tun::write_packet(self.tun_tx.as_fd(), &self.gro_buf)
+            } else {
+                Self::to_tun(&self.tun_tx, self.vnet, pkts[k])
+            };
+            self.c.tun_writes += 1;
+            let run_packets = run as u64;
+            match outcome {
+                Ok(()) => {
+                    self.c.rx_written_packets += run_packets;
+                    self.c.rx_written_bytes += bytes as u64;
+                    if self.tun_down {
+                        self.tun_down = false;
+                        eprintln!("volley tunnel: {} is up again", self.tun.name);
+                    }
                 }
-                Ok(())
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EIO) => {
-                self.c.drop_tun_down += 1;
-                if !self.tun_down {
-                    self.tun_down = true;
-                    eprintln!(
-                        "volley tunnel: {} is down: dropping packets from the peer until it is up (counted)",
-                        self.tun.name
-                    );
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                    self.c.drop_tun_down += run_packets;
+                    if !self.tun_down {
+                        self.tun_down = true;
+                        eprintln!(
+                            "volley tunnel: {} is down: dropping packets from the peer until it is up (counted)",
+                            self.tun.name
+                        );
+                    }
                 }
-                Ok(())
+                Err(e) if e.raw_os_error() == Some(libc::EBADFD) => {
+                    return Err(tun_error(&self.tun.name, "write to", &e));
+                }
+                Err(_) => self.c.drop_tun_write += run_packets,
             }
-            Err(e) if e.raw_os_error() == Some(libc::EBADFD) => Err(self.tun_error("write to", &e)),
-            Err(_) => {
-                self.c.drop_tun_write += 1;
-                Ok(())
-            }
+            k += run;
         }
+        Ok(())
     }
 
     /// The one place a packet from the peer is written to the TUN device: one `write(2)` (with
     /// `IFF_VNET_HDR`, one `writev` behind an all-zero virtio header: no GSO, and the kernel
-    /// verifies the checksums itself).
+    /// verifies the checksums itself). Coalesced runs (`--offload`) go out in [`Self::deliver`].
     // TODO(register_packet): through the engine once `Engine::register_packet` lands.
     fn to_tun(fd: &OwnedFd, vnet: bool, p: &[u8]) -> io::Result<()> {
         if vnet {
@@ -797,6 +807,15 @@ impl Tunnel {
             let _ = write!(s, " send_errors={}", errors.join(","));
         }
         s
+    }
+}
+
+/// The message for a failed TUN read or write that ends the tunnel.
+fn tun_error(name: &str, what: &str, e: &io::Error) -> String {
+    if e.raw_os_error() == Some(libc::EBADFD) {
+        format!("the TUN device {name} was deleted ({what} it: {e}); stopping")
+    } else {
+        format!("cannot {what} the TUN device {name}: {e}")
     }
 }
 

@@ -1,8 +1,8 @@
 //! `volley tunnel` end to end: two network namespaces joined by a veth pair (underlay
 //! 10.210.N.1 ↔ 10.210.N.2), a tunnel in each (overlay 10.211.N.1 ↔ 10.211.N.2 on their TUN
 //! devices), and a TCP stream of a few MiB each way through the tunnels, compared byte for byte, on
-//! io_uring, on epoll (each also with `--offload`: TSO super-packets cut in user space) and with
-//! `--naive`. Then the faults: datagrams from a foreign source and
+//! io_uring, on epoll (each also with `--offload`: TSO super-packets from the device cut in user
+//! space, runs from the peer coalesced into one write) and with `--naive`. Then the faults: datagrams from a foreign source and
 //! garbage from the peer's own address are counted as drops and never reach the TUN device (its
 //! `rx_packets` counter says so); datagrams while the device is down are counted as
 //! `drop_tun_down` and delivery resumes once it is up; a peer tunnel killed and restarted
@@ -506,6 +506,15 @@ fn transfer(test: &str, n: u8, extra: &[&str], mode: &str, backend: &str) {
             "{reads} TUN reads for {packets} packets:\n{}",
             ea.stderr
         );
+        // Runs of one flow from the peer coalesced: fewer TUN writes than packets written.
+        for e in [&ea, &eb] {
+            let (writes, packets) = (e.get("tun_writes"), e.get("rx_written_packets"));
+            assert!(
+                writes < packets,
+                "{writes} TUN writes for {packets} packets:\n{}",
+                e.stderr
+            );
+        }
     }
     if mode == "naive" {
         // One sendto per packet, no engine.

@@ -3,7 +3,10 @@
 //! super-packets of up to 64 KiB behind a `virtio_net_hdr`, one `read` instead of one per
 //! segment, and leaves checksums to us (`VIRTIO_NET_HDR_F_NEEDS_CSUM`). Here they are cut back
 //! into MTU-sized IP packets with complete checksums, so the peer (volley or not) receives plain
-//! IP packets; writes carry an all-zero header (no GSO, checksum to be verified by the kernel).
+//! IP packets. On the way in, runs of consecutive segments of one TCP flow from the peer are
+//! coalesced into one super-packet per write (`GSO_TCPV4/6` header, as Linux's GRO would build
+//! it; each segment's checksum verified first); anything else is written alone behind an
+//! all-zero header (no GSO, checksums verified by the kernel).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -28,6 +31,7 @@ const TUN_F_TSO6: libc::c_uint = 0x04;
 
 const TCP_FIN: u8 = 0x01;
 const TCP_PSH: u8 = 0x08;
+const TCP_ACK: u8 = 0x10;
 const TCP_CWR: u8 = 0x80;
 
 /// Turns on checksum and TCP segmentation offload on a device opened with `IFF_VNET_HDR`.
@@ -251,6 +255,170 @@ pub fn split(
     Ok(segments)
 }
 
+/// What coalescing needs to know about one TCP segment from the peer.
+#[derive(Debug, Clone, Copy)]
+struct Seg {
+    v6: bool,
+    /// IP header bytes (the TCP header starts here).
+    ip_len: usize,
+    /// IP + TCP header bytes (the payload starts here).
+    headers: usize,
+    payload: usize,
+    seq: u32,
+    flags: u8,
+}
+
+/// `p` as a segment that may join a coalesced run: IPv4 without options or fragmentation, or
+/// IPv6 with TCP as the next header; flags ACK (and PSH) only; a payload; a correct checksum
+/// (checked here because the coalesced packet is handed to the kernel as checksummed).
+fn tcp_seg(p: &[u8]) -> Option<Seg> {
+    let (v6, ip_len) = match p.first()? >> 4 {
+        4 if p[0] == 0x45 && p.len() >= 40 && p[9] == 6 => {
+            // MF clear and fragment offset zero.
+            if u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0 {
+                return None;
+            }
+            (false, 20)
+        }
+        6 if p.len() >= 60 && p[6] == 6 => (true, 40),
+        _ => return None,
+    };
+    let tcp_len = usize::from(p[ip_len + 12] >> 4) * 4;
+    let headers = ip_len + tcp_len;
+    if tcp_len < 20 || p.len() <= headers {
+        return None;
+    }
+    let flags = p[ip_len + 13];
+    if flags & TCP_ACK == 0 || flags & !(TCP_ACK | TCP_PSH) != 0 {
+        return None;
+    }
+    let mut sum = if v6 {
+        sum_bytes(0, &p[8..40])
+    } else {
+        sum_bytes(0, &p[12..20])
+    };
+    sum += 6 + (p.len() - ip_len) as u64;
+    if fold(sum_bytes(sum, &p[ip_len..])) != 0xffff {
+        return None;
+    }
+    let t = ip_len;
+    Some(Seg {
+        v6,
+        ip_len,
+        headers,
+        payload: p.len() - headers,
+        seq: u32::from_be_bytes([p[t + 4], p[t + 5], p[t + 6], p[t + 7]]),
+        flags,
+    })
+}
+
+/// Whether `b` belongs to the same flow and header state as `a` (what Linux's own GRO
+/// compares): addresses, ports, ACK number, window, TCP options, and TOS/TTL/DF or the IPv6
+/// traffic class, flow label and hop limit.
+fn same_flow(a: &[u8], sa: &Seg, b: &[u8], sb: &Seg) -> bool {
+    if sa.v6 != sb.v6 || sa.headers != sb.headers {
+        return false;
+    }
+    let ip_same = if sa.v6 {
+        a[..4] == b[..4] && a[7] == b[7] && a[8..40] == b[8..40]
+    } else {
+        a[1] == b[1] && a[8] == b[8] && (a[6] & 0x40) == (b[6] & 0x40) && a[12..20] == b[12..20]
+    };
+    let t = sa.ip_len;
+    ip_same
+        && a[t..t + 4] == b[t..t + 4]
+        && a[t + 8..t + 12] == b[t + 8..t + 12]
+        && a[t + 14..t + 16] == b[t + 14..t + 16]
+        && a[t + 20..sa.headers] == b[t + 20..sb.headers]
+}
+
+/// Segments per coalesced packet at most (the kernel's `MAX_SKB_FRAGS`-era GSO limit).
+const GRO_MAX_SEGMENTS: usize = 64;
+
+/// How many packets from `pkts[start]` on can be written as one TCP super-packet: consecutive
+/// segments of one flow, in sequence, all of the first one's size but the last (which may be
+/// shorter or carry PSH), within 64 KiB. 1 when `pkts[start]` cannot start a run.
+pub fn gro_run(pkts: &[&[u8]], start: usize) -> usize {
+    let Some(first) = tcp_seg(pkts[start]) else {
+        return 1;
+    };
+    if first.flags & TCP_PSH != 0 {
+        return 1;
+    }
+    let mut total = pkts[start].len() - first.ip_len;
+    let mut next_seq = first
+        .seq
+        .wrapping_add(u32::try_from(first.payload).unwrap_or(0));
+    let mut n = 1;
+    for p in &pkts[start + 1..] {
+        let Some(s) = tcp_seg(p) else { break };
+        if !same_flow(pkts[start], &first, p, &s)
+            || s.seq != next_seq
+            || s.payload > first.payload
+            || total + s.payload > usize::from(u16::MAX) - first.ip_len
+            || n == GRO_MAX_SEGMENTS
+        {
+            break;
+        }
+        n += 1;
+        total += s.payload;
+        next_seq = next_seq.wrapping_add(u32::try_from(s.payload).unwrap_or(0));
+        if s.payload < first.payload || s.flags & TCP_PSH != 0 {
+            break;
+        }
+    }
+    n
+}
+
+/// Builds in `buf` the write for a run that [`gro_run`] found (at least two segments): a virtio
+/// header (`GSO_TCPV4`/`TCPV6`, segment size, `NEEDS_CSUM` at the TCP checksum) and one packet
+/// with the first segment's headers and every payload, as the kernel's GRO would make it.
+pub fn gro_build(run: &[&[u8]], buf: &mut Vec<u8>) {
+    let first = run[0];
+    let Some(s) = tcp_seg(first) else {
+        return;
+    };
+    buf.clear();
+    buf.extend_from_slice(&[0; VNET_HDR_LEN]);
+    buf.extend_from_slice(&first[..s.headers]);
+    for p in run {
+        buf.extend_from_slice(&p[s.headers..]);
+    }
+    let last_flags = run[run.len() - 1][s.ip_len + 13];
+    let (hdr, pkt) = buf.split_at_mut(VNET_HDR_LEN);
+    let total = pkt.len();
+    if s.v6 {
+        let plen = u16::try_from(total - 40).unwrap_or(u16::MAX);
+        pkt[4..6].copy_from_slice(&plen.to_be_bytes());
+    } else {
+        let tlen = u16::try_from(total).unwrap_or(u16::MAX);
+        pkt[2..4].copy_from_slice(&tlen.to_be_bytes());
+        ipv4_header_checksum(&mut pkt[..20]);
+    }
+    let t = s.ip_len;
+    pkt[t + 13] = s.flags | (last_flags & TCP_PSH);
+    // CHECKSUM_PARTIAL: the field holds the pseudo-header sum, the rest is the kernel's (and the
+    // segments' own checksums were verified in `tcp_seg`).
+    let mut sum = if s.v6 {
+        sum_bytes(0, &pkt[8..40])
+    } else {
+        sum_bytes(0, &pkt[12..20])
+    };
+    sum += 6 + (total - t) as u64;
+    pkt[t + 16..t + 18].copy_from_slice(&fold(sum).to_be_bytes());
+    hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    hdr[1] = if s.v6 {
+        VIRTIO_NET_HDR_GSO_TCPV6
+    } else {
+        VIRTIO_NET_HDR_GSO_TCPV4
+    };
+    let le = |v: usize| u16::try_from(v).unwrap_or(u16::MAX).to_le_bytes();
+    hdr[2..4].copy_from_slice(&le(s.headers));
+    hdr[4..6].copy_from_slice(&le(s.payload));
+    hdr[6..8].copy_from_slice(&le(t));
+    hdr[8..10].copy_from_slice(&le(16));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,6 +490,51 @@ mod tests {
             );
             assert_eq!(&got[2..4], &want[2..4]);
         }
+    }
+
+    #[test]
+    fn coalesces_the_segments_back_into_the_super_packet() {
+        let payload: Vec<u8> = (0..4000u32).map(|i| (i * 13 % 251) as u8).collect();
+        let big = tcp4(5000, TCP_PSH | TCP_ACK, &payload);
+        let mut raw = vnet(VIRTIO_NET_HDR_GSO_TCPV4, 1380, VIRTIO_NET_HDR_F_NEEDS_CSUM);
+        raw.extend_from_slice(&big);
+        let mut out = BytesMut::new();
+        let mut segs = Vec::new();
+        split(&mut raw, 1420, &mut out, |b| segs.push(b)).unwrap();
+        // Another flow's segment after them ends the run.
+        let other = tcp4(1, TCP_ACK, &[1; 100]);
+        let mut other_flow = other.clone();
+        other_flow[22..24].copy_from_slice(&81u16.to_be_bytes());
+        let (ip, seg) = other_flow.split_at_mut(20);
+        tcp_checksum(ip, false, seg);
+        let mut pkts: Vec<&[u8]> = segs.iter().map(|b| &b[..]).collect();
+        pkts.push(&other_flow);
+        assert_eq!(gro_run(&pkts, 0), 3);
+        assert_eq!(gro_run(&pkts, 3), 1);
+        let mut buf = Vec::new();
+        gro_build(&pkts[..3], &mut buf);
+        let hdr = VnetHdr::parse(&buf).unwrap();
+        assert_eq!(hdr.gso_type, VIRTIO_NET_HDR_GSO_TCPV4);
+        assert_eq!(
+            (hdr.gso_size, hdr.csum_start, hdr.csum_offset),
+            (1380, 20, 16)
+        );
+        let pkt = &buf[VNET_HDR_LEN..];
+        // The original packet, but for the IP ID and the checksums.
+        assert_eq!(pkt.len(), big.len());
+        assert_eq!(&pkt[..4], &big[..4]);
+        assert_eq!(&pkt[20..36], &big[20..36]);
+        assert_eq!(&pkt[40..], &big[40..]);
+        assert_eq!(fold(sum_bytes(0, &pkt[..20])), 0xffff);
+        // A corrupted segment is not coalesced (the kernel gets it alone and drops it).
+        let mut bad = segs[1].to_vec();
+        bad[100] ^= 1;
+        let pkts: Vec<&[u8]> = vec![&segs[0], &bad, &segs[2]];
+        assert_eq!(gro_run(&pkts, 0), 1);
+        assert_eq!(gro_run(&pkts, 1), 1);
+        // A gap in the sequence ends the run.
+        let pkts: Vec<&[u8]> = vec![&segs[0], &segs[2]];
+        assert_eq!(gro_run(&pkts, 0), 1);
     }
 
     #[test]
