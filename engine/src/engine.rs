@@ -645,6 +645,8 @@ impl Engine {
                 for &(dest, errno) in &self.errq {
                     self.core.peer_error(idx, dest, errno);
                 }
+                let now_ns = self.driver.now_ns();
+                self.core.errqueue_read(idx, self.errq.len(), now_ns);
             }
             while let Some((idx, fd)) = self.core.take_watch() {
                 if let Err(e) = self.driver.watch_writable(idx, fd, &mut self.events) {

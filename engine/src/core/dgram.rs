@@ -97,6 +97,10 @@ pub(crate) struct DgramQueue {
     spare: Vec<Vec<u64>>,
     /// Reused by each pass: destination → index in `ahead` of its open group.
     open: HashMap<Option<SocketAddr>, usize, BuildHasherDefault<Fnv>>,
+    /// Datagrams (first of a failed op, with its errno) whose ICMP-class error is either a stale
+    /// pending error or their own, until the error queue has been read
+    /// ([`Core::errqueue_read`]): nothing of the socket goes out meanwhile.
+    suspects: Vec<(u64, i32, usize)>,
 }
 
 impl DgramQueue {
@@ -127,7 +131,7 @@ impl DgramQueue {
     }
 
     pub fn has_queued(&self) -> bool {
-        self.queued > 0 || !self.ahead.is_empty()
+        (self.queued > 0 || !self.ahead.is_empty()) && self.suspects.is_empty()
     }
 
     pub fn next_seq(&self) -> u64 {
@@ -378,6 +382,7 @@ impl DgramQueue {
 
     /// Fails every datagram that is not in flight.
     pub fn drain_queued(&mut self, out: &mut Vec<(usize, u64)>) {
+        self.suspects.clear();
         while let Some(g) = self.ahead.pop_front() {
             self.recycle(g.seqs);
         }
@@ -395,6 +400,63 @@ impl DgramQueue {
 }
 
 impl Core {
+    /// The verdict on the socket's suspect datagrams once its error queue has been read:
+    /// `reports` ICMP reports were on it. Some: the errors were stale pending ones (each came
+    /// with its entry), and the datagrams go again. None: no ICMP error was pending, so each
+    /// errno was the datagram's own (a synchronous route error): it fails, once.
+    pub fn errqueue_read(&mut self, idx: u32, reports: usize, now_ns: u64) {
+        let id = self.id_of(idx);
+        let Some(s) = self
+            .socks
+            .get_mut(idx as usize)
+            .and_then(|s| s.sock.as_mut())
+        else {
+            return;
+        };
+        let peer = s.peer;
+        let Queue::Dgram(q) = &mut s.queue else {
+            return;
+        };
+        if q.suspects.is_empty() {
+            return;
+        }
+        let suspects = std::mem::take(&mut q.suspects);
+        if reports > 0 {
+            for &(_, _, count) in &suspects {
+                self.stats.stale_error_resends += count as u64;
+            }
+            self.wake(idx);
+            return;
+        }
+        let mut done = std::mem::take(&mut self.scratch);
+        let mut failed = Vec::with_capacity(suspects.len());
+        for &(seq, errno, _) in &suspects {
+            if seq < q.front_seq {
+                continue;
+            }
+            let i = q.index(seq);
+            if q.q[i].state != State::Queued {
+                continue;
+            }
+            let dest = q.q[i].dest.or(peer);
+            q.queued -= 1;
+            let before = done.len();
+            q.mark(&[seq], State::Failed, &mut done);
+            failed.extend(
+                done[before..]
+                    .iter()
+                    .map(|&d| (d, Error::socket(errno, id, dest))),
+            );
+        }
+        q.pop_terminal();
+        done.clear();
+        self.scratch = done;
+        for ((len, t), err) in failed {
+            self.ended_failed(idx, len, t, now_ns, &err);
+        }
+        self.wake(idx);
+    }
+
     /// Applies a datagram op's result; returns true when the socket must wait for writability.
     #[expect(clippy::too_many_arguments, reason = "one op's shape, unpacked")]
     pub(super) fn complete_dgram(
@@ -414,6 +476,10 @@ impl Core {
             .as_mut()
             .expect("complete on a live socket");
         let peer = s.peer;
+        // Whether an ICMP message can have left a pending error (`sk_err`) for a send to pick
+        // up: on a connected socket, or with IP_RECVERR (`__udp4_lib_err`, `__udp6_lib_err`).
+        let pending_possible = s.recverr || peer.is_some();
+        let recverr = s.recverr;
         let Queue::Dgram(q) = &mut s.queue else {
             return false;
         };
@@ -457,6 +523,8 @@ impl Core {
                     q.requeue(&seqs, true);
                 }
                 self.stats.gso_fallbacks += 1;
+                // A local EMSGSIZE also leaves an entry on the error queue (IP_RECVERR).
+                errqueue = errno == libc::EMSGSIZE;
             } else if let Some(delay_ns) = q.nobufs_backoff_ns(errno, first_seq, nobufs_retries) {
                 q.requeue(&seqs, false);
                 // Keep a longer backoff another datagram of this socket already started (several
@@ -465,7 +533,7 @@ impl Core {
                 s.retry_at_ns = Some(s.retry_at_ns.map_or(at, |t| t.max(at)));
                 self.backoff.push(idx);
                 self.stats.retries += 1;
-            } else if is_icmp_errno(errno) && q.stale_resend(first_seq) {
+            } else if is_icmp_errno(errno) && pending_possible && q.stale_resend(first_seq) {
                 // A pending socket error set by an ICMP message about an earlier datagram (a
                 // connected socket always gets them; an unconnected one with IP_RECVERR). The
                 // send that picked it up sent nothing, so this op goes again (FAILURES.md item
@@ -474,8 +542,18 @@ impl Core {
                 // `sendmmsg` consumes such an error silently on epoll, and resending is what
                 // io_uring must do to agree). With IP_RECVERR the error queue names the
                 // destination the error is about ([`Core::peer_error`]).
+                //
+                // With IP_RECVERR every such pending error comes with an error-queue entry, so
+                // the errno may also be this datagram's own (a route lookup: ENETUNREACH, …):
+                // the verdict waits for the error-queue read ([`Core::errqueue_read`]). Without
+                // it (a connected socket) the kernel gives no way to tell; the resend bound
+                // ends a datagram whose own error it is.
                 q.requeue(&seqs, false);
-                self.stats.stale_error_resends += count as u64;
+                if recverr {
+                    q.suspects.push((first_seq, errno, count));
+                } else {
+                    self.stats.stale_error_resends += count as u64;
+                }
                 errqueue = true;
             } else {
                 // The first datagram takes the error. For a single datagram that is all of it; for
@@ -484,7 +562,9 @@ impl Core {
                 // by it, so the rest go again (FAILURES.md item 11). Re-splitting instead would lose
                 // the error (on epoll also the next one: sendmmsg drops an error that follows a
                 // sent datagram).
-                errqueue = is_icmp_errno(errno);
+                // An ICMP error the send returned may come with an entry; a local EMSGSIZE
+                // leaves one (IP_RECVERR): read and drop it, or entries fill the receive buffer.
+                errqueue = is_icmp_errno(errno) || errno == libc::EMSGSIZE;
                 let i = q.index(first_seq);
                 let dest = q.q[i].dest.or(peer);
                 q.mark(&seqs[..1], State::Failed, &mut done);

@@ -205,8 +205,11 @@ pub(crate) fn udp_family(socket: &std::net::UdpSocket) -> (bool, bool) {
 }
 
 /// Reads the socket's error queue (`MSG_ERRQUEUE`, non-blocking) until it is empty, at most
-/// `max` entries; pushes (destination of the datagram the error is about, errno) for each.
-/// Returns the number of system calls made.
+/// `max` reports; pushes (destination of the datagram the error is about, errno) for each report
+/// from the network (ICMP, ICMPv6). Entries of local origin (`SO_EE_ORIGIN_LOCAL`: the kernel
+/// queues one for a local `EMSGSIZE` beside the error the send itself returned) are read and
+/// dropped without counting toward `max`: they are no peer's report, and left queued they would
+/// fill the socket's receive buffer. Returns the number of system calls made.
 pub(crate) fn drain_errqueue(
     fd: RawFd,
     max: usize,
@@ -215,7 +218,8 @@ pub(crate) fn drain_errqueue(
     #[repr(C, align(8))]
     struct Ctl([u8; 256]);
     let mut calls = 0;
-    for _ in 0..max {
+    let mut reports = 0;
+    while reports < max {
         let mut ctl = Ctl([0; 256]);
         let mut name = SockAddrStorage::zeroed();
         let mut byte = 0u8;
@@ -239,6 +243,7 @@ pub(crate) fn drain_errqueue(
             break;
         }
         let mut errno = 0;
+        let mut local = false;
         // SAFETY: the kernel filled `msg_controllen` bytes of `ctl`; CMSG_FIRSTHDR/NXTHDR stay
         // within them, and an IP_RECVERR/IPV6_RECVERR header carries a sock_extended_err.
         unsafe {
@@ -251,13 +256,15 @@ pub(crate) fn drain_errqueue(
                     let ee: libc::sock_extended_err =
                         ptr::read_unaligned(libc::CMSG_DATA(c).cast());
                     errno = i32::try_from(ee.ee_errno).unwrap_or(libc::EIO);
+                    local = ee.ee_origin == libc::SO_EE_ORIGIN_LOCAL;
                 }
                 c = libc::CMSG_NXTHDR(&msg, c);
             }
         }
-        if errno == 0 {
+        if errno == 0 || local {
             continue;
         }
+        reports += 1;
         // SAFETY: the kernel wrote a sockaddr of `msg_namelen` bytes into `name`.
         let dest = unsafe { SockAddr::new(name, msg.msg_namelen) }.as_socket();
         out.push((dest, errno));
