@@ -206,3 +206,35 @@ pub(crate) fn udp_gso() -> bool {
     };
     rc == 0
 }
+
+/// What a socket handed to `register_tcp` (`tcp`) or `register_udp` is, if it is not what the
+/// call takes: an IPv4 or IPv6 TCP socket, connected and not listening; or an IPv4 or IPv6 UDP
+/// socket. `Err` holds the socket's description, in words.
+pub(crate) fn unsuitable_socket(fd: std::os::fd::BorrowedFd<'_>, tcp: bool) -> Result<(), String> {
+    use socket2::{Domain, Protocol, SockRef, Type};
+    let sock = SockRef::from(&fd);
+    let ask = |what: &str, e: io::Error| format!("a descriptor whose {what} cannot be read ({e})");
+    let domain = sock.domain().map_err(|e| ask("SO_DOMAIN", e))?;
+    let ty = sock.r#type().map_err(|e| ask("SO_TYPE", e))?;
+    let proto = sock.protocol().map_err(|e| ask("SO_PROTOCOL", e))?;
+    if domain != Domain::IPV4 && domain != Domain::IPV6 {
+        return Err(format!("a socket of another family ({domain:?})"));
+    }
+    let (want_ty, want_proto) = if tcp {
+        (Type::STREAM, Protocol::TCP)
+    } else {
+        (Type::DGRAM, Protocol::UDP)
+    };
+    if ty != want_ty || proto.is_some_and(|p| p != want_proto) {
+        return Err(format!("a {ty:?} socket (protocol {proto:?})"));
+    }
+    if tcp {
+        if sock.is_listener().map_err(|e| ask("SO_ACCEPTCONN", e))? {
+            return Err("a listening TCP socket".to_string());
+        }
+        if let Err(e) = sock.peer_addr() {
+            return Err(format!("a TCP socket that is not connected ({e})"));
+        }
+    }
+    Ok(())
+}
