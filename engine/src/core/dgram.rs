@@ -39,6 +39,9 @@ struct Dgram {
     nobufs: u8,
     /// Sends of it that picked up a pending error about an earlier datagram.
     stale: u8,
+    /// Its GSO group was refused with EIO/EINVAL: sent alone, it tells whether the device
+    /// cannot segment (it goes) or the error was its own (it fails too).
+    gso_probe: bool,
 }
 
 /// A group planned by a pass: datagrams (by sequence number) for one send.
@@ -86,8 +89,13 @@ pub(crate) struct DgramQueue {
     scan: usize,
     /// Entries in state `Queued`.
     queued: usize,
-    /// GSO for this socket (turned off at run time after EIO/EINVAL).
+    /// GSO for this socket (turned off at run time once a group refused with EIO/EINVAL is
+    /// sent alone, datagram by datagram, and one goes).
     pub gso: bool,
+    /// Datagrams with `gso_probe` not yet terminal: no new groups meanwhile.
+    probing: usize,
+    /// A datagram with `gso_probe` was sent (set by `mark`).
+    probe_sent: bool,
     /// Groups planned by the last pass and not yet issued, by their first datagram.
     ahead: VecDeque<Group>,
     /// The datagrams of each op in flight, by group slot (`OpShape::Dgram::group`).
@@ -121,6 +129,7 @@ impl DgramQueue {
             solo: false,
             nobufs: 0,
             stale: 0,
+            gso_probe: false,
         });
         self.next_seq += 1;
         self.queued += 1;
@@ -161,7 +170,7 @@ impl DgramQueue {
 
     /// Groups every queued datagram by destination (see the module docs) into `ahead`.
     fn group_pass(&mut self, cfg: &Config) {
-        let gso = cfg.gso && self.gso;
+        let gso = cfg.gso && self.gso && self.probing == 0;
         let max_segments = cfg.gso_max_segments;
         let max_bytes = cfg.gso_max_bytes;
         self.open.clear();
@@ -324,6 +333,18 @@ impl DgramQueue {
         d.stale <= STALE_RESENDS
     }
 
+    /// Marks the datagrams of a group refused with EIO/EINVAL: their lone sends decide.
+    fn probe_gso(&mut self, seqs: &[u64]) {
+        for &seq in seqs {
+            let i = self.index(seq);
+            let d = &mut self.q[i];
+            if !d.gso_probe {
+                d.gso_probe = true;
+                self.probing += 1;
+            }
+        }
+    }
+
     /// Datagrams go back to the queue; `solo` keeps them out of groups. The groups planned ahead
     /// are dissolved too, so the next pass keeps each destination's order.
     fn requeue(&mut self, seqs: &[u64], solo: bool) {
@@ -354,6 +375,11 @@ impl DgramQueue {
             let i = self.index(seq);
             let d = &mut self.q[i];
             d.state = state;
+            if d.gso_probe {
+                d.gso_probe = false;
+                self.probing -= 1;
+                self.probe_sent |= state == State::Sent;
+            }
             total += d.data.len();
             if state == State::Failed || d.queued_ns != 0 {
                 out.push((d.data.len(), d.queued_ns));
@@ -391,6 +417,10 @@ impl DgramQueue {
             .iter_mut()
             .filter(|d| matches!(d.state, State::Queued | State::Planned))
         {
+            if d.gso_probe {
+                d.gso_probe = false;
+                self.probing -= 1;
+            }
             d.state = State::Failed;
             out.push((d.data.len(), d.queued_ns));
         }
@@ -492,6 +522,10 @@ impl Core {
         if res >= 0 {
             // UDP sends are all or nothing: a result means every datagram of the op left.
             let total = q.mark(&seqs, State::Sent, &mut done);
+            if std::mem::take(&mut q.probe_sent) {
+                // A datagram of a refused group went alone: the group's error was GSO's.
+                q.gso = false;
+            }
             if gso && count > 1 {
                 self.stats.gso_sends += 1;
             }
@@ -513,15 +547,15 @@ impl Core {
                     libc::EIO | libc::EINVAL | libc::EMSGSIZE | libc::ENOBUFS
                 )
             {
-                // The group was refused as a whole. EIO/EINVAL: the device or route cannot segment,
-                // so GSO goes off for this socket. EMSGSIZE, ENOBUFS: re-split so every datagram
-                // gets its own outcome (FAILURES.md items 13, 14).
+                // The group was refused as a whole: re-split so every datagram gets its own
+                // outcome (FAILURES.md items 13, 14). EIO/EINVAL mean "the device or route cannot
+                // segment" only if the same datagrams then go alone; if they fail alone too, the
+                // error was theirs (a bad destination), and GSO stays on. Until one of them ends,
+                // the socket forms no new groups.
                 if errno == libc::EIO || errno == libc::EINVAL {
-                    q.gso = false;
-                    q.requeue(&seqs, false);
-                } else {
-                    q.requeue(&seqs, true);
+                    q.probe_gso(&seqs);
                 }
+                q.requeue(&seqs, true);
                 self.stats.gso_fallbacks += 1;
                 // A local EMSGSIZE also leaves an entry on the error queue (IP_RECVERR).
                 errqueue = errno == libc::EMSGSIZE;

@@ -395,6 +395,42 @@ both! {
     }
 }
 
+both! {
+    /// Issue #11 item 1: a group refused with EIO/EINVAL whose datagrams also fail alone had
+    /// its datagrams' own error (a bad destination), not "this device cannot segment": each
+    /// fails with it, and GSO stays on for the socket. Before the fix GSO went off for good.
+    fn a_group_error_that_is_the_datagrams_own_leaves_gso_on(mode) {
+        for errno in [libc::EIO, libc::EINVAL] {
+            let (mut e, k) = sim(mode, SimConfig::default());
+            let d = udp(&mut e, &k, None, false);
+            let bad = dest(9000);
+            k.set_behaviour(Box::new(FnBehaviour(move |v: &OpView<'_>| {
+                if v.dest == Some(bad) {
+                    Verdict::Errno(errno)
+                } else {
+                    Verdict::Full
+                }
+            })));
+            gso_group(&mut e, &k, d, 0, &[100, 100, 100, 40]);
+            let r = e.flush(d).unwrap();
+            let status = Status::from_errno(errno);
+            assert_eq!((r.writes, r.failed, r.failed_with(status)), (0, 4, 4), "{r:?}");
+            assert!(e.socket_gso(d).unwrap(), "errno {errno}: GSO stays on");
+            // A later group to a good destination still goes as one GSO send.
+            for tag in 4..8 {
+                send_to(&mut e, d, tag, 9001, 100);
+            }
+            let r = e.flush(d).unwrap();
+            assert_eq!((r.writes, r.failed), (4, 0));
+            let p = k.peer(d);
+            let last = p.ops.last().unwrap();
+            assert_eq!((last.count, last.segment_size), (4, Some(100)), "errno {errno}");
+            let decided = p.ops.iter().filter(|o| o.res.is_some()).count();
+            assert_eq!(decided, 1 + 4 + 1, "errno {errno}: the group, 4 alone, the group");
+        }
+    }
+}
+
 /// io_uring: two groups in flight are both refused; the second failure is tolerated.
 #[test]
 fn gso_tolerates_more_failures_from_groups_already_in_flight() {
