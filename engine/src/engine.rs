@@ -472,6 +472,8 @@ impl Engine {
         static NONE: UringFeatures = UringFeatures {
             enabled: Vec::new(),
             refused: Vec::new(),
+            kernel: Vec::new(),
+            kernel_missing: Vec::new(),
         };
         match &self.driver {
             AnyDriver::Uring(u) => u.features(),
@@ -719,6 +721,21 @@ impl Engine {
     fn enter(&mut self, wait: Wait) -> Result<(), Error> {
         let entered = self.driver.enter(wait, &mut self.events);
         self.absorb()?;
+        if let Err(Error::Io {
+            errno: libc::EBADR, ..
+        }) = entered
+        {
+            // The kernel dropped completions (io_uring CQ overflow): which ops still in flight
+            // ended is unknown, and one whose completion was lost would stay pending forever.
+            // Every op in flight is cancelled by its token: one still in the kernel ends
+            // (cancelled, or with its result); one that is not there any more ends with
+            // `CompletionLost` (the driver reports it), its memory then free of the kernel.
+            self.core.stats.completion_losses += 1;
+            let tokens = self.core.in_flight_tokens(None);
+            let cancelled = self.driver.cancel(&tokens, &mut self.events);
+            self.absorb()?;
+            return cancelled;
+        }
         entered
     }
 

@@ -45,13 +45,16 @@ pub enum Status {
     InvalidInput,
     /// `ECANCELED`: the write was cancelled before it completed (socket aborted, engine dropped).
     Cancelled,
+    /// `EBADR` from io_uring: the kernel dropped the write's completion (its completion queue
+    /// overflowed), so whether it went out is unknown; a stream is poisoned.
+    CompletionLost,
     /// Any other errno; the raw value is kept in the error.
     Other,
 }
 
 impl Status {
     /// Every status, in declaration order (for per-status tables).
-    pub const ALL: [Status; 16] = [
+    pub const ALL: [Status; 17] = [
         Status::ConnectionReset,
         Status::ConnectionRefused,
         Status::ConnectionAborted,
@@ -67,6 +70,7 @@ impl Status {
         Status::PermissionDenied,
         Status::InvalidInput,
         Status::Cancelled,
+        Status::CompletionLost,
         Status::Other,
     ];
 
@@ -90,6 +94,7 @@ impl Status {
                 Status::InvalidInput
             }
             libc::ECANCELED => Status::Cancelled,
+            libc::EBADR => Status::CompletionLost,
             _ => Status::Other,
         }
     }
@@ -112,6 +117,7 @@ impl Status {
             Status::PermissionDenied => "permission denied",
             Status::InvalidInput => "invalid argument",
             Status::Cancelled => "cancelled",
+            Status::CompletionLost => "completion lost (io_uring completion queue overflow)",
             Status::Other => "other error",
         }
     }

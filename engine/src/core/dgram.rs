@@ -601,9 +601,12 @@ impl Core {
                 errqueue = is_icmp_errno(errno) || errno == libc::EMSGSIZE;
                 let i = q.index(first_seq);
                 let dest = q.q[i].dest.or(peer);
-                q.mark(&seqs[..1], State::Failed, &mut done);
-                if count > 1 {
-                    q.requeue(&seqs[1..], false);
+                // EBADR (the completion was lost): what became of the group is unknown; all of
+                // it ends as lost rather than risk sending it twice.
+                let fail = if errno == libc::EBADR { count } else { 1 };
+                q.mark(&seqs[..fail], State::Failed, &mut done);
+                if count > fail {
+                    q.requeue(&seqs[fail..], false);
                 }
                 failed = Some(Error::socket(errno, id, dest));
             }

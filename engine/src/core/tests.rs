@@ -1169,6 +1169,49 @@ fn drop_whose_cancels_never_complete_leaks_after_the_deadline() {
     assert_eq!(k.now_ns() - t0, 2_000_000_000);
 }
 
+/// Issue #11 item 7: io_uring drops completions (`EBADR`: its CQ overflowed with no room).
+/// Every op in flight is cancelled; those whose completion was lost end with `CompletionLost`
+/// (a stream poisoned with it, every datagram of a lost group failed), one still held by a
+/// stalled peer ends cancelled, and nothing stays pending. Before: the flush failed with
+/// `Error::Io` (EBADR) and the lost ops stayed in flight for ever.
+#[test]
+fn dropped_completions_end_every_op_in_flight() {
+    let (mut e, k) = sim(Mode::Uring, SimConfig::default());
+    let h = stream(&mut e, &k);
+    let d = udp(&mut e, &k, None, false);
+    let stalled = stream(&mut e, &k);
+    k.stall(stalled);
+    send_all(&mut e, h, 0, &[100, 200]);
+    for tag in 10..14 {
+        send_to(&mut e, d, tag, 9000, 100);
+    }
+    send_all(&mut e, stalled, 20, &[50]);
+    k.drop_completions();
+    let all = e.flush_all().unwrap();
+    assert_eq!(e.pending_writes(), 0, "nothing left pending");
+    assert_eq!(e.stats().completion_losses, 1);
+    let lost = e.stats().failed(Status::CompletionLost);
+    assert_eq!(lost, 2 + 4, "the stream's writes and the group's datagrams");
+    assert_eq!(e.stats().failed(Status::Cancelled), 1, "the stalled op");
+    assert!(
+        all.errors()
+            .iter()
+            .any(|err| err.status() == Some(Status::CompletionLost)),
+        "{all:?}"
+    );
+    let err = e.send(h, Bytes::from_static(b"x")).unwrap_err();
+    assert_eq!(
+        err.error().status(),
+        Some(Status::CompletionLost),
+        "poisoned"
+    );
+    // The engine goes on: a new socket's writes go out.
+    let h2 = stream(&mut e, &k);
+    let want = send_all(&mut e, h2, 30, &[10]);
+    e.flush(h2).unwrap();
+    assert_eq!(k.peer(h2).received, want);
+}
+
 // ---- batching ---------------------------------------------------------------------------------
 
 /// io_uring: one `io_uring_enter` carries the pending ops of every socket.

@@ -139,7 +139,7 @@ fn setup(entries: u32, want: &FastPaths) -> Result<(IoUring, UringFeatures), Str
 /// Why io_uring cannot be used here, in words, or `Ok` with the ring it probed (set up with the
 /// setup flags of `want` the kernel accepts) and the fast paths in effect so far.
 pub(crate) fn uring(entries: u32, want: &FastPaths) -> Result<(IoUring, UringFeatures), String> {
-    let (ring, features) = setup(entries, want)?;
+    let (ring, mut features) = setup(entries, want)?;
     let mut probe = Probe::new();
     if let Err(e) = ring.submitter().register_probe(&mut probe) {
         return Err(format!(
@@ -154,6 +154,25 @@ pub(crate) fn uring(entries: u32, want: &FastPaths) -> Result<(IoUring, UringFea
             return Err(format!("the kernel does not support {name}"));
         }
     }
+    // Each used where present, degraded without (README, "Kernel requirements").
+    let p = ring.params();
+    features.kernel_feature(
+        "feat_nodrop",
+        p.is_feature_nodrop(),
+        "IORING_FEAT_NODROP (5.5) missing: completions beyond a full CQ are dropped; the kernel \
+         then answers EBADR and every op in flight fails with CompletionLost",
+    );
+    features.kernel_feature(
+        "feat_ext_arg",
+        p.is_feature_ext_arg(),
+        "IORING_FEAT_EXT_ARG (5.11) missing: timed waits poll(2) the ring descriptor (one more \
+         system call per wait)",
+    );
+    features.kernel_feature(
+        "op_send",
+        probe.is_supported(opcode::Send::CODE),
+        "IORING_OP_SEND (5.6) missing: single buffers go as IORING_OP_SENDMSG",
+    );
     Ok((ring, features))
 }
 
