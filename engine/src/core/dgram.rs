@@ -13,7 +13,8 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
-use super::{is_icmp_errno, is_retry, Clock, Config, Core, OpShape, Queue};
+use super::class::{classify, Class, OpKind};
+use super::{Clock, Config, Core, OpShape, Queue};
 use crate::error::Error;
 use crate::plan::{gso_can_lead, gso_join, Join};
 
@@ -536,30 +537,40 @@ impl Core {
         } else {
             // `wrapping_neg`: a corrupt `i32::MIN` result must not panic (it maps to `Other`).
             let errno = res.wrapping_neg();
-            if is_retry(errno) {
+            let group = gso && count > 1;
+            let class = classify(
+                errno,
+                if group {
+                    OpKind::GsoGroup
+                } else {
+                    OpKind::Datagram
+                },
+            );
+            if class == Class::Retry {
                 q.requeue(&seqs, false);
                 self.stats.retries += 1;
                 again = errno == libc::EAGAIN;
-            } else if gso
-                && count > 1
-                && matches!(
-                    errno,
-                    libc::EIO | libc::EINVAL | libc::EMSGSIZE | libc::ENOBUFS
-                )
+            } else if group
+                && (class == Class::Device
+                    || (class == Class::Datagram
+                        && matches!(errno, libc::EMSGSIZE | libc::ENOBUFS)))
             {
                 // The group was refused as a whole: re-split so every datagram gets its own
                 // outcome (FAILURES.md items 13, 14). EIO/EINVAL mean "the device or route cannot
                 // segment" only if the same datagrams then go alone; if they fail alone too, the
                 // error was theirs (a bad destination), and GSO stays on. Until one of them ends,
                 // the socket forms no new groups.
-                if errno == libc::EIO || errno == libc::EINVAL {
+                if class == Class::Device {
                     q.probe_gso(&seqs);
                 }
                 q.requeue(&seqs, true);
                 self.stats.gso_fallbacks += 1;
                 // A local EMSGSIZE also leaves an entry on the error queue (IP_RECVERR).
                 errqueue = errno == libc::EMSGSIZE;
-            } else if let Some(delay_ns) = q.nobufs_backoff_ns(errno, first_seq, nobufs_retries) {
+            } else if let Some(delay_ns) = q
+                .nobufs_backoff_ns(errno, first_seq, nobufs_retries)
+                .filter(|_| class == Class::Datagram)
+            {
                 q.requeue(&seqs, false);
                 // Keep a longer backoff another datagram of this socket already started (several
                 // ops in flight can end with ENOBUFS in one batch, in any order).
@@ -567,7 +578,7 @@ impl Core {
                 s.retry_at_ns = Some(s.retry_at_ns.map_or(at, |t| t.max(at)));
                 self.backoff.push(idx);
                 self.stats.retries += 1;
-            } else if is_icmp_errno(errno) && pending_possible && q.stale_resend(first_seq) {
+            } else if class == Class::Destination && pending_possible && q.stale_resend(first_seq) {
                 // A pending socket error set by an ICMP message about an earlier datagram (a
                 // connected socket always gets them; an unconnected one with IP_RECVERR). The
                 // send that picked it up sent nothing, so this op goes again (FAILURES.md item
@@ -598,12 +609,12 @@ impl Core {
                 // sent datagram).
                 // An ICMP error the send returned may come with an entry; a local EMSGSIZE
                 // leaves one (IP_RECVERR): read and drop it, or entries fill the receive buffer.
-                errqueue = is_icmp_errno(errno) || errno == libc::EMSGSIZE;
+                errqueue = class == Class::Destination || errno == libc::EMSGSIZE;
                 let i = q.index(first_seq);
                 let dest = q.q[i].dest.or(peer);
-                // EBADR (the completion was lost): what became of the group is unknown; all of
-                // it ends as lost rather than risk sending it twice.
-                let fail = if errno == libc::EBADR { count } else { 1 };
+                // Class::Engine (EBADR, the completion was lost): what became of the group is
+                // unknown; all of it ends as lost rather than risk sending it twice.
+                let fail = if class == Class::Engine { count } else { 1 };
                 q.mark(&seqs[..fail], State::Failed, &mut done);
                 if count > fail {
                     q.requeue(&seqs[fail..], false);

@@ -35,20 +35,6 @@ pub(super) fn canonical(dest: SocketAddr) -> SocketAddr {
 /// Peer errors kept per socket until taken.
 pub(crate) const PEER_ERRORS_KEPT: usize = 4096;
 
-/// Errors a pending socket error (`sk_err`) can carry from an ICMP message about an earlier
-/// datagram: with `IP_RECVERR` an unconnected socket gets them too, and the send that picks one
-/// up sends nothing.
-pub(crate) fn is_icmp_errno(errno: i32) -> bool {
-    matches!(
-        errno,
-        libc::ECONNREFUSED
-            | libc::EHOSTUNREACH
-            | libc::ENETUNREACH
-            | libc::EHOSTDOWN
-            | libc::EPROTO
-    )
-}
-
 impl Core {
     /// Asks the backend to read the socket's error queue (only where `IP_RECVERR` is on).
     pub fn want_errqueue(&mut self, idx: u32) {
