@@ -30,6 +30,7 @@ use crate::SocketId;
 
 use admit::{DEST_NONE, DEST_V4, DEST_V4_MAPPED, DEST_V6};
 use barrier::Acc;
+#[cfg(any(test, fuzzing, feature = "sim"))]
 pub(crate) use class::{is_icmp_errno, is_retry};
 pub(crate) use dgram::DgramQueue;
 pub(crate) use op::{Event, OpShape, Planned, Token};

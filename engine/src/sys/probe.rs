@@ -227,8 +227,8 @@ pub(crate) fn udp_gso() -> bool {
 }
 
 /// What a socket handed to `register_tcp` (`tcp`) or `register_udp` is, if it is not what the
-/// call takes: an IPv4 or IPv6 TCP socket, connected and not listening; or an IPv4 or IPv6 UDP
-/// socket. `Err` holds the socket's description, in words.
+/// call takes: an IPv4 or IPv6 TCP socket, not listening, connected (or reset by its peer with
+/// the error still pending); or an IPv4 or IPv6 UDP socket. `Err` holds the socket's description, in words.
 pub(crate) fn unsuitable_socket(fd: std::os::fd::BorrowedFd<'_>, tcp: bool) -> Result<(), String> {
     use socket2::{Domain, Protocol, SockRef, Type};
     let sock = SockRef::from(&fd);
@@ -251,8 +251,20 @@ pub(crate) fn unsuitable_socket(fd: std::os::fd::BorrowedFd<'_>, tcp: bool) -> R
         if sock.is_listener().map_err(|e| ask("SO_ACCEPTCONN", e))? {
             return Err("a listening TCP socket".to_string());
         }
+        // Not connected: never connected (refused), or connected and then reset by its peer
+        // (taken: the error is pending, and the first send reports it as that stream's error).
+        // `POLLERR` tells a pending error without consuming it, as `SO_ERROR` would.
         if let Err(e) = sock.peer_addr() {
-            return Err(format!("a TCP socket that is not connected ({e})"));
+            let mut pfd = libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+                events: 0,
+                revents: 0,
+            };
+            // SAFETY: one live pollfd for the call; a zero timeout never blocks.
+            let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+            if n != 1 || pfd.revents & libc::POLLERR == 0 {
+                return Err(format!("a TCP socket that is not connected ({e})"));
+            }
         }
     }
     Ok(())
