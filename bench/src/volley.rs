@@ -35,9 +35,12 @@ impl Volley {
         let ids = match conns {
             Conns::Tcp(streams) => streams
                 .into_iter()
-                .map(|s| engine.register_tcp(s))
+                .map(|s| engine.register_tcp(s).map_err(Error::from))
                 .collect::<Result<Vec<_>, _>>(),
-            Conns::Udp(u) => engine.register_udp(u).map(|id| vec![id]),
+            Conns::Udp(u) => engine
+                .register_udp(u)
+                .map(|id| vec![id])
+                .map_err(Error::from),
         }?;
         Ok(Volley {
             engine,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::core::{Clock, Config, Core, DgramQueue, Event, Planned, Queue, StreamQueue};
-use crate::error::{Error, SendError, Unreachable};
+use crate::error::{Error, RegisterError, SendError, Unreachable};
 use crate::report::{FlushAllReport, FlushReport};
 use crate::stats::Stats;
 use crate::sys::uring::{FastPaths, UringFeatures};
@@ -472,6 +472,8 @@ impl Engine {
         static NONE: UringFeatures = UringFeatures {
             enabled: Vec::new(),
             refused: Vec::new(),
+            kernel: Vec::new(),
+            kernel_missing: Vec::new(),
         };
         match &self.driver {
             AnyDriver::Uring(u) => u.features(),
@@ -484,18 +486,19 @@ impl Engine {
         self.core.cfg.gso
     }
 
+    /// Takes `fd`; a refusal hands it back.
     fn add(
         &mut self,
         fd: OwnedFd,
         peer: Option<SocketAddr>,
         queue: Queue,
-    ) -> Result<SocketId, Error> {
+    ) -> Result<SocketId, (Error, OwnedFd)> {
         let raw = fd.as_raw_fd();
         let stream = matches!(queue, Queue::Stream(_));
         let id = self.core.add_socket(raw, peer, queue);
         if let Err(e) = self.driver.register(id.index, raw, stream) {
             let _ = self.core.remove_socket(id, 0);
-            return Err(e);
+            return Err((e, fd));
         }
         let i = id.index as usize;
         if self.fds.len() <= i {
@@ -509,10 +512,24 @@ impl Engine {
     /// backend) until [`Engine::close`] hands it back.
     ///
     /// # Errors
-    /// [`Error::Io`] when the socket cannot be registered.
-    pub fn register_tcp(&mut self, stream: TcpStream) -> Result<SocketId, Error> {
+    /// A refusal hands the stream back, open ([`RegisterError::into_inner`]):
+    /// [`Error::UnsuitableSocket`] when it is not a connected TCP socket (a `TcpStream` can be
+    /// made from any descriptor: a UDP socket, a listening or unconnected TCP socket);
+    /// [`Error::Io`] when the backend cannot take it.
+    pub fn register_tcp(
+        &mut self,
+        stream: TcpStream,
+    ) -> Result<SocketId, RegisterError<TcpStream>> {
+        if let Err(found) = sys::probe::unsuitable_socket(stream.as_fd(), true) {
+            let error = Error::UnsuitableSocket {
+                expected: "a connected TCP socket",
+                found,
+            };
+            return Err(RegisterError::new(error, stream));
+        }
         let peer = stream.peer_addr().ok();
         self.add(stream.into(), peer, Queue::Stream(StreamQueue::default()))
+            .map_err(|(e, fd)| RegisterError::new(e, TcpStream::from(fd)))
     }
 
     /// Takes a UDP socket: connected (use [`Engine::send`]) or not (use [`Engine::send_to`]).
@@ -523,15 +540,31 @@ impl Engine {
     /// ([`Error::BadDestination`]). Set `IPV6_V6ONLY` before registering, not after.
     ///
     /// # Errors
-    /// As [`Engine::register_tcp`].
-    pub fn register_udp(&mut self, socket: UdpSocket) -> Result<SocketId, Error> {
+    /// A refusal hands the socket back, open ([`RegisterError::into_inner`]):
+    /// [`Error::UnsuitableSocket`] when it is not an IPv4 or IPv6 UDP socket; [`Error::Io`]
+    /// when the backend cannot take it.
+    pub fn register_udp(
+        &mut self,
+        socket: UdpSocket,
+    ) -> Result<SocketId, RegisterError<UdpSocket>> {
+        if let Err(found) = sys::probe::unsuitable_socket(socket.as_fd(), false) {
+            let error = Error::UnsuitableSocket {
+                expected: "a UDP socket",
+                found,
+            };
+            return Err(RegisterError::new(error, socket));
+        }
         let peer = socket.peer_addr().ok();
         let gso = self.core.cfg.gso;
         let (v6, v6only) = sys::msg::udp_family(&socket);
-        let recverr = self.core.cfg.recverr && sys::msg::set_recverr(socket.as_raw_fd(), v6);
-        let id = self.add(socket.into(), peer, Queue::Dgram(DgramQueue::new(gso)))?;
-        self.core.set_recverr(id, recverr)?;
-        self.core.set_family(id, v6, v6only)?;
+        let raw = socket.as_raw_fd();
+        let id = self
+            .add(socket.into(), peer, Queue::Dgram(DgramQueue::new(gso)))
+            .map_err(|(e, fd)| RegisterError::new(e, UdpSocket::from(fd)))?;
+        let recverr = self.core.cfg.recverr && sys::msg::set_recverr(raw, v6);
+        // The socket was just added: these cannot fail.
+        let _ = self.core.set_recverr(id, recverr);
+        let _ = self.core.set_family(id, v6, v6only);
         Ok(id)
     }
 
@@ -645,6 +678,8 @@ impl Engine {
                 for &(dest, errno) in &self.errq {
                     self.core.peer_error(idx, dest, errno);
                 }
+                let now_ns = self.driver.now_ns();
+                self.core.errqueue_read(idx, self.errq.len(), now_ns);
             }
             while let Some((idx, fd)) = self.core.take_watch() {
                 if let Err(e) = self.driver.watch_writable(idx, fd, &mut self.events) {
@@ -690,6 +725,21 @@ impl Engine {
     fn enter(&mut self, wait: Wait) -> Result<(), Error> {
         let entered = self.driver.enter(wait, &mut self.events);
         self.absorb()?;
+        if let Err(Error::Io {
+            errno: libc::EBADR, ..
+        }) = entered
+        {
+            // The kernel dropped completions (io_uring CQ overflow): which ops still in flight
+            // ended is unknown, and one whose completion was lost would stay pending forever.
+            // Every op in flight is cancelled by its token: one still in the kernel ends
+            // (cancelled, or with its result); one that is not there any more ends with
+            // `CompletionLost` (the driver reports it), its memory then free of the kernel.
+            self.core.stats.completion_losses += 1;
+            let tokens = self.core.in_flight_tokens(None);
+            let cancelled = self.driver.cancel(&tokens, &mut self.events);
+            self.absorb()?;
+            return cancelled;
+        }
         entered
     }
 
@@ -1033,7 +1083,7 @@ impl Engine {
         } else {
             Queue::Dgram(DgramQueue::new(self.core.cfg.gso))
         };
-        let id = self.add(fd, peer, queue)?;
+        let id = self.add(fd, peer, queue).map_err(|(e, _fd)| e)?;
         self.core.set_recverr(id, recverr && !stream)?;
         Ok(id)
     }

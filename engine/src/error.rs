@@ -45,13 +45,16 @@ pub enum Status {
     InvalidInput,
     /// `ECANCELED`: the write was cancelled before it completed (socket aborted, engine dropped).
     Cancelled,
+    /// `EBADR` from io_uring: the kernel dropped the write's completion (its completion queue
+    /// overflowed), so whether it went out is unknown; a stream is poisoned.
+    CompletionLost,
     /// Any other errno; the raw value is kept in the error.
     Other,
 }
 
 impl Status {
     /// Every status, in declaration order (for per-status tables).
-    pub const ALL: [Status; 16] = [
+    pub const ALL: [Status; 17] = [
         Status::ConnectionReset,
         Status::ConnectionRefused,
         Status::ConnectionAborted,
@@ -67,6 +70,7 @@ impl Status {
         Status::PermissionDenied,
         Status::InvalidInput,
         Status::Cancelled,
+        Status::CompletionLost,
         Status::Other,
     ];
 
@@ -90,6 +94,7 @@ impl Status {
                 Status::InvalidInput
             }
             libc::ECANCELED => Status::Cancelled,
+            libc::EBADR => Status::CompletionLost,
             _ => Status::Other,
         }
     }
@@ -112,6 +117,7 @@ impl Status {
             Status::PermissionDenied => "permission denied",
             Status::InvalidInput => "invalid argument",
             Status::Cancelled => "cancelled",
+            Status::CompletionLost => "completion lost (io_uring completion queue overflow)",
             Status::Other => "other error",
         }
     }
@@ -157,7 +163,7 @@ impl fmt::Display for Limit {
 ///
 /// Converts into [`io::Error`] with a kind that says what to do: misuse of the API
 /// ([`Error::WrongSocketKind`], [`Error::BufferTooLarge`], [`Error::BadDestination`],
-/// [`Error::UnknownSocket`]) is [`io::ErrorKind::InvalidInput`] — an unknown socket is the
+/// [`Error::UnsuitableSocket`], [`Error::UnknownSocket`]) is [`io::ErrorKind::InvalidInput`] — an unknown socket is the
 /// caller's mistake (a stale or foreign id), not a missing resource; [`Error::Backpressure`] is
 /// [`io::ErrorKind::WouldBlock`]; [`Error::FlushTimeout`] is [`io::ErrorKind::TimedOut`];
 /// [`Error::UringUnavailable`] is [`io::ErrorKind::Unsupported`]; errors with an errno
@@ -233,6 +239,17 @@ pub enum Error {
         dest: SocketAddr,
         /// Why, in words.
         reason: &'static str,
+    },
+    /// A socket handed to [`Engine::register_tcp`](crate::Engine::register_tcp) or
+    /// [`Engine::register_udp`](crate::Engine::register_udp) is not what the call takes (checked
+    /// with `SO_DOMAIN`, `SO_TYPE`, `SO_PROTOCOL`, `SO_ACCEPTCONN` and `getpeername`): a UDP
+    /// socket made into a `TcpStream` with `From<OwnedFd>`, a listening or unconnected TCP
+    /// socket, a Unix socket. The socket comes back in the [`RegisterError`].
+    UnsuitableSocket {
+        /// What the call takes.
+        expected: &'static str,
+        /// What the socket is, in words.
+        found: String,
     },
     /// io_uring was asked for explicitly but cannot work here.
     UringUnavailable {
@@ -404,6 +421,9 @@ impl fmt::Display for Error {
             Error::BadDestination { socket, dest, reason } => {
                 write!(f, "{socket}: cannot send to {dest}: {reason}")
             }
+            Error::UnsuitableSocket { expected, found } => {
+                write!(f, "cannot register the socket: it is {found}, the call takes {expected}")
+            }
             Error::UringUnavailable { reason } => {
                 write!(f, "io_uring backend unavailable: {reason}; use Backend::Auto or Backend::Epoll")
             }
@@ -431,6 +451,7 @@ impl From<Error> for io::Error {
             Error::WrongSocketKind { .. }
             | Error::BufferTooLarge { .. }
             | Error::BadDestination { .. }
+            | Error::UnsuitableSocket { .. }
             | Error::UnknownSocket(_) => io::ErrorKind::InvalidInput,
             Error::UringUnavailable { .. } => io::ErrorKind::Unsupported,
             Error::Socket { errno, .. } | Error::Peer { errno, .. } | Error::Io { errno, .. } => {
@@ -501,6 +522,61 @@ impl From<SendError> for Error {
 
 impl From<SendError> for io::Error {
     fn from(e: SendError) -> io::Error {
+        e.error.into()
+    }
+}
+
+/// A refused [`Engine::register_tcp`](crate::Engine::register_tcp) or
+/// [`Engine::register_udp`](crate::Engine::register_udp): the error, and the socket handed back
+/// open (as [`SendError`] hands a refused buffer back), never closed by the refusal. Converts
+/// into [`Error`] and [`io::Error`] (dropping, and so closing, the socket) for `?`.
+#[derive(Debug)]
+pub struct RegisterError<S> {
+    error: Error,
+    socket: S,
+}
+
+impl<S> RegisterError<S> {
+    pub(crate) fn new(error: Error, socket: S) -> RegisterError<S> {
+        RegisterError { error, socket }
+    }
+
+    /// Why the socket was refused.
+    pub fn error(&self) -> &Error {
+        &self.error
+    }
+
+    /// The refused socket, open.
+    pub fn into_inner(self) -> S {
+        self.socket
+    }
+
+    /// The error and the socket.
+    pub fn into_parts(self) -> (Error, S) {
+        (self.error, self.socket)
+    }
+}
+
+impl<S> fmt::Display for RegisterError<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (socket handed back)", self.error)
+    }
+}
+
+impl<S: fmt::Debug> std::error::Error for RegisterError<S> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl<S> From<RegisterError<S>> for Error {
+    fn from(e: RegisterError<S>) -> Error {
+        e.error
+    }
+}
+
+impl<S> From<RegisterError<S>> for io::Error {
+    fn from(e: RegisterError<S>) -> io::Error {
         e.error.into()
     }
 }

@@ -63,7 +63,7 @@ pub mod tokio;
 
 pub use bytes::Bytes;
 pub use engine::{Backend, BackendKind, Engine, EngineBuilder};
-pub use error::{Error, Limit, SendError, Status, Unreachable};
+pub use error::{Error, Limit, RegisterError, SendError, Status, Unreachable};
 pub use report::{FlushAllReport, FlushReport};
 pub use stats::Stats;
 pub use sys::uring::UringFeatures;

@@ -619,3 +619,37 @@ fn a_dead_destination_costs_almost_nothing(b: Backend) {
          (limit {limit}; {stale} stale-error resends)"
     );
 }
+
+per_backend!(dual_stack_errors_name_ipv4_peers_as_ipv4);
+
+/// Issue #11 item 6: a dual-stack IPv6 socket connected to an IPv4 address has the peer
+/// `[::ffff:a.b.c.d]:p` as `getpeername` tells it; every error about it names it as the caller
+/// wrote it, `a.b.c.d:p`: a failed send (`EMSGSIZE`) and the peer errors of a closed port.
+/// Before the fix the failed send named `[::ffff:127.0.0.1]:p`.
+fn dual_stack_errors_name_ipv4_peers_as_ipv4(b: Backend) {
+    let _serial = serial();
+    let ctx = format!("{b:?} dual-stack connected");
+    let mut e = builder(b).build().expect("engine");
+    let dead = closed_udp_port("127.0.0.1:0");
+    let sock = udp6(false);
+    sock.connect(dead).expect("connect to an IPv4 address");
+    let id = e.register_udp(sock).expect("register");
+    e.send(id, Bytes::from(vec![0u8; 70_000])).expect("send");
+    let r = e.flush(id).expect("flush");
+    assert_eq!(r.failed_with(Status::MessageTooLong), 1, "{ctx}: {r:?}");
+    let first = r.first_error.expect("first error");
+    assert_eq!(first.peer(), Some(dead), "{ctx}: {first}");
+    let mut pe = Vec::new();
+    for round in 0..50u64 {
+        e.send(id, dgram(round, 64)).expect("send");
+        e.flush(id).expect("flush");
+        pe.extend(e.take_peer_errors(id).expect("peer errors"));
+        if !pe.is_empty() {
+            break;
+        }
+    }
+    assert!(!pe.is_empty(), "{ctx}: no peer error");
+    for p in &pe {
+        assert_eq!(p.peer(), Some(dead), "{ctx}: {p}");
+    }
+}

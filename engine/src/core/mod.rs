@@ -4,14 +4,16 @@
 //! [`Core::for_each_slice`], and every result comes back as an [`Event`] through [`Core::apply`].
 //!
 //! Files: `admit` (what `send` accepts), `slots` (socket and op tables), `op` (the driver
-//! boundary as data), `stream` and `dgram` (each queue's policy), `barrier` (flush barriers and
-//! reports), `peer` (error-queue reports); this file holds the state, planning and completions.
+//! boundary as data), `class` (what each errno means: its class, in one place), `stream` and
+//! `dgram` (each queue's policy), `barrier` (flush barriers and reports), `peer` (error-queue
+//! reports); this file holds the state, planning and completions.
 //!
 //! Time is passed in (a [`Clock`] the driver reads), never read here, so a simulated kernel is
 //! fully deterministic.
 
 mod admit;
 mod barrier;
+mod class;
 mod dgram;
 pub(crate) mod op;
 mod peer;
@@ -29,9 +31,10 @@ use crate::SocketId;
 pub(crate) use admit::Room;
 use admit::{DEST_NONE, DEST_V4, DEST_V4_MAPPED, DEST_V6};
 use barrier::Acc;
+#[cfg(any(test, fuzzing, feature = "sim"))]
+pub(crate) use class::{is_icmp_errno, is_retry};
 pub(crate) use dgram::DgramQueue;
 pub(crate) use op::{Event, OpShape, Planned, Token};
-pub(crate) use peer::is_icmp_errno;
 use peer::Unreachables;
 use slots::{OpInfo, OpSlot, SockSlot};
 pub(crate) use stream::StreamQueue;
@@ -220,11 +223,6 @@ pub(crate) struct Core {
     /// Reused list of (length, queued time) of writes that just ended.
     scratch: Vec<(usize, u64)>,
     pub stats: Stats,
-}
-
-pub(crate) fn is_retry(errno: i32) -> bool {
-    // 512 is ERESTARTSYS, which io_uring may surface unchanged on some kernels (FAILURES.md item 6).
-    errno == libc::EAGAIN || errno == libc::EINTR || errno == 512
 }
 
 impl Core {

@@ -40,6 +40,20 @@ impl Token {
         // The high 32 bits by construction.
         (self.0 >> 32) as u32
     }
+
+    /// The `user_data` of a cancel request for this op: the op's token with bit 31 of the slot
+    /// set (op slots stay below it: the op table would need 2 Gi entries first).
+    pub fn cancel_of(self) -> Token {
+        Token(self.0 | Token::CANCEL_BIT)
+    }
+
+    /// For the `user_data` of a cancel request made by [`Token::cancel_of`]: the op it names.
+    pub fn cancelled_op(self) -> Option<Token> {
+        (self != Token::CANCEL && self.0 & Token::CANCEL_BIT != 0)
+            .then_some(Token(self.0 & !Token::CANCEL_BIT))
+    }
+
+    const CANCEL_BIT: u64 = 1 << 31;
 }
 
 /// The slot of [`Token::errq`] tokens.

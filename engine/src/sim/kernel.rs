@@ -253,6 +253,12 @@ pub(crate) struct State {
     idle: Idle,
     focus: Option<u32>,
     frozen: bool,
+    /// io_uring: the next `enter` drops every completion it would report and fails with
+    /// `EBADR` (a CQ overflow without room).
+    drop_cq: bool,
+    /// io_uring: ops whose completion was dropped; a cancel of one answers `ENOENT`, which the
+    /// real driver reports as the op's end with `-EBADR`.
+    lost: std::collections::HashSet<u64>,
     refuse_push: Option<usize>,
     rng: u64,
     idle_spins: u32,
@@ -302,6 +308,8 @@ impl State {
             idle: Idle::Panic,
             focus: None,
             frozen: false,
+            drop_cq: false,
+            lost: std::collections::HashSet::new(),
             refuse_push: None,
             rng: 0x853c_49e6_748f_ea9b,
             idle_spins: 0,
@@ -1116,6 +1124,13 @@ impl SimHandle {
         self.st().budget = n;
     }
 
+    /// io_uring: the next `enter` loses the completions it would report (they were decided:
+    /// the peers got their bytes) and fails with `EBADR`, as a ring whose CQ overflowed with no
+    /// room left does.
+    pub fn drop_completions(&self) {
+        self.st().drop_cq = true;
+    }
+
     /// Frozen, `enter` reports only injected events; nothing is decided.
     pub fn freeze(&self, on: bool) {
         self.st().frozen = on;
@@ -1360,7 +1375,24 @@ impl Driver for SimKernel {
             return Ok(());
         }
         st.call();
+        let drop_cq = st.mode == Mode::Uring && std::mem::take(&mut st.drop_cq);
         match st.mode {
+            Mode::Uring if drop_cq => {
+                let mut cq = Vec::new();
+                st.enter_uring(wait, &mut cq);
+                for ev in cq {
+                    match ev {
+                        Event::Done { token, .. } => {
+                            st.lost.insert(token.0);
+                        }
+                        other => out.push(other),
+                    }
+                }
+                return Err(Error::Io {
+                    what: "io_uring_enter",
+                    errno: libc::EBADR,
+                });
+            }
             Mode::Uring => st.enter_uring(wait, out),
             Mode::Epoll => st.enter_epoll(wait, out),
         }
@@ -1398,6 +1430,14 @@ impl Driver for SimKernel {
             return Ok(());
         }
         for t in tokens {
+            if st.lost.remove(&t.0) {
+                // ENOENT for the cancel: the uring driver ends the op as lost.
+                out.push(Event::Done {
+                    token: *t,
+                    res: -libc::EBADR,
+                });
+                continue;
+            }
             let Some(i) = st.flights.iter().position(|f| f.p.token == *t) else {
                 panic!("sim kernel: cancel of {:#x}, which is not in flight", t.0);
             };

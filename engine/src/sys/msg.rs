@@ -258,10 +258,13 @@ impl ErrqMem {
     }
 
     /// The entry the kernel wrote (after a successful read into [`ErrqMem::prepare`]d memory):
-    /// (destination of the datagram the error is about, errno), or `None` if it carries no
-    /// `IP_RECVERR`/`IPV6_RECVERR` error.
+    /// (destination of the datagram the error is about, errno) for a report from the network
+    /// (ICMP, ICMPv6); `None` for an entry of local origin (`SO_EE_ORIGIN_LOCAL`: the kernel
+    /// queues one for a local `EMSGSIZE` beside the error the send itself returned — no peer's
+    /// report) or one without an `IP_RECVERR`/`IPV6_RECVERR` error.
     pub fn parse(&mut self) -> Option<(Option<SocketAddr>, i32)> {
         let mut errno = 0;
+        let mut local = false;
         // SAFETY: the kernel filled `msg_controllen` bytes of `ctl`; CMSG_FIRSTHDR/NXTHDR stay
         // within them, and an IP_RECVERR/IPV6_RECVERR header carries a sock_extended_err.
         unsafe {
@@ -274,11 +277,12 @@ impl ErrqMem {
                     let ee: libc::sock_extended_err =
                         ptr::read_unaligned(libc::CMSG_DATA(c).cast());
                     errno = i32::try_from(ee.ee_errno).unwrap_or(libc::EIO);
+                    local = ee.ee_origin == libc::SO_EE_ORIGIN_LOCAL;
                 }
                 c = libc::CMSG_NXTHDR(&self.msg, c);
             }
         }
-        if errno == 0 {
+        if errno == 0 || local {
             return None;
         }
         let name = mem::replace(&mut self.name, SockAddrStorage::zeroed());
@@ -292,8 +296,10 @@ impl ErrqMem {
 const ERRQ_PER_CALL: usize = 64;
 
 /// Reads the socket's error queue (`recvmmsg(MSG_ERRQUEUE)`, non-blocking: up to 64 entries per
-/// call) until it is empty, at most `max` entries; pushes (destination of the datagram the
-/// error is about, errno) for each. Reading the queue empty also clears the socket's pending
+/// call) until it is empty, at most `max` reports; pushes (destination of the datagram the
+/// error is about, errno) for each report from the network. Entries of local origin are read
+/// and dropped without counting toward `max` (see [`ErrqMem::parse`]): left queued they would
+/// fill the socket's receive buffer. Reading the queue empty also clears the socket's pending
 /// error. Returns the number of system calls made.
 pub(crate) fn drain_errqueue(
     fd: RawFd,
@@ -334,9 +340,9 @@ pub(crate) fn drain_errqueue(
             m.msg = h.msg_hdr;
             if let Some(e) = m.parse() {
                 out.push(e);
+                left -= 1;
             }
         }
-        left -= got;
         if got < n {
             break;
         }

@@ -193,6 +193,17 @@ impl FastPaths {
 /// `EngineBuilder::uring_*` call wins over it; an unknown entry makes `build` fail with
 /// [`crate::Error::UringUnavailable`] naming it. `docs/bench/ablation.md` has the measurements
 /// behind the defaults.
+///
+/// # Kernel features
+///
+/// Besides the switches, the engine uses kernel features it does not ask for, each probed at
+/// build and degraded without (README, "Kernel requirements"): `feat_nodrop`
+/// (`IORING_FEAT_NODROP`, 5.5), `feat_ext_arg` (`IORING_FEAT_EXT_ARG`, 5.11: timed waits in
+/// `io_uring_enter`; without it the engine waits with `poll(2)` on the ring descriptor),
+/// `op_send` (`IORING_OP_SEND`, 5.6; without it single buffers go as `SENDMSG`). Those present
+/// are in `kernel`, those missing in `kernel_missing` with what the engine does instead.
+/// `VOLLEY_URING_WITHOUT=feat_ext_arg,op_send,…` makes the engine treat them as missing (to
+/// test the degraded paths on a newer kernel).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct UringFeatures {
@@ -200,6 +211,10 @@ pub struct UringFeatures {
     pub enabled: Vec<&'static str>,
     /// Fast paths asked for and refused: (name, why, in words).
     pub refused: Vec<(&'static str, String)>,
+    /// Kernel features the engine uses, present.
+    pub kernel: Vec<&'static str>,
+    /// Kernel features the engine uses, missing: (name, what the engine does without it).
+    pub kernel_missing: Vec<(&'static str, String)>,
 }
 
 impl UringFeatures {
@@ -230,6 +245,37 @@ impl UringFeatures {
     pub(crate) fn refuse(&mut self, name: &'static str, why: String) {
         self.enabled.retain(|n| *n != name);
         self.refused.push((name, why));
+    }
+
+    /// Whether the kernel feature `name` (see "Kernel features") is present and used.
+    pub fn has_kernel(&self, name: &str) -> bool {
+        self.kernel.contains(&name)
+    }
+
+    /// Records kernel feature `name`: present (unless `VOLLEY_URING_WITHOUT` names it), or
+    /// missing with what the engine does instead; returns whether it is used.
+    pub(crate) fn kernel_feature(
+        &mut self,
+        name: &'static str,
+        present: bool,
+        without: &str,
+    ) -> bool {
+        let denied = std::env::var("VOLLEY_URING_WITHOUT").is_ok_and(|v| {
+            v.split([',', ' '])
+                .any(|n| n.trim().eq_ignore_ascii_case(name))
+        });
+        if present && !denied {
+            self.kernel.push(name);
+            true
+        } else {
+            let why = if present {
+                " (VOLLEY_URING_WITHOUT)"
+            } else {
+                ""
+            };
+            self.kernel_missing.push((name, format!("{without}{why}")));
+            false
+        }
     }
 }
 
@@ -273,8 +319,10 @@ struct RegisteredRing {
 
 pub(crate) struct Uring {
     ring: IoUring,
-    /// Per op slot ([`Token::slot`]): the msghdr memory the kernel reads.
-    mem: Vec<Option<Box<MsgMem>>>,
+    /// Per op slot ([`Token::slot`]): the op's token and the msghdr memory the kernel reads.
+    /// The token tells a late completion of a forgotten op (after `leak`) from the slot's
+    /// new op.
+    mem: Vec<Option<(Token, Box<MsgMem>)>>,
     #[expect(
         clippy::vec_box,
         reason = "boxes move between pool and slots; the kernel holds their addresses"
@@ -305,6 +353,11 @@ pub(crate) struct Uring {
     taskrun: bool,
     /// `SINGLE_ISSUER`: another thread's enter fails with `EEXIST`.
     single_issuer: bool,
+    /// `IORING_FEAT_EXT_ARG` (5.11): a timed wait inside `io_uring_enter`; without it, `poll(2)`
+    /// on the ring descriptor.
+    ext_arg: bool,
+    /// `IORING_OP_SEND` (5.6); without it single buffers go as `SENDMSG`.
+    op_send: bool,
     features: UringFeatures,
 }
 
@@ -369,6 +422,8 @@ impl Uring {
             fixed_fd: Vec::new(),
             taskrun,
             single_issuer,
+            ext_arg: features.has_kernel("feat_ext_arg"),
+            op_send: features.has_kernel("op_send"),
             features: UringFeatures::default(),
         };
         if want.register_ring_fd {
@@ -551,6 +606,19 @@ impl Uring {
         }
     }
 
+    /// Waits up to `left` for the ring descriptor to become readable (a completion posted).
+    fn poll_ring(&self, left: std::time::Duration) {
+        let mut pfd = libc::pollfd {
+            fd: self.ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // Round up: a wait of 0.5 ms must not become a busy poll.
+        let ms = libc::c_int::try_from(left.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one live pollfd for the call.
+        let _ = unsafe { libc::poll(&mut pfd, 1, ms) };
+    }
+
     /// Pushes one SQE, first submitting what the SQ holds if it is full.
     fn push(&mut self, sqe: &squeue::Entry, out: &mut Vec<Event>) -> Result<bool, Error> {
         if self.ring.submission().is_full() {
@@ -584,6 +652,25 @@ impl Uring {
         true
     }
 
+    /// Returns the memory of op `token` to the pool, if its slot holds it (not a forgotten op's
+    /// late completion, nor a cancel's); whether it did.
+    #[expect(clippy::vec_box, reason = "the pool of `Uring`")]
+    fn take_mem(
+        mem: &mut [Option<(Token, Box<MsgMem>)>],
+        pool: &mut Vec<Box<MsgMem>>,
+        in_kernel: &mut usize,
+        token: Token,
+    ) -> bool {
+        let slot = mem.get_mut(token.slot());
+        let Some(e) = slot.filter(|e| e.as_ref().is_some_and(|(t, _)| *t == token)) else {
+            return false;
+        };
+        let (_, m) = e.take().expect("checked");
+        pool.push(m);
+        *in_kernel -= 1;
+        true
+    }
+
     fn reap(&mut self, out: &mut Vec<Event>) {
         let mut cq = self.ring.completion();
         cq.sync();
@@ -606,10 +693,21 @@ impl Uring {
                 }
                 continue;
             }
-            if let Some(m) = self.mem.get_mut(token.slot()).and_then(Option::take) {
-                self.pool.push(m);
-                self.in_kernel -= 1;
+            if let Some(op) = token.cancelled_op() {
+                // ENOENT: the op is not in the ring. Its completion was reaped already (a
+                // race), or dropped by a CQ overflow (EBADR): then its slot still holds it, the
+                // kernel is done with its memory, and it ends here as lost.
+                if cqe.result() == -libc::ENOENT
+                    && Uring::take_mem(&mut self.mem, &mut self.pool, &mut self.in_kernel, op)
+                {
+                    out.push(Event::Done {
+                        token: op,
+                        res: -libc::EBADR,
+                    });
+                }
+                continue;
             }
+            Uring::take_mem(&mut self.mem, &mut self.pool, &mut self.in_kernel, token);
             out.push(Event::Done {
                 token,
                 res: cqe.result(),
@@ -665,6 +763,7 @@ impl Driver for Uring {
             let flags = libc::MSG_NOSIGNAL;
             let single = m
                 .single_buffer()
+                .filter(|_| self.op_send)
                 .and_then(|(ptr, len)| Some((ptr, u32::try_from(len).ok()?)));
             let sqe = match (single, self.fixed_index(p.sock)) {
                 (Some((ptr, len)), None) => opcode::Send::new(types::Fd(p.fd), ptr, len)
@@ -690,7 +789,7 @@ impl Driver for Uring {
                 if self.mem.len() <= slot {
                     self.mem.resize_with(slot + 1, || None);
                 }
-                self.mem[slot] = Some(m);
+                self.mem[slot] = Some((p.token, m));
                 self.pushed += 1;
                 self.in_kernel += 1;
             } else {
@@ -727,6 +826,16 @@ impl Driver for Uring {
             0
         };
         let rc = match super::until(self.base, deadline) {
+            Some(left) if want > 0 && !self.ext_arg => {
+                // No timed wait in io_uring_enter (before 5.11): submit, then poll(2) the ring
+                // descriptor (readable once a completion is posted) for at most `left`.
+                let rc = self.sys_enter(to_submit, 0, flags, None);
+                if rc.is_ok() && self.ring.completion().is_empty() {
+                    self.tally.transitions += 1;
+                    self.poll_ring(left);
+                }
+                rc
+            }
             Some(left) if want > 0 => {
                 let ts = KernelTimespec {
                     tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
@@ -747,6 +856,14 @@ impl Driver for Uring {
                 // Interrupted, timed out, or CQ full (EBUSY): reaping below makes room; the
                 // caller loops.
                 Some(libc::EINTR | libc::ETIME | libc::EBUSY | libc::EAGAIN) => {}
+                // The CQ overflowed and completions were dropped (no room for the overflow list,
+                // or no IORING_FEAT_NODROP): which ops ended is unknown. What is in the CQ is
+                // reaped; the engine fails the rest (`Status::CompletionLost`) and forgets their
+                // memory.
+                Some(libc::EBADR) => {
+                    self.reap(out);
+                    return Err(Error::io("io_uring_enter (completions dropped)", &e));
+                }
                 Some(libc::EEXIST) if self.single_issuer => {
                     return Err(Error::io(
                         "io_uring_enter on a SINGLE_ISSUER ring from a thread other than the one \
@@ -785,7 +902,7 @@ impl Driver for Uring {
             // registration of a `dup`ed descriptor.
             let sqe = opcode::AsyncCancel::new(t.0)
                 .build()
-                .user_data(Token::CANCEL.0);
+                .user_data(t.cancel_of().0);
             // A cancel SQE points at no user memory. If the SQ is still full after a submit,
             // submit again until it takes the entry: a cancel is never skipped.
             while !self.push(&sqe, out)? {
@@ -857,6 +974,9 @@ impl Driver for Uring {
         for m in self.errq.drain(..).flatten() {
             std::mem::forget(m);
         }
+        self.errq_in_kernel = 0;
+        // Their completions, if they come, match no slot and are not waited for.
+        self.in_kernel = 0;
     }
 
     fn now_ns(&self) -> u64 {
