@@ -12,7 +12,7 @@ use crate::error::{Error, SendError, Unreachable};
 use crate::report::{FlushAllReport, FlushReport};
 use crate::stats::Stats;
 use crate::sys::uring::{FastPaths, UringFeatures};
-use crate::sys::{self, AnyDriver, Driver, Wait};
+use crate::sys::{self, AnyDriver, Driver, FdKind, Wait};
 use crate::SocketId;
 
 /// Which backend to ask for.
@@ -491,9 +491,13 @@ impl Engine {
         queue: Queue,
     ) -> Result<SocketId, Error> {
         let raw = fd.as_raw_fd();
-        let stream = matches!(queue, Queue::Stream(_));
+        let kind = match queue {
+            Queue::Stream(_) => FdKind::Stream,
+            Queue::Dgram(_) => FdKind::Dgram,
+            Queue::Packet(_) => FdKind::Packet,
+        };
         let id = self.core.add_socket(raw, peer, queue);
-        if let Err(e) = self.driver.register(id.index, raw, stream) {
+        if let Err(e) = self.driver.register(id.index, raw, kind) {
             let _ = self.core.remove_socket(id, 0);
             return Err(e);
         }
@@ -533,6 +537,34 @@ impl Engine {
         self.core.set_recverr(id, recverr)?;
         self.core.set_family(id, v6, v6only)?;
         Ok(id)
+    }
+
+    /// Takes a *packet descriptor*: any descriptor on which one `write(2)` is one packet — a
+    /// TUN/TAP device (`/dev/net/tun` after `TUNSETIFF`), a pipe in packet mode (`O_DIRECT`),
+    /// a character device with message semantics. The engine owns it (and sets its mode for
+    /// the backend: `O_NONBLOCK` on both) until [`Engine::close`] hands it back.
+    ///
+    /// [`Engine::send`] queues one packet; each goes out as its own `write(2)` (io_uring:
+    /// `IORING_OP_WRITE`), never merged with another and never split, several in flight at once
+    /// (up to `max_in_flight_per_socket`) and all descriptors' packets in one submission.
+    /// [`Engine::send_to`] is refused ([`Error::WrongSocketKind`]). Queue limits,
+    /// backpressure, flushes, `close`, `abort` and drop work as for sockets; packets leave in
+    /// the order they were queued (a packet retried after `EAGAIN` may end up behind later
+    /// ones; a TUN device never answers `EAGAIN` while memory lasts).
+    ///
+    /// Outcomes, counted in the flush report per packet like datagrams: a packet the kernel
+    /// refuses fails alone with its status (`EIO`: [`crate::Status::InputOutput`], what a TUN
+    /// device answers while its interface is down; `EINVAL`: a malformed packet, e.g. not IPv4
+    /// or IPv6 on a TUN device with `IFF_NO_PI`; `EMSGSIZE`, `ENOBUFS`, …) and the descriptor
+    /// stays usable; a short write fails that packet ([`crate::Status::ShortWrite`], the rest
+    /// is never written). A device that is gone (`EBADFD` from a deleted TUN device, `ENODEV`,
+    /// `ENXIO`, `EBADF`) poisons the descriptor: queued packets fail with that error, later
+    /// sends are refused with it, and flushes raise it ([`crate::Status::DeviceGone`]).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the descriptor cannot be registered (its flags cannot be set).
+    pub fn register_packet(&mut self, fd: OwnedFd) -> Result<SocketId, Error> {
+        self.add(fd, None, Queue::Packet(DgramQueue::new(false)))
     }
 
     /// Takes the *peer errors* the kernel reported since the last call about datagrams this
@@ -587,8 +619,9 @@ impl Engine {
         }
     }
 
-    /// Queues a write on a TCP stream or a connected UDP socket and returns at once. Nothing is
-    /// sent until [`Engine::submit`], [`Engine::try_flush`] or a flush.
+    /// Queues a write on a TCP stream, a connected UDP socket or a packet descriptor (one
+    /// packet: [`Engine::register_packet`]) and returns at once. Nothing is sent until
+    /// [`Engine::submit`], [`Engine::try_flush`] or a flush.
     ///
     /// # Errors
     /// A refused write hands the buffer back ([`SendError::into_inner`]), unsent:
@@ -769,10 +802,8 @@ impl Engine {
         }
         self.core.set_barrier(id, None)?;
         let report = self.core.take_report(id)?;
-        if self.core.is_stream(id)? {
-            if let Some(e) = &report.first_error {
-                return Err(e.clone());
-            }
+        if let Some(e) = self.core.flush_error(id, &report)? {
+            return Err(e);
         }
         Ok(Some(report))
     }
@@ -803,7 +834,8 @@ impl Engine {
     /// # Errors
     /// For a TCP stream, the first error of a failed write (the socket is then poisoned, and
     /// later flushes and sends fail the same way). For UDP, per-datagram failures are counted in
-    /// the report, not raised. [`Error::FlushTimeout`] if a `flush_timeout` expired.
+    /// the report, not raised; so are a packet descriptor's, unless its device is gone (then it
+    /// is poisoned and its flushes raise that error). [`Error::FlushTimeout`] if a `flush_timeout` expired.
     pub fn flush(&mut self, id: SocketId) -> Result<FlushReport, Error> {
         let start = self.flush_clock();
         // Covers every write accepted so far, including any a pending `try_flush` left out.
@@ -849,8 +881,8 @@ impl Engine {
         for id in ids {
             self.core.set_barrier(id, None)?;
             let r = self.core.take_report(id)?;
-            let stream = self.core.is_stream(id)?;
-            all.push(id, stream, r);
+            let raised = self.core.flush_error(id, &r)?;
+            all.push(id, raised, r);
         }
         Ok(all)
     }
@@ -984,7 +1016,7 @@ impl Engine {
     pub fn socket_gso(&self, id: SocketId) -> Result<bool, Error> {
         match &self.core.sock(id)?.queue {
             Queue::Dgram(q) => Ok(q.gso && self.core.cfg.gso),
-            Queue::Stream(_) => Err(Error::WrongSocketKind {
+            Queue::Stream(_) | Queue::Packet(_) => Err(Error::WrongSocketKind {
                 socket: id,
                 expected: "a UDP socket",
             }),
@@ -1032,6 +1064,18 @@ impl Engine {
         let id = self.add(fd, peer, queue)?;
         self.core.set_recverr(id, recverr && !stream)?;
         Ok(id)
+    }
+
+    /// Registers a simulated packet descriptor (a placeholder descriptor, as
+    /// [`Engine::register_sim`]).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the placeholder cannot be opened.
+    pub fn register_sim_packet(&mut self) -> Result<SocketId, Error> {
+        let fd: OwnedFd = std::fs::File::open("/dev/null")
+            .map_err(|e| Error::io("open(/dev/null)", &e))?
+            .into();
+        self.register_packet(fd)
     }
 
     /// Sets the flush timeout (simulated clock).

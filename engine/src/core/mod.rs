@@ -14,6 +14,7 @@ mod admit;
 mod barrier;
 mod dgram;
 pub(crate) mod op;
+mod packet;
 mod peer;
 mod slots;
 mod stream;
@@ -23,6 +24,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
 use crate::error::{Error, Status};
+use crate::report::FlushReport;
 use crate::stats::Stats;
 use crate::SocketId;
 
@@ -152,6 +154,10 @@ impl std::fmt::Debug for Clock<'_> {
 pub(crate) enum Queue {
     Stream(StreamQueue),
     Dgram(DgramQueue),
+    /// Packets for a packet descriptor (TUN/TAP, a packet-mode pipe): one `write(2)` each. The
+    /// datagram queue's bookkeeping, with GSO off (every packet its own op); the policy is
+    /// `packet.rs`'s.
+    Packet(DgramQueue),
 }
 
 #[derive(Debug)]
@@ -335,7 +341,7 @@ impl Core {
         }
         match &s.queue {
             Queue::Stream(q) => s.in_flight == 0 && q.has_unsent(),
-            Queue::Dgram(q) => q.has_queued(),
+            Queue::Dgram(q) | Queue::Packet(q) => q.has_queued(),
         }
     }
 
@@ -451,6 +457,25 @@ impl Core {
                     Some(p) => p,
                     None => continue,
                 },
+                Queue::Packet(q) => match q.plan(cfg) {
+                    Some((
+                        OpShape::Dgram {
+                            first_seq,
+                            bytes,
+                            group,
+                            ..
+                        },
+                        _,
+                    )) => (
+                        OpShape::Packet {
+                            seq: first_seq,
+                            bytes,
+                            group,
+                        },
+                        None,
+                    ),
+                    _ => continue,
+                },
             };
             let fd = s.fd;
             s.in_flight += 1;
@@ -475,7 +500,8 @@ impl Core {
         };
         match (&s.queue, p.shape) {
             (Queue::Stream(q), OpShape::Stream { bytes, .. }) => q.slices(bytes, &mut f),
-            (Queue::Dgram(q), OpShape::Dgram { group, .. }) => q.slices(group, &mut f),
+            (Queue::Dgram(q), OpShape::Dgram { group, .. })
+            | (Queue::Packet(q), OpShape::Packet { group, .. }) => q.slices(group, &mut f),
             _ => {}
         }
     }
@@ -485,7 +511,8 @@ impl Core {
     #[cfg(any(test, fuzzing, feature = "sim"))]
     pub fn dgram_seqs(&self, p: &Planned) -> &[u64] {
         match (self.sock_at(p.sock).map(|s| &s.queue), p.shape) {
-            (Some(Queue::Dgram(q)), OpShape::Dgram { group, .. }) => q.group_seqs(group),
+            (Some(Queue::Dgram(q)), OpShape::Dgram { group, .. })
+            | (Some(Queue::Packet(q)), OpShape::Packet { group, .. }) => q.group_seqs(group),
             _ => &[],
         }
     }
@@ -545,7 +572,8 @@ impl Core {
             .expect("finish_op checked");
         match (&mut s.queue, info.shape) {
             (Queue::Stream(q), OpShape::Stream { .. }) => q.unplan(),
-            (Queue::Dgram(q), OpShape::Dgram { group, .. }) => q.requeue_group(group),
+            (Queue::Dgram(q), OpShape::Dgram { group, .. })
+            | (Queue::Packet(q), OpShape::Packet { group, .. }) => q.requeue_group(group),
             _ => {}
         }
         self.wake(info.sock);
@@ -574,6 +602,9 @@ impl Core {
                 bytes,
                 ..
             } => self.complete_dgram(idx, group, count, segment_size.is_some(), bytes, res, clock),
+            OpShape::Packet { group, bytes, .. } => {
+                self.complete_packet(idx, group, bytes, res, clock)
+            }
         };
         if again {
             // EAGAIN: nothing goes out on this socket until the driver says it is writable.
@@ -670,7 +701,7 @@ impl Core {
         let mut dropped = std::mem::take(&mut self.scratch);
         match &mut s.queue {
             Queue::Stream(q) => q.drain_unsent(&mut dropped),
-            Queue::Dgram(q) => q.drain_queued(&mut dropped),
+            Queue::Dgram(q) | Queue::Packet(q) => q.drain_queued(&mut dropped),
         }
         for &(len, queued_ns) in &dropped {
             self.ended_failed(idx, len, queued_ns, now_ns, err);
@@ -684,6 +715,17 @@ impl Core {
     /// Whether the socket is a stream (flush errors are raised) or datagram (counted).
     pub fn is_stream(&self, id: SocketId) -> Result<bool, Error> {
         Ok(matches!(self.sock(id)?.queue, Queue::Stream(_)))
+    }
+
+    /// The error a flush of `id` raises, given its report: a stream's first error; for any
+    /// socket, the fatal error that poisoned it (a packet descriptor whose device is gone).
+    /// Datagram and packet failures are only counted.
+    pub fn flush_error(&self, id: SocketId, report: &FlushReport) -> Result<Option<Error>, Error> {
+        let s = self.sock(id)?;
+        Ok(match &s.queue {
+            Queue::Stream(_) => report.first_error.clone(),
+            _ => s.poisoned.clone(),
+        })
     }
 
     /// Forgets the memory of every write still in flight, so it is never freed while the kernel may

@@ -46,6 +46,17 @@ pub fn kernel_poison(log: &PeerLog) -> Option<Status> {
     })
 }
 
+/// The status a packet descriptor's kernel log says it is poisoned with: its first result that
+/// says the device is gone.
+pub fn packet_poison(log: &PeerLog) -> Option<Status> {
+    log.ops.iter().find_map(|op| match op.res {
+        Some(r) if r < 0 && Status::is_fd_gone(r.wrapping_neg()) => {
+            Some(Status::from_errno(r.wrapping_neg()))
+        }
+        _ => None,
+    })
+}
+
 /// Stream writes the peer got whole: (surely sent, possibly sent). The difference is empty
 /// writes right at the end of what arrived, which an op may or may not have covered yet.
 fn stream_sent_bounds(s: &SockModel, received: usize) -> (u64, u64) {
@@ -213,7 +224,8 @@ fn check_retries(cfg: &Config, i: usize, log: &PeerLog) {
                 op.first_seq
             );
         }
-        if errno != libc::ENOBUFS || op.count != 1 {
+        // Packets fail alone on ENOBUFS, with no backoff.
+        if errno != libc::ENOBUFS || op.count != 1 || log.packet {
             continue;
         }
         let c = nobufs.entry(op.first_seq).or_default();
@@ -262,11 +274,12 @@ pub fn check_send(
     let kind_ok = match s.kind {
         super::kernel::Kind::Stream => !to,
         super::kernel::Kind::Udp { peer, .. } => peer.is_some() != to,
+        super::kernel::Kind::Packet => !to,
     };
-    let poison = if s.is_stream() {
-        kernel_poison(log)
-    } else {
-        None
+    let poison = match s.kind {
+        super::kernel::Kind::Stream => kernel_poison(log),
+        super::kernel::Kind::Packet => packet_poison(log),
+        super::kernel::Kind::Udp { .. } => None,
     };
     let (max_per, max_total) = (cfg.max_queued_bytes_per_socket, cfg.max_queued_bytes);
     let (sock_q, total_q) = before;
@@ -376,11 +389,12 @@ pub fn check_resolved(model: &mut Model, i: usize, target: u64, ok: bool, k: &Si
 }
 
 /// A `flush_all` report against the model: every live socket once, in socket order, the total
-/// their sum, and the errors exactly those of the streams whose report has one.
+/// their sum, and the errors exactly those of the streams whose report has one and of the
+/// poisoned packet descriptors.
 ///
 /// # Panics
 /// On any difference.
-pub fn check_flush_all(model: &Model, all: &FlushAllReport, engine: &Engine) {
+pub fn check_flush_all(model: &Model, all: &FlushAllReport, engine: &Engine, k: &SimHandle) {
     assert_eq!(
         engine.pending_writes(),
         0,
@@ -410,6 +424,11 @@ pub fn check_flush_all(model: &Model, all: &FlushAllReport, engine: &Engine) {
         if s.is_stream() {
             if let Some(e) = &r.first_error {
                 errors.push(e.status());
+            }
+        }
+        if s.kind == super::kernel::Kind::Packet {
+            if let Some(p) = packet_poison(k.st().log(s.reg)) {
+                errors.push(Some(p));
             }
         }
     }

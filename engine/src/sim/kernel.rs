@@ -61,7 +61,7 @@ use bytes::Bytes;
 use super::behaviour::{AllOk, Behaviour, OpView, Verdict};
 use crate::core::{is_icmp_errno, Core, Event, OpShape, Planned, Token};
 use crate::error::Error;
-use crate::sys::{Driver, Tally, Wait};
+use crate::sys::{Driver, FdKind, Tally, Wait};
 use crate::{Engine, SocketId};
 
 /// How completions arrive.
@@ -106,6 +106,9 @@ pub enum Kind {
         /// `IP_RECVERR`.
         recverr: bool,
     },
+    /// A packet descriptor (a TUN device): one `write` per packet, all or an error; a short
+    /// write ([`super::Verdict::Short`]) takes part of the packet and delivers nothing.
+    Packet,
 }
 
 /// One op as issued, and what became of it.
@@ -169,6 +172,8 @@ pub struct PeerLog {
     pub fd: RawFd,
     /// A stream.
     pub stream: bool,
+    /// A packet descriptor (its packets are in `datagrams`, with `dest` `None`).
+    pub packet: bool,
     /// Still registered.
     pub registered: bool,
     /// Stream bytes the peer received, in order.
@@ -366,6 +371,7 @@ impl State {
                 bytes,
                 ..
             } => (false, first_seq, count, segment_size, bytes),
+            OpShape::Packet { seq, bytes, .. } => (false, seq, 1, None, bytes),
         };
         peer.log.ops.push(OpRecord {
             token: p.token.0,
@@ -419,6 +425,7 @@ impl State {
             snapshot.len()
         );
         match p.shape {
+            OpShape::Packet { .. } => {}
             OpShape::Stream { bytes, .. } => {
                 assert!(
                     peer.log.stream,
@@ -443,8 +450,8 @@ impl State {
                 ..
             } => {
                 assert!(
-                    !peer.log.stream,
-                    "sim kernel: a datagram op on stream socket {}",
+                    !peer.log.stream && !peer.log.packet,
+                    "sim kernel: a datagram op on stream socket or packet descriptor {}",
                     p.sock
                 );
                 assert_eq!(total, bytes, "sim kernel: datagram op bytes != its slices");
@@ -473,6 +480,28 @@ impl State {
                     }
                 }
             }
+        }
+        if let OpShape::Packet { bytes, seq, .. } = p.shape {
+            assert!(
+                peer.log.packet,
+                "sim kernel: a packet op on socket {}, not a packet descriptor",
+                p.sock
+            );
+            assert_eq!(total, bytes, "sim kernel: packet op bytes != its slice");
+            assert!(
+                snapshot.len() == 1,
+                "sim kernel: a packet op of {} slices (one write is one packet)",
+                snapshot.len()
+            );
+            assert!(
+                p.dest.is_none(),
+                "sim kernel: a packet op with a destination"
+            );
+            assert_eq!(
+                core.dgram_seqs(p),
+                [seq],
+                "sim kernel: packet op {seq} carries other packets"
+            );
         }
         let seqs = core.dgram_seqs(p).to_vec();
         if let OpShape::Dgram {
@@ -522,6 +551,8 @@ impl State {
         let payload = snapshot.concat();
         let peer = &mut self.peers[reg];
         let stream = peer.log.stream;
+        let packet = peer.log.packet;
+        let dgram = !stream && !packet;
         let (first_seq, count, segment_size, bytes) = match p.shape {
             OpShape::Stream { entries, bytes } => (0, entries, None, bytes),
             OpShape::Dgram {
@@ -531,19 +562,20 @@ impl State {
                 bytes,
                 ..
             } => (first_seq, count, segment_size, bytes),
+            OpShape::Packet { seq, bytes, .. } => (seq, 1, None, bytes),
         };
         let verdict = if let (true, Some(e)) = (stream, peer.reset) {
             Verdict::Errno(e)
         } else if stream && peer.shut_wr {
             Verdict::Errno(libc::EPIPE)
-        } else if let Some(e) = (!stream).then(|| peer.sk_err.take()).flatten() {
+        } else if let Some(e) = dgram.then(|| peer.sk_err.take()).flatten() {
             // Linux reports a pending error before it waits for buffer space.
             Verdict::Errno(e)
         } else if peer.stalled {
             Verdict::Hold
         } else if let Some(v) = peer.script.pop_front() {
             v
-        } else if !stream && peer.nobufs > 0 {
+        } else if dgram && peer.nobufs > 0 {
             peer.nobufs -= 1;
             Verdict::Errno(libc::ENOBUFS)
         } else {
@@ -574,7 +606,9 @@ impl State {
             }
             Verdict::Hold => return None,
             Verdict::Full => full,
-            Verdict::Short(n) if stream => i32::try_from(n.min(bytes)).unwrap_or(i32::MAX),
+            Verdict::Short(n) if stream || packet => {
+                i32::try_from(n.min(bytes)).unwrap_or(i32::MAX)
+            }
             Verdict::Short(_) => full,
             Verdict::Errno(e) => -e,
             Verdict::Raw(r) => r,
@@ -586,6 +620,17 @@ impl State {
             // More than it was given: a broken kernel report; nothing reaches the peer.
             if let Some(n) = usize::try_from(res).ok().filter(|&n| n <= bytes) {
                 peer.log.received.extend_from_slice(&payload[..n]);
+            }
+            return Some(res);
+        }
+        if packet {
+            // Whole, or (a short write, more than it was given) nothing: never a cut packet.
+            if usize::try_from(res).is_ok_and(|n| n == bytes) {
+                peer.log.datagrams.push(Delivered {
+                    seq: first_seq,
+                    dest: None,
+                    payload: Bytes::from(payload),
+                });
             }
             return Some(res);
         }
@@ -931,6 +976,22 @@ impl State {
                     continue;
                 }
                 let stream = matches!(p.shape, OpShape::Stream { .. });
+                if matches!(p.shape, OpShape::Packet { .. }) {
+                    // One `write` per packet; a failed one stops nothing but EAGAIN.
+                    self.tally.transitions += 1;
+                    self.tally.batches += 1;
+                    self.tally.sqes += 1;
+                    let res = self
+                        .execute(reg, &p, &snapshot, &seqs, 0)
+                        .expect("epoll ops are never held");
+                    self.finish(reg, op, p.token, res);
+                    out.push(Event::Done {
+                        token: p.token,
+                        res,
+                    });
+                    stop = res == -libc::EAGAIN;
+                    continue;
+                }
                 if stream || pos == 0 {
                     self.tally.transitions += 1;
                     self.tally.batches += 1;
@@ -1047,6 +1108,11 @@ impl SimHandle {
         let (stream, peer, recverr) = match kind {
             Kind::Stream => (true, None, false),
             Kind::Udp { peer, recverr } => (false, peer, recverr),
+            Kind::Packet => {
+                return engine
+                    .register_sim_packet()
+                    .expect("register a simulated packet descriptor");
+            }
         };
         let id = engine
             .register_sim(stream, peer, recverr)
@@ -1282,7 +1348,7 @@ impl SimHandle {
 }
 
 impl Driver for SimKernel {
-    fn register(&mut self, sock: u32, fd: RawFd, stream: bool) -> Result<(), Error> {
+    fn register(&mut self, sock: u32, fd: RawFd, kind: FdKind) -> Result<(), Error> {
         let mut st = self.st();
         let reg = st.peers.len();
         let i = sock as usize;
@@ -1299,7 +1365,8 @@ impl Driver for SimKernel {
             log: PeerLog {
                 index: sock,
                 fd,
-                stream,
+                stream: kind == FdKind::Stream,
+                packet: kind == FdKind::Packet,
                 registered: true,
                 ..PeerLog::default()
             },

@@ -594,7 +594,7 @@ impl Runner {
         let engine = self.engine.as_mut().expect("live");
         match engine.flush_all() {
             Ok(all) => {
-                checks::check_flush_all(&self.model, &all, engine);
+                checks::check_flush_all(&self.model, &all, engine, &self.k);
                 let mut per = Vec::new();
                 for (id, rep) in &all.sockets {
                     let i = self

@@ -15,8 +15,8 @@ use std::time::Instant;
 use io_uring::{opcode, squeue, types, IoUring};
 
 use super::msg::MsgMem;
-use super::{nanos_since, Driver, Tally, Wait};
-use crate::core::{Core, Event, Planned, Token};
+use super::{nanos_since, Driver, FdKind, Tally, Wait};
+use crate::core::{Core, Event, OpShape, Planned, Token};
 use crate::error::Error;
 
 /// `io_uring_enter` flags (include/uapi/linux/io_uring.h).
@@ -561,7 +561,11 @@ impl Uring {
         let mut m = self.pool.pop().unwrap_or_else(|| Box::new(MsgMem::new()));
         m.prepare(payload, p);
         self.tally.transitions += 1;
-        let res = m.send_now(p.fd, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT);
+        let res = match p.shape {
+            // Packet descriptors are `O_NONBLOCK` (`register`): EAGAIN, never a wait.
+            OpShape::Packet { .. } => m.write_now(p.fd),
+            _ => m.send_now(p.fd, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT),
+        };
         self.pool.push(m);
         if res == -libc::EAGAIN {
             return false;
@@ -596,9 +600,15 @@ impl Uring {
 }
 
 impl Driver for Uring {
-    fn register(&mut self, sock: u32, fd: RawFd, _stream: bool) -> Result<(), Error> {
-        // Blocking mode: io_uring then arms poll internally instead of completing with EAGAIN.
-        set_nonblocking(fd, false)?;
+    fn register(&mut self, sock: u32, fd: RawFd, kind: FdKind) -> Result<(), Error> {
+        // Sockets in blocking mode: io_uring then arms poll internally instead of completing
+        // with EAGAIN. A packet descriptor (a character device, a pipe) in `O_NONBLOCK` mode:
+        // io_uring tries a write inline only on a file that promises not to block
+        // (`FMODE_NOWAIT`, or `O_NONBLOCK` on a non-regular file: `io_file_supports_nowait`),
+        // else it hands each write to an io-wq worker — in parallel, so packets written
+        // through one descriptor could leave out of order. With `O_NONBLOCK` they are written
+        // in submission order, and one that would block waits on poll as a socket's does.
+        set_nonblocking(fd, kind == FdKind::Packet)?;
         if self.fixed_files > 0 && (sock < self.fixed_files || self.grow_file_table(sock)) {
             // Into the file table at the socket's index; if the kernel refuses (say `EEXIST`
             // from another thread on a SINGLE_ISSUER ring), the socket goes by its descriptor.
@@ -643,23 +653,48 @@ impl Driver for Uring {
             let single = m
                 .single_buffer()
                 .and_then(|(ptr, len)| Some((ptr, u32::try_from(len).ok()?)));
-            let sqe = match (single, self.fixed_index(p.sock)) {
-                (Some((ptr, len)), None) => opcode::Send::new(types::Fd(p.fd), ptr, len)
+            let packet = match p.shape {
+                // A packet is at most `max_queued_bytes_per_socket`; one beyond u32 (4 GiB)
+                // goes as u32::MAX bytes and fails as a short write, never silently.
+                OpShape::Packet { .. } => {
+                    let (ptr, len) = m.packet_buffer();
+                    Some((ptr, u32::try_from(len).unwrap_or(u32::MAX)))
+                }
+                _ => None,
+            };
+            // IORING_OP_WRITE at offset -1: "the current position", as write(2) (Linux 5.6;
+            // a stream-like file such as a pipe or a TUN device ignores the position).
+            let sqe = match (packet, self.fixed_index(p.sock)) {
+                (Some((ptr, len)), None) => Some(
+                    opcode::Write::new(types::Fd(p.fd), ptr, len)
+                        .offset(u64::MAX)
+                        .build(),
+                ),
+                (Some((ptr, len)), Some(i)) => Some(
+                    opcode::Write::new(types::Fixed(i), ptr, len)
+                        .offset(u64::MAX)
+                        .build(),
+                ),
+                (None, _) => None,
+            };
+            let sqe = match (sqe, single, self.fixed_index(p.sock)) {
+                (Some(sqe), _, _) => sqe,
+                (None, Some((ptr, len)), None) => opcode::Send::new(types::Fd(p.fd), ptr, len)
                     .flags(flags)
                     .build(),
-                (Some((ptr, len)), Some(i)) => opcode::Send::new(types::Fixed(i), ptr, len)
+                (None, Some((ptr, len)), Some(i)) => opcode::Send::new(types::Fixed(i), ptr, len)
                     .flags(flags)
                     .build(),
-                (None, None) => opcode::SendMsg::new(types::Fd(p.fd), &m.msg)
+                (None, None, None) => opcode::SendMsg::new(types::Fd(p.fd), &m.msg)
                     .flags(flags as u32)
                     .build(),
-                (None, Some(i)) => opcode::SendMsg::new(types::Fixed(i), &m.msg)
+                (None, None, Some(i)) => opcode::SendMsg::new(types::Fixed(i), &m.msg)
                     .flags(flags as u32)
                     .build(),
             }
             .user_data(p.token.0);
-            // The buffer (Send) or the msghdr with its iovecs, address and cmsg (SendMsg) live
-            // in the boxed `m`, kept in `self.mem` until this op's completion (or leaked on a
+            // The buffer (Send, Write) or the msghdr with its iovecs, address and cmsg (SendMsg)
+            // live in the boxed `m`, kept in `self.mem` until this op's completion (or leaked on a
             // failed shutdown), and in the core, which owns the payload until it applies this
             // op's completion.
             if self.push(&sqe, out)? {
