@@ -44,6 +44,8 @@ macro_rules! both {
     };
 }
 
+mod packet;
+
 fn sim(mode: Mode, cfg: SimConfig) -> (Engine, SimHandle) {
     let kernel = SimKernel::new(mode);
     let k = kernel.handle();
