@@ -208,7 +208,7 @@ fn ipv4_checksum(h: &[u8]) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
-    !(sum as u16)
+    !u16::try_from(sum).expect("folded into 16 bits")
 }
 
 /// An IPv4/UDP packet 10.77.0.2:4000 → 10.77.0.1:5000 carrying `payload`: header checksum
@@ -233,11 +233,14 @@ fn udp_packet(payload: &[u8], id: u16) -> Vec<u8> {
     p
 }
 
+/// One flush report: (writes, bytes, failed, failures by status, first error's errno).
+type ReportCounts = (u64, u64, u64, Vec<(Status, u64)>, Option<i32>);
+
 /// What a scenario ended with, compared between backends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Outcome {
-    /// (writes, bytes, failed, failures by status, first error's errno) of each report.
-    reports: Vec<(u64, u64, u64, Vec<(Status, u64)>, Option<i32>)>,
+    /// Each report's counts.
+    reports: Vec<ReportCounts>,
     /// Errors raised (flush or send), by status and errno.
     raised: Vec<(Option<Status>, Option<i32>)>,
     /// Payloads the UDP socket received, in order.
@@ -277,18 +280,21 @@ fn engine_on(b: Backend) -> Engine {
 fn tun_delivers_every_packet_in_order(b: Backend) -> Option<Outcome> {
     let mut t = tun_or_skip("tun_delivers_every_packet_in_order")?;
     let mut rng = rand::rngs::SmallRng::seed_from_u64(0x7075);
-    let n = 2000;
-    let payloads: Vec<Bytes> = (0..n).map(|i| dgram(i, rng.gen_range(0..=1400))).collect();
+    let n: u16 = 2000;
+    let payloads: Vec<Bytes> = (0..n)
+        .map(|i| dgram(u64::from(i), rng.gen_range(0..=1400)))
+        .collect();
     let mut e = engine_on(b);
-    let (id, sink) = t.start(&mut e, n as usize);
+    let (id, sink) = t.start(&mut e, usize::from(n));
     let mut out = Outcome::new();
     let mut i = 0;
     let mut flushes = 0u64;
     while i < payloads.len() {
         let group = rng.gen_range(1..=100).min(payloads.len() - i);
         let mut bytes = 0;
-        for (k, p) in payloads[i..i + group].iter().enumerate() {
-            let pkt = Bytes::from(udp_packet(p, (i + k) as u16));
+        for (k, p) in (0u16..).zip(&payloads[i..i + group]) {
+            let ident = u16::try_from(i).expect("fewer than 65536 packets") + k;
+            let pkt = Bytes::from(udp_packet(p, ident));
             bytes += pkt.len() as u64;
             e.send(id, pkt).expect("queued");
         }
@@ -316,6 +322,7 @@ fn tun_delivers_every_packet_in_order(b: Backend) -> Option<Outcome> {
         );
     }
     let s = e.stats();
+    let n = u64::from(n);
     assert_eq!((s.writes_sent, s.writes_failed, s.sqes), (n, 0, n));
     eprintln!(
         "{b:?}: {n} packets in {flushes} flushes, {} kernel transitions",

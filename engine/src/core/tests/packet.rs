@@ -334,7 +334,7 @@ fn uring_and_epoll_agree_on_packet_outcomes() {
         let (ce, te, mut de) = run(Mode::Epoll);
         assert_eq!(tu, te, "round {round}: totals");
         assert_eq!(tu.ended(), n as u64, "round {round}: every packet ended");
-        let eagain = fates.iter().any(|v| *v == Verdict::Errno(libc::EAGAIN));
+        let eagain = fates.contains(&Verdict::Errno(libc::EAGAIN));
         if !eagain {
             assert_eq!(cu, ce, "round {round}: per-flush reports");
             assert_eq!(du, de, "round {round}: delivery, in order");
@@ -346,13 +346,14 @@ fn uring_and_epoll_agree_on_packet_outcomes() {
         du.sort();
         de.sort();
         assert_eq!(du, de, "round {round}: the packets delivered");
-        let want: Vec<u64> = (0..n as u64)
+        let want: Vec<u64> = (0..n)
             .filter(|&s| {
                 matches!(
-                    fates[s as usize],
+                    fates[s],
                     Verdict::Full | Verdict::Errno(libc::EAGAIN | libc::EINTR)
-                ) || matches!(fates[s as usize], Verdict::Short(c) if c >= lens[s as usize])
+                ) || matches!(fates[s], Verdict::Short(c) if c >= lens[s])
             })
+            .map(|s| s as u64)
             .collect();
         let delivered: Vec<u64> = du.iter().map(|(s, _)| *s).collect();
         assert_eq!(
