@@ -1239,6 +1239,7 @@ fn random_step(rng: &mut SmallRng, diff: bool) -> Step {
         },
         29 => Step::ShutdownWrite { sock },
         30 => Step::TakePeerErrors { sock },
+        _ if rng.gen_range(0..5) == 0 => Step::AddPacket,
         _ if rng.gen_range(0..4) == 0 => Step::AddStream,
         _ => Step::AddUdp {
             connected: rng.gen(),
