@@ -542,7 +542,9 @@ impl Engine {
     /// Takes a *packet descriptor*: any descriptor on which one `write(2)` is one packet — a
     /// TUN/TAP device (`/dev/net/tun` after `TUNSETIFF`), a pipe in packet mode (`O_DIRECT`),
     /// a character device with message semantics. The engine owns it (and sets its mode for
-    /// the backend: `O_NONBLOCK` on both) until [`Engine::close`] hands it back.
+    /// the backend: `O_NONBLOCK` on both) until [`Engine::close`] hands it back. The flag
+    /// belongs to the open file: a `dup` of the descriptor kept for reading becomes
+    /// non-blocking too.
     ///
     /// [`Engine::send`] queues one packet; each goes out as its own `write(2)` (io_uring:
     /// `IORING_OP_WRITE`), never merged with another and never split, several in flight at once
