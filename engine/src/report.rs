@@ -8,9 +8,10 @@ use crate::SocketId;
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct FlushReport {
-    /// Writes (stream buffers or datagrams) that completed whole.
+    /// Writes (stream buffers, datagrams or packets) that completed whole.
     pub writes: u64,
-    /// Payload bytes the kernel accepted (for a failed stream, including the prefix it took).
+    /// Payload bytes the kernel accepted (for a failed stream, including the prefix it took;
+    /// nothing of a packet cut short by a short write).
     pub bytes: u64,
     /// Writes that failed.
     pub failed: u64,
