@@ -650,47 +650,38 @@ impl Driver for Uring {
             let mut m = self.pool.pop().unwrap_or_else(|| Box::new(MsgMem::new()));
             m.prepare(payload, p);
             let flags = libc::MSG_NOSIGNAL;
-            let single = m
-                .single_buffer()
-                .and_then(|(ptr, len)| Some((ptr, u32::try_from(len).ok()?)));
-            let packet = match p.shape {
-                // A packet is at most `max_queued_bytes_per_socket`; one beyond u32 (4 GiB)
-                // goes as u32::MAX bytes and fails as a short write, never silently.
-                OpShape::Packet { .. } => {
-                    let (ptr, len) = m.packet_buffer();
-                    Some((ptr, u32::try_from(len).unwrap_or(u32::MAX)))
+            let fixed = self.fixed_index(p.sock);
+            let sqe = if let OpShape::Packet { .. } = p.shape {
+                // IORING_OP_WRITE (Linux 5.6) at offset -1, "the current position", as
+                // write(2) (a stream-like file, a pipe or a TUN device, has none). A packet
+                // beyond u32::MAX bytes (possible only with raised queue limits) goes as
+                // u32::MAX and fails as a short write, never silently.
+                let (ptr, len) = m.packet_buffer();
+                let len = u32::try_from(len).unwrap_or(u32::MAX);
+                match fixed {
+                    None => opcode::Write::new(types::Fd(p.fd), ptr, len),
+                    Some(i) => opcode::Write::new(types::Fixed(i), ptr, len),
                 }
-                _ => None,
-            };
-            // IORING_OP_WRITE at offset -1: "the current position", as write(2) (Linux 5.6;
-            // a stream-like file such as a pipe or a TUN device ignores the position).
-            let sqe = match (packet, self.fixed_index(p.sock)) {
-                (Some((ptr, len)), None) => Some(
-                    opcode::Write::new(types::Fd(p.fd), ptr, len)
-                        .offset(u64::MAX)
+                .offset(u64::MAX)
+                .build()
+            } else {
+                let single = m
+                    .single_buffer()
+                    .and_then(|(ptr, len)| Some((ptr, u32::try_from(len).ok()?)));
+                match (single, fixed) {
+                    (Some((ptr, len)), None) => opcode::Send::new(types::Fd(p.fd), ptr, len)
+                        .flags(flags)
                         .build(),
-                ),
-                (Some((ptr, len)), Some(i)) => Some(
-                    opcode::Write::new(types::Fixed(i), ptr, len)
-                        .offset(u64::MAX)
+                    (Some((ptr, len)), Some(i)) => opcode::Send::new(types::Fixed(i), ptr, len)
+                        .flags(flags)
                         .build(),
-                ),
-                (None, _) => None,
-            };
-            let sqe = match (sqe, single, self.fixed_index(p.sock)) {
-                (Some(sqe), _, _) => sqe,
-                (None, Some((ptr, len)), None) => opcode::Send::new(types::Fd(p.fd), ptr, len)
-                    .flags(flags)
-                    .build(),
-                (None, Some((ptr, len)), Some(i)) => opcode::Send::new(types::Fixed(i), ptr, len)
-                    .flags(flags)
-                    .build(),
-                (None, None, None) => opcode::SendMsg::new(types::Fd(p.fd), &m.msg)
-                    .flags(flags as u32)
-                    .build(),
-                (None, None, Some(i)) => opcode::SendMsg::new(types::Fixed(i), &m.msg)
-                    .flags(flags as u32)
-                    .build(),
+                    (None, None) => opcode::SendMsg::new(types::Fd(p.fd), &m.msg)
+                        .flags(flags as u32)
+                        .build(),
+                    (None, Some(i)) => opcode::SendMsg::new(types::Fixed(i), &m.msg)
+                        .flags(flags as u32)
+                        .build(),
+                }
             }
             .user_data(p.token.0);
             // The buffer (Send, Write) or the msghdr with its iovecs, address and cmsg (SendMsg)
