@@ -706,6 +706,7 @@ impl Engine {
                 self.core.poll_timers(self.driver.now_ns());
             }
             self.batch.clear();
+            self.core.begin_round();
             while let Some(p) = self.core.next_op() {
                 self.batch.push(p);
             }
@@ -964,14 +965,21 @@ impl Engine {
     fn remove(&mut self, id: SocketId) -> Result<OwnedFd, Error> {
         let fd = self.core.sock(id)?.fd;
         self.core.cancel_queued(id, self.driver.now_ns())?;
-        if self.core.sock(id)?.in_flight > 0 {
+        let deadline = self.deadline();
+        loop {
+            let left = self.core.sock(id)?.in_flight;
+            if left == 0 {
+                break;
+            }
             let tokens = self.core.in_flight_tokens(Some(id.index));
             let cancelled = self.driver.cancel(&tokens, &mut self.events);
             self.absorb()?;
             cancelled?;
-            let deadline = self.deadline();
-            let idle = |c: &Core| c.sock(id).map(|s| s.in_flight == 0).unwrap_or(true);
-            if !self.drive_until(deadline, idle)? {
+            // Until one of them ends, then cancel the rest again: an op linked behind
+            // another (a packet chain on io_uring) cannot be cancelled before it starts,
+            // which is when the one before it ends.
+            let fewer = |c: &Core| c.sock(id).map(|s| s.in_flight < left).unwrap_or(true);
+            if !self.drive_until(deadline, fewer)? {
                 return Err(Error::FlushTimeout { socket: Some(id) });
             }
         }
@@ -1135,11 +1143,18 @@ impl Drop for Engine {
         if self.core.in_flight() == 0 {
             return;
         }
-        let tokens = self.core.in_flight_tokens(None);
-        let _ = self.driver.cancel(&tokens, &mut self.events);
-        let _ = self.absorb();
         let deadline = now.saturating_add(DROP_DRAIN_NS);
+        let mut left = usize::MAX;
         while self.core.in_flight() > 0 && self.driver.now_ns() < deadline {
+            if self.core.in_flight() < left {
+                // Again after each completion: an op linked behind another (a packet chain on
+                // io_uring) can be cancelled only once it started.
+                left = self.core.in_flight();
+                let tokens = self.core.in_flight_tokens(None);
+                let _ = self.driver.cancel(&tokens, &mut self.events);
+                let _ = self.absorb();
+                continue;
+            }
             if self.enter(Wait::Until(Some(deadline))).is_err() {
                 break;
             }

@@ -170,6 +170,9 @@ pub(crate) struct Sock {
     /// Asked the driver to watch for writability (queued in `Core::watch` or armed).
     watching: bool,
     in_ready: bool,
+    /// A packet descriptor: the planning round its ops in flight were planned in (see
+    /// [`Core::begin_round`]).
+    chain: u64,
     /// Held back by `max_in_flight_ops` (queued in `Core::capped`).
     capped: bool,
     /// The pending barrier of `Engine::try_flush`: the sequence number it waits for.
@@ -219,6 +222,8 @@ pub(crate) struct Core {
     watch: Vec<u32>,
     /// Sockets with work held back by `max_in_flight_ops`.
     capped: Vec<u32>,
+    /// The current planning round ([`Core::begin_round`]).
+    round: u64,
     /// Reused list of (length, queued time) of writes that just ended.
     scratch: Vec<(usize, u64)>,
     pub stats: Stats,
@@ -245,6 +250,7 @@ impl Core {
             errqueue: Vec::new(),
             watch: Vec::new(),
             capped: Vec::new(),
+            round: 0,
             scratch: Vec::new(),
             stats: Stats::default(),
         }
@@ -341,7 +347,10 @@ impl Core {
         }
         match &s.queue {
             Queue::Stream(q) => s.in_flight == 0 && q.has_unsent(),
-            Queue::Dgram(q) | Queue::Packet(q) => q.has_queued(),
+            Queue::Dgram(q) => q.has_queued(),
+            // One chain of packets in flight at a time: all planned in one round, so the
+            // driver issues them in order as one linked chain; the next waits for it to end.
+            Queue::Packet(q) => q.has_queued() && (s.in_flight == 0 || s.chain == self.round),
         }
     }
 
@@ -419,6 +428,18 @@ impl Core {
         next
     }
 
+    /// Starts a planning round: the ops [`Core::next_op`] gives until the next call are
+    /// handed to the driver together (one `issue`).
+    ///
+    /// A packet descriptor gets ops only in a round that finds nothing of it in flight, so its
+    /// ops in flight were all planned, in queue order, in one round: the io_uring driver links
+    /// them (`IOSQE_IO_HARDLINK`) so the kernel writes them in that order, even when they wait
+    /// for room. Unlinked writes parked on a full descriptor are retried in any order (a
+    /// packet-mode pipe reorders them: its waiters wake newest first).
+    pub fn begin_round(&mut self) {
+        self.round += 1;
+    }
+
     /// The next operation to issue, round-robin over sockets with work, or `None` when nothing
     /// can go out now.
     ///
@@ -478,6 +499,9 @@ impl Core {
                 },
             };
             let fd = s.fd;
+            if s.in_flight == 0 {
+                s.chain = self.round;
+            }
             s.in_flight += 1;
             self.in_flight += 1;
             let token = self.alloc_op(OpInfo { sock: idx, shape });
