@@ -548,11 +548,11 @@ impl Engine {
     ///
     /// [`Engine::send`] queues one packet; each goes out as its own `write(2)` (io_uring:
     /// `IORING_OP_WRITE`), never merged with another and never split, several in flight at once
-    /// (up to `max_in_flight_per_socket`) and all descriptors' packets in one submission.
-    /// [`Engine::send_to`] is refused ([`Error::WrongSocketKind`]). Queue limits,
-    /// backpressure, flushes, `close`, `abort` and drop work as for sockets; packets leave in
-    /// the order they were queued (a packet retried after `EAGAIN` may end up behind later
-    /// ones; a TUN device never answers `EAGAIN` while memory lasts).
+    /// (up to `max_in_flight_per_socket`, as one linked chain on io_uring) and all
+    /// descriptors' packets in one submission. [`Engine::send_to`] is refused
+    /// ([`Error::WrongSocketKind`]). Queue limits, backpressure, flushes, `close`, `abort` and
+    /// drop work as for sockets. Packets leave in the order they were queued, also while they
+    /// wait for room (only one the kernel answers `EINTR` goes again behind the others).
     ///
     /// Outcomes, counted in the flush report per packet like datagrams: a packet the kernel
     /// refuses fails alone with its status (`EIO`: [`crate::Status::InputOutput`], what a TUN

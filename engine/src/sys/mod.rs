@@ -9,7 +9,8 @@
 //!
 //! - [`uring`]: blocking sockets (the ring arms poll instead of failing with EAGAIN), all ops in
 //!   the SQ and one `io_uring_enter` that submits them and, when asked, waits; packet
-//!   descriptors `O_NONBLOCK` (see `Uring::register`), one `IORING_OP_WRITE` per packet;
+//!   descriptors `O_NONBLOCK` (see `Uring::register`), one `IORING_OP_WRITE` per packet, a
+//!   descriptor's packets of one round linked (`IOSQE_IO_HARDLINK`) so they keep their order;
 //! - [`epoll`]: `O_NONBLOCK` sockets, one `sendmsg` per stream op and one `sendmmsg` per
 //!   socket's datagrams, one `write` per packet, completed at once; `epoll_wait` for sockets
 //!   that hit EAGAIN;
