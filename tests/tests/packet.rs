@@ -555,8 +555,8 @@ fn packet_pipe() -> (
 /// `n` packets of random sizes (1..=4096, `PIPE_BUF`) go into a packet-mode pipe nobody
 /// reads yet (it holds 16: the rest wait for room), in two submissions, then the reader
 /// starts: every packet arrives whole, once, in order, and the reports count them. On
-/// io_uring the waiting writes are one linked chain per descriptor (unlinked, the pipe
-/// retries them newest first), and the second submission's wait for the first's chain.
+/// io_uring the waiting writes are one linked chain per descriptor (unlinked, the parked
+/// writes are retried in another order), and the second submission's wait for the first's.
 fn pipe_packets_in_order_through_backpressure(b: Backend) -> Vec<Vec<u8>> {
     let (wr, go, reader) = packet_pipe();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(0x9199);

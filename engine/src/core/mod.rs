@@ -434,8 +434,8 @@ impl Core {
     /// A packet descriptor gets ops only in a round that finds nothing of it in flight, so its
     /// ops in flight were all planned, in queue order, in one round: the io_uring driver links
     /// them (`IOSQE_IO_HARDLINK`) so the kernel writes them in that order, even when they wait
-    /// for room. Unlinked writes parked on a full descriptor are retried in any order (a
-    /// packet-mode pipe reorders them: its waiters wake newest first).
+    /// for room. Unlinked writes parked on a full descriptor are retried in another order
+    /// (measured on a packet-mode pipe: `tests/tests/packet.rs`, `pipe`).
     pub fn begin_round(&mut self) {
         self.round += 1;
     }
