@@ -231,6 +231,8 @@ struct Flight {
     snapshot: Vec<Vec<u8>>,
     seqs: Vec<u64>,
     st: Fl,
+    /// The `issue` call that handed it over.
+    issue: u64,
 }
 
 /// The kernel's state, shared by the driver and its handles.
@@ -259,6 +261,8 @@ pub(crate) struct State {
     focus: Option<u32>,
     frozen: bool,
     refuse_push: Option<usize>,
+    /// `issue` calls so far.
+    issues: u64,
     rng: u64,
     idle_spins: u32,
     /// Driver calls left before the kernel calls it a livelock.
@@ -308,6 +312,7 @@ impl State {
             focus: None,
             frozen: false,
             refuse_push: None,
+            issues: 0,
             rng: 0x853c_49e6_748f_ea9b,
             idle_spins: 0,
             budget: DEFAULT_BUDGET,
@@ -482,6 +487,17 @@ impl State {
             }
         }
         if let OpShape::Packet { bytes, seq, .. } = p.shape {
+            // One chain per packet descriptor in flight: what a later issue adds would not be
+            // linked behind it, and could overtake it.
+            assert!(
+                !self
+                    .flights
+                    .iter()
+                    .any(|f| f.reg == reg && f.issue != self.issues),
+                "sim kernel: packet op {seq} on socket {} issued while an earlier issue's \
+                 packets are in flight (a second chain could overtake the first)",
+                p.sock
+            );
             assert!(
                 peer.log.packet,
                 "sim kernel: a packet op on socket {}, not a packet descriptor",
@@ -952,6 +968,7 @@ impl State {
                 snapshot,
                 seqs,
                 st: Fl::Sq,
+                issue: self.issues,
             });
         }
     }
@@ -1410,6 +1427,7 @@ impl Driver for SimKernel {
     ) -> Result<(), Error> {
         let mut st = self.st();
         st.call();
+        st.issues += 1;
         match st.mode {
             Mode::Uring => st.issue_uring(payload, ops, out),
             Mode::Epoll => st.issue_epoll(payload, ops, out),

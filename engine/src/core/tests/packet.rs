@@ -83,6 +83,30 @@ fn several_packets_are_in_flight_at_once_within_the_caps() {
     assert_eq!(seqs, (0..10).collect::<Vec<_>>());
 }
 
+/// Packets queued while a chain is in flight wait for it to end (one chain per descriptor in
+/// flight, so the io_uring driver's link keeps them in order), then go as the next chain.
+#[test]
+fn packets_queued_behind_a_chain_in_flight_wait_for_it() {
+    let (mut e, k) = sim(Mode::Uring, SimConfig::default());
+    let p = packet(&mut e, &k);
+    k.stall(p);
+    send_packets(&mut e, p, 0, &[10, 11, 12]);
+    e.submit().unwrap();
+    send_packets(&mut e, p, 3, &[13, 14]);
+    e.submit().unwrap();
+    assert_eq!(
+        k.in_flight(),
+        3,
+        "the second submission waits for the first chain"
+    );
+    k.unstall(p);
+    assert_eq!(e.flush(p).unwrap().writes, 5);
+    let seqs: Vec<u64> = got(&k, p).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(seqs, [0, 1, 2, 3, 4]);
+    let issued: Vec<u64> = k.peer(p).ops.iter().map(|o| o.first_seq).collect();
+    assert_eq!(issued, [0, 1, 2, 3, 4]);
+}
+
 #[test]
 fn packets_and_sockets_share_one_enter() {
     let (mut e, k) = sim(Mode::Uring, SimConfig::default());
