@@ -838,7 +838,8 @@ impl Engine {
     /// For a TCP stream, the first error of a failed write (the socket is then poisoned, and
     /// later flushes and sends fail the same way). For UDP, per-datagram failures are counted in
     /// the report, not raised; so are a packet descriptor's, unless its device is gone (then it
-    /// is poisoned and its flushes raise that error). [`Error::FlushTimeout`] if a `flush_timeout` expired.
+    /// is poisoned and its flushes raise that error). [`Error::FlushTimeout`] if a
+    /// `flush_timeout` expired.
     pub fn flush(&mut self, id: SocketId) -> Result<FlushReport, Error> {
         let start = self.flush_clock();
         // Covers every write accepted so far, including any a pending `try_flush` left out.
