@@ -557,12 +557,17 @@ fn packet_pipe() -> (
 /// starts: every packet arrives whole, once, in order, and the reports count them. On
 /// io_uring the waiting writes are one linked chain per descriptor (unlinked, the parked
 /// writes are retried in another order), and the second submission's wait for the first's.
-fn pipe_packets_in_order_through_backpressure(b: Backend) -> Vec<Vec<u8>> {
+/// `ring_entries`: the io_uring SQ size, if not the default.
+fn pipe_packets_in_order_through_backpressure(b: Backend, ring_entries: Option<u32>) {
+    let ctx = format!("{b:?}, ring_entries {ring_entries:?}");
     let (wr, go, reader) = packet_pipe();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(0x9199);
     let n: u64 = 600;
     let sent: Vec<Bytes> = (0..n).map(|i| dgram(i, rng.gen_range(1..=4096))).collect();
-    let mut e = engine_on(b);
+    let mut e = match ring_entries {
+        Some(r) => builder(b).ring_entries(r).build().expect("engine"),
+        None => engine_on(b),
+    };
     let id = e.register_packet(wr).expect("register_packet");
     for half in [&sent[..300], &sent[300..]] {
         for p in half {
@@ -572,18 +577,17 @@ fn pipe_packets_in_order_through_backpressure(b: Backend) -> Vec<Vec<u8>> {
     }
     go.send(()).unwrap();
     let r = e.flush(id).expect("flush");
-    assert_eq!((r.writes, r.failed), (n, 0), "{b:?}: reports");
+    assert_eq!((r.writes, r.failed), (n, 0), "{ctx}: reports");
     let (_, wr) = e.close(id).expect("close");
     drop(wr);
     let got = reader.join().expect("reader");
-    assert_eq!(got.len(), sent.len(), "{b:?}: packets read (one per read)");
+    assert_eq!(got.len(), sent.len(), "{ctx}: packets read (one per read)");
     for (k, (g, w)) in got.iter().zip(&sent).enumerate() {
         assert!(
             g[..] == w[..],
-            "{b:?}: read {k} is not packet {k} (merged, split or reordered)"
+            "{ctx}: read {k} is not packet {k} (merged, split or reordered)"
         );
     }
-    got
 }
 
 /// `abort` and drop with packets waiting for room in a pipe nobody reads: they end (cancelled,
@@ -642,7 +646,17 @@ fn pipe_abort_and_drop_with_packets_waiting(b: Backend) {
 }
 
 fn pipe(b: Backend) {
-    pipe_packets_in_order_through_backpressure(b);
+    pipe_packets_in_order_through_backpressure(b, None);
 }
 
-per_backend!(pipe, pipe_abort_and_drop_with_packets_waiting);
+/// The same with a 4-entry SQ on io_uring: a chain longer than the SQ goes in parts, each
+/// after the one before ended (a link never spans two submissions).
+fn pipe_tiny_ring(b: Backend) {
+    pipe_packets_in_order_through_backpressure(b, Some(4));
+}
+
+per_backend!(
+    pipe,
+    pipe_tiny_ring,
+    pipe_abort_and_drop_with_packets_waiting
+);
