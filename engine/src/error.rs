@@ -50,11 +50,21 @@ pub enum Status {
     CompletionLost,
     /// Any other errno; the raw value is kept in the error.
     Other,
+    /// `EIO`: an I/O error. A TUN device answers it to every write while its interface is
+    /// down (`ip link set DEV up` makes it take packets again); the packet fails alone.
+    InputOutput,
+    /// `EBADFD`, `ENODEV`, `ENXIO`: the device behind a packet descriptor is gone (a TUN/TAP
+    /// interface deleted or detached). Fatal: the descriptor is poisoned.
+    DeviceGone,
+    /// A packet descriptor took only part of a packet (`write(2)` returned fewer bytes than
+    /// the packet has). A packet is written whole or fails: the rest is never written after
+    /// it. No errno: the error's `errno` is 0 and [`Error::raw_os_error`] is `None`.
+    ShortWrite,
 }
 
 impl Status {
     /// Every status, in declaration order (for per-status tables).
-    pub const ALL: [Status; 17] = [
+    pub const ALL: [Status; 20] = [
         Status::ConnectionReset,
         Status::ConnectionRefused,
         Status::ConnectionAborted,
@@ -72,6 +82,9 @@ impl Status {
         Status::Cancelled,
         Status::CompletionLost,
         Status::Other,
+        Status::InputOutput,
+        Status::DeviceGone,
+        Status::ShortWrite,
     ];
 
     /// The one errno → status mapping in the crate.
@@ -95,8 +108,21 @@ impl Status {
             }
             libc::ECANCELED => Status::Cancelled,
             libc::EBADR => Status::CompletionLost,
+            libc::EIO => Status::InputOutput,
+            libc::EBADFD | libc::ENODEV | libc::ENXIO => Status::DeviceGone,
             _ => Status::Other,
         }
+    }
+
+    /// Whether `errno` from a write on a packet descriptor means the descriptor can take no
+    /// more packets: the device was deleted or detached (`EBADFD` from TUN/TAP, `ENODEV`,
+    /// `ENXIO`) or the descriptor itself is invalid (`EBADF`). The one place that class is
+    /// decided; the core poisons the descriptor on it, as on a fatal stream error.
+    pub(crate) fn is_fd_gone(errno: i32) -> bool {
+        matches!(
+            errno,
+            libc::EBADFD | libc::EBADF | libc::ENODEV | libc::ENXIO
+        )
     }
 
     /// A short human name, e.g. "connection reset by peer".
@@ -119,6 +145,9 @@ impl Status {
             Status::Cancelled => "cancelled",
             Status::CompletionLost => "completion lost (io_uring completion queue overflow)",
             Status::Other => "other error",
+            Status::InputOutput => "input/output error (a TUN device: its interface is down)",
+            Status::DeviceGone => "device gone (deleted or detached)",
+            Status::ShortWrite => "short write (the kernel took part of a packet)",
         }
     }
 
@@ -298,6 +327,8 @@ impl Error {
     /// The raw errno, where there is one.
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
+            // A short packet write has no errno (0).
+            Error::Socket { errno: 0, .. } => None,
             Error::Socket { errno, .. } | Error::Peer { errno, .. } | Error::Io { errno, .. } => {
                 Some(*errno)
             }
@@ -332,6 +363,16 @@ impl Error {
             errno,
             socket,
             peer,
+        }
+    }
+
+    /// A packet the kernel took only part of.
+    pub(crate) fn short_write(socket: SocketId) -> Error {
+        Error::Socket {
+            status: Status::ShortWrite,
+            errno: 0,
+            socket,
+            peer: None,
         }
     }
 
@@ -383,7 +424,10 @@ impl fmt::Display for Error {
                 if let Some(p) = peer {
                     write!(f, " to {p}")?;
                 }
-                write!(f, " failed: {} (errno {errno})", describe(*status, *errno))
+                match errno {
+                    0 => write!(f, " failed: {}", describe(*status, *errno)),
+                    _ => write!(f, " failed: {} (errno {errno})", describe(*status, *errno)),
+                }
             }
             Error::Peer { status, errno, socket, peer } => {
                 let what = describe(*status, *errno);
@@ -454,6 +498,7 @@ impl From<Error> for io::Error {
             | Error::UnsuitableSocket { .. }
             | Error::UnknownSocket(_) => io::ErrorKind::InvalidInput,
             Error::UringUnavailable { .. } => io::ErrorKind::Unsupported,
+            Error::Socket { errno: 0, .. } => io::ErrorKind::Other,
             Error::Socket { errno, .. } | Error::Peer { errno, .. } | Error::Io { errno, .. } => {
                 io::Error::from_raw_os_error(*errno).kind()
             }

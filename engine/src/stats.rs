@@ -26,7 +26,8 @@ pub struct Stats {
     pub writes_failed: u64,
     /// Failed writes per status, indexed by [`Status::index`].
     pub failures: [u64; Status::ALL.len()],
-    /// Stream sends that the kernel took only partly (resumed at the exact byte).
+    /// Sends that the kernel took only partly: stream sends (resumed at the exact byte) and
+    /// packet writes (the packet failed with `Status::ShortWrite`).
     pub short_sends: u64,
     /// `EAGAIN`/`EINTR` results that were retried.
     pub retries: u64,

@@ -19,7 +19,7 @@ use crate::error::Error;
 use crate::plan::{gso_can_lead, gso_join, Join};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+pub(super) enum State {
     Queued,
     /// In a group of `DgramQueue::ahead`, not yet issued.
     Planned,
@@ -174,7 +174,7 @@ impl DgramQueue {
         }
     }
 
-    fn index(&self, seq: u64) -> usize {
+    pub(super) fn index(&self, seq: u64) -> usize {
         usize::try_from(seq - self.front_seq).expect("in-flight datagram index fits usize")
     }
 
@@ -182,7 +182,7 @@ impl DgramQueue {
         self.spare.pop().unwrap_or_default()
     }
 
-    fn recycle(&mut self, mut v: Vec<u64>) {
+    pub(super) fn recycle(&mut self, mut v: Vec<u64>) {
         v.clear();
         self.spare.push(v);
     }
@@ -369,7 +369,7 @@ impl DgramQueue {
     }
 
     /// Ends an op: its group slot is free again; returns its datagrams' sequence numbers.
-    fn take_group(&mut self, group: u32) -> Vec<u64> {
+    pub(super) fn take_group(&mut self, group: u32) -> Vec<u64> {
         self.free_slots.push(group);
         std::mem::take(&mut self.flying[group as usize])
     }
@@ -416,7 +416,7 @@ impl DgramQueue {
 
     /// Datagrams go back to the queue; `solo` keeps them out of groups. The groups planned ahead
     /// are dissolved too, so the next pass keeps each destination's order.
-    fn requeue(&mut self, seqs: &[u64], solo: bool) {
+    pub(super) fn requeue(&mut self, seqs: &[u64], solo: bool) {
         for &seq in seqs {
             let i = self.index(seq);
             let d = &mut self.q[i];
@@ -438,7 +438,12 @@ impl DgramQueue {
 
     /// Marks datagrams terminal; pushes (length, queued time) of every one for a failure, of the
     /// sampled ones for a success; returns their total length.
-    fn mark(&mut self, seqs: &[u64], state: State, out: &mut Vec<(usize, u64)>) -> usize {
+    pub(super) fn mark(
+        &mut self,
+        seqs: &[u64],
+        state: State,
+        out: &mut Vec<(usize, u64)>,
+    ) -> usize {
         let mut total = 0;
         for &seq in seqs {
             let i = self.index(seq);
@@ -464,7 +469,7 @@ impl DgramQueue {
     }
 
     /// Drops terminal datagrams from the front, releasing their buffers.
-    fn pop_terminal(&mut self) {
+    pub(super) fn pop_terminal(&mut self) {
         while let Some(d) = self.q.front() {
             if !matches!(d.state, State::Sent | State::Failed) {
                 break;

@@ -75,6 +75,10 @@ pub(crate) enum OpShape {
         bytes: usize,
         group: u32,
     },
+    /// One packet, the queue's datagram `seq`, for one `write(2)` on a packet descriptor
+    /// (never merged with another, never split); `group` names it in the socket's queue, as for
+    /// a datagram op.
+    Packet { seq: u64, bytes: usize, group: u32 },
 }
 
 /// An operation for a driver to issue. `token` goes into `user_data` and comes back with the

@@ -37,6 +37,7 @@ impl Core {
             watching: false,
             in_ready: false,
             capped: false,
+            chain: 0,
             barrier: None,
             in_flight: 0,
             queued_bytes: 0,

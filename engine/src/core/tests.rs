@@ -44,6 +44,8 @@ macro_rules! both {
     };
 }
 
+mod packet;
+
 fn sim(mode: Mode, cfg: SimConfig) -> (Engine, SimHandle) {
     let kernel = SimKernel::new(mode);
     let k = kernel.handle();
@@ -1448,6 +1450,7 @@ fn random_step(rng: &mut SmallRng, diff: bool) -> Step {
         },
         29 => Step::ShutdownWrite { sock },
         30 => Step::TakePeerErrors { sock },
+        _ if rng.gen_range(0..5) == 0 => Step::AddPacket,
         _ if rng.gen_range(0..4) == 0 => Step::AddStream,
         _ => Step::AddUdp {
             connected: rng.gen(),

@@ -130,6 +130,31 @@ impl MsgMem {
     }
 }
 
+impl MsgMem {
+    /// Writes the prepared packet op now on `fd` with `write(2)` (one packet: its one buffer);
+    /// the result as a completion would carry it (bytes, or `-errno`).
+    pub fn write_now(&self, fd: RawFd) -> i32 {
+        let (ptr, len) = self.packet_buffer();
+        // SAFETY: the buffer is a live slice of the core's queue for the duration of the call.
+        let rc = unsafe { libc::write(fd, ptr.cast(), len) };
+        if rc < 0 {
+            -std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO)
+        } else {
+            i32::try_from(rc).unwrap_or(i32::MAX)
+        }
+    }
+
+    /// A packet op's one buffer (an empty packet: a dangling pointer and 0).
+    pub fn packet_buffer(&self) -> (*const u8, usize) {
+        match self.iov.first() {
+            Some(iov) => (iov.iov_base.cast_const().cast(), iov.iov_len),
+            None => (std::ptr::NonNull::<u8>::dangling().as_ptr().cast_const(), 0),
+        }
+    }
+}
+
 /// Appends `s` as an iovec, or extends the previous iovec when `s` starts where it ends: buffers
 /// cut from one allocation (`BytesMut::split_to`, `Bytes::slice`) then cost the kernel one iovec
 /// for the whole run, as a single contiguous buffer would (its per-iovec cost is far above ours).

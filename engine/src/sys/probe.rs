@@ -149,6 +149,8 @@ pub(crate) fn uring(entries: u32, want: &FastPaths) -> Result<(IoUring, UringFea
     for (code, name) in [
         (opcode::SendMsg::CODE, "IORING_OP_SENDMSG"),
         (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
+        // Packet descriptors (`Engine::register_packet`): Linux 5.6.
+        (opcode::Write::CODE, "IORING_OP_WRITE"),
     ] {
         if !probe.is_supported(code) {
             return Err(format!("the kernel does not support {name}"));

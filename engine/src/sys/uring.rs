@@ -15,8 +15,8 @@ use std::time::Instant;
 use io_uring::{opcode, squeue, types, IoUring};
 
 use super::msg::{ErrqMem, MsgMem};
-use super::{nanos_since, Driver, Tally, Wait};
-use crate::core::{Core, Event, Planned, Token};
+use super::{nanos_since, Driver, FdKind, Tally, Wait};
+use crate::core::{Core, Event, OpShape, Planned, Token};
 use crate::error::Error;
 
 /// `io_uring_enter` flags (include/uapi/linux/io_uring.h).
@@ -334,9 +334,15 @@ pub(crate) struct Uring {
     errq_free: Vec<u32>,
     /// Error-queue reads handed to the ring whose completion has not been reaped.
     errq_in_kernel: usize,
+    /// The kernel dropped completions (`io_uring_enter` failed with `EBADR`), until nothing is
+    /// in flight: only then does a cancel answered `ENOENT` mean the op's completion was lost
+    /// (otherwise it may be an op linked behind another, not started yet).
+    completions_lost: bool,
     base: Instant,
     /// Send SQEs pushed since the last `io_uring_enter`.
     pushed: usize,
+    /// Reused by `issue`: the order ops go in (each packet descriptor's together).
+    order: Vec<usize>,
     /// Other SQEs (cancels) pushed since the last `io_uring_enter`.
     extra: usize,
     /// Send ops handed to the ring whose completion has not been reaped.
@@ -412,8 +418,10 @@ impl Uring {
             errq: Vec::new(),
             errq_free: Vec::new(),
             errq_in_kernel: 0,
+            completions_lost: false,
             base,
             pushed: 0,
+            order: Vec::new(),
             extra: 0,
             in_kernel: 0,
             tally: Tally::default(),
@@ -638,7 +646,11 @@ impl Uring {
         let mut m = self.pool.pop().unwrap_or_else(|| Box::new(MsgMem::new()));
         m.prepare(payload, p);
         self.tally.transitions += 1;
-        let res = m.send_now(p.fd, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT);
+        let res = match p.shape {
+            // Packet descriptors are `O_NONBLOCK` (`register`): EAGAIN, never a wait.
+            OpShape::Packet { .. } => m.write_now(p.fd),
+            _ => m.send_now(p.fd, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT),
+        };
         self.pool.push(m);
         if res == -libc::EAGAIN {
             return false;
@@ -671,6 +683,46 @@ impl Uring {
         true
     }
 
+    /// The SQE for op `p`, whose memory `m` has been prepared.
+    fn sqe(&self, m: &MsgMem, p: &Planned) -> squeue::Entry {
+        let flags = libc::MSG_NOSIGNAL;
+        let fixed = self.fixed_index(p.sock);
+        if let OpShape::Packet { .. } = p.shape {
+            // IORING_OP_WRITE (Linux 5.6) at offset -1, "the current position", as write(2)
+            // (a stream-like file, a pipe or a TUN device, has none). A packet beyond u32::MAX
+            // bytes (possible only with raised queue limits) goes as u32::MAX and fails as a
+            // short write, never silently.
+            let (ptr, len) = m.packet_buffer();
+            let len = u32::try_from(len).unwrap_or(u32::MAX);
+            return match fixed {
+                None => opcode::Write::new(types::Fd(p.fd), ptr, len),
+                Some(i) => opcode::Write::new(types::Fixed(i), ptr, len),
+            }
+            .offset(u64::MAX)
+            .build()
+            .user_data(p.token.0);
+        }
+        let single = m
+            .single_buffer()
+            .filter(|_| self.op_send)
+            .and_then(|(ptr, len)| Some((ptr, u32::try_from(len).ok()?)));
+        match (single, fixed) {
+            (Some((ptr, len)), None) => opcode::Send::new(types::Fd(p.fd), ptr, len)
+                .flags(flags)
+                .build(),
+            (Some((ptr, len)), Some(i)) => opcode::Send::new(types::Fixed(i), ptr, len)
+                .flags(flags)
+                .build(),
+            (None, None) => opcode::SendMsg::new(types::Fd(p.fd), &m.msg)
+                .flags(flags as u32)
+                .build(),
+            (None, Some(i)) => opcode::SendMsg::new(types::Fixed(i), &m.msg)
+                .flags(flags as u32)
+                .build(),
+        }
+        .user_data(p.token.0)
+    }
+
     fn reap(&mut self, out: &mut Vec<Event>) {
         let mut cq = self.ring.completion();
         cq.sync();
@@ -698,6 +750,7 @@ impl Uring {
                 // race), or dropped by a CQ overflow (EBADR): then its slot still holds it, the
                 // kernel is done with its memory, and it ends here as lost.
                 if cqe.result() == -libc::ENOENT
+                    && self.completions_lost
                     && Uring::take_mem(&mut self.mem, &mut self.pool, &mut self.in_kernel, op)
                 {
                     out.push(Event::Done {
@@ -713,13 +766,22 @@ impl Uring {
                 res: cqe.result(),
             });
         }
+        if self.in_kernel == 0 {
+            self.completions_lost = false;
+        }
     }
 }
 
 impl Driver for Uring {
-    fn register(&mut self, sock: u32, fd: RawFd, _stream: bool) -> Result<(), Error> {
-        // Blocking mode: io_uring then arms poll internally instead of completing with EAGAIN.
-        set_nonblocking(fd, false)?;
+    fn register(&mut self, sock: u32, fd: RawFd, kind: FdKind) -> Result<(), Error> {
+        // Sockets in blocking mode: io_uring then arms poll internally instead of completing
+        // with EAGAIN. A packet descriptor (a character device, a pipe) in `O_NONBLOCK` mode:
+        // io_uring tries a write inline only on a file that promises not to block
+        // (`FMODE_NOWAIT`, or `O_NONBLOCK` on a non-regular file: `io_file_supports_nowait`),
+        // else it hands each write to an io-wq worker — in parallel, so packets written
+        // through one descriptor could leave out of order. With `O_NONBLOCK` they are written
+        // in submission order, and one that would block waits on poll as a socket's does.
+        set_nonblocking(fd, kind == FdKind::Packet)?;
         if self.fixed_files > 0 && (sock < self.fixed_files || self.grow_file_table(sock)) {
             // Into the file table at the socket's index; if the kernel refuses (say `EEXIST`
             // from another thread on a SINGLE_ISSUER ring), the socket goes by its descriptor.
@@ -757,46 +819,72 @@ impl Driver for Uring {
                 return Ok(());
             }
         }
-        for (i, p) in ops.iter().enumerate() {
-            let mut m = self.pool.pop().unwrap_or_else(|| Box::new(MsgMem::new()));
-            m.prepare(payload, p);
-            let flags = libc::MSG_NOSIGNAL;
-            let single = m
-                .single_buffer()
-                .filter(|_| self.op_send)
-                .and_then(|(ptr, len)| Some((ptr, u32::try_from(len).ok()?)));
-            let sqe = match (single, self.fixed_index(p.sock)) {
-                (Some((ptr, len)), None) => opcode::Send::new(types::Fd(p.fd), ptr, len)
-                    .flags(flags)
-                    .build(),
-                (Some((ptr, len)), Some(i)) => opcode::Send::new(types::Fixed(i), ptr, len)
-                    .flags(flags)
-                    .build(),
-                (None, None) => opcode::SendMsg::new(types::Fd(p.fd), &m.msg)
-                    .flags(flags as u32)
-                    .build(),
-                (None, Some(i)) => opcode::SendMsg::new(types::Fixed(i), &m.msg)
-                    .flags(flags as u32)
-                    .build(),
+        // A packet descriptor's ops (all planned in one round, in queue order: see
+        // `Core::begin_round`) go as one chain linked with IOSQE_IO_HARDLINK (Linux 5.5): the
+        // kernel starts each only when the one before it ended, whatever its result, so they
+        // are written in order even when they wait for room (unlinked writes parked on a full
+        // descriptor are retried in any order). Grouped by socket for that (stable).
+        self.order.clear();
+        self.order.extend(0..ops.len());
+        if ops
+            .iter()
+            .any(|p| matches!(p.shape, OpShape::Packet { .. }))
+        {
+            self.order.sort_by_key(|&i| ops[i].sock);
+        }
+        let mut k = 0;
+        while k < self.order.len() {
+            let first = ops[self.order[k]];
+            let chain = match first.shape {
+                OpShape::Packet { .. } => self.order[k..]
+                    .iter()
+                    .take_while(|&&i| ops[i].sock == first.sock)
+                    .count(),
+                _ => 1,
+            };
+            // A chain goes into one submission whole: a link never spans two. One longer than
+            // the SQ goes in part; the rest is reported unsent and waits for the next round
+            // (after this chain ends).
+            let cap = self.ring.submission().capacity();
+            let take = chain.min(cap);
+            if cap - self.ring.submission().len() < take {
+                self.enter(Wait::No, out)?;
             }
-            .user_data(p.token.0);
-            // The buffer (Send) or the msghdr with its iovecs, address and cmsg (SendMsg) live
-            // in the boxed `m`, kept in `self.mem` until this op's completion (or leaked on a
-            // failed shutdown), and in the core, which owns the payload until it applies this
-            // op's completion.
-            if self.push(&sqe, out)? {
-                let slot = p.token.slot();
-                if self.mem.len() <= slot {
-                    self.mem.resize_with(slot + 1, || None);
+            let room = cap - self.ring.submission().len();
+            let take = if room < take { 0 } else { take };
+            for j in 0..take {
+                let p = ops[self.order[k + j]];
+                let mut m = self.pool.pop().unwrap_or_else(|| Box::new(MsgMem::new()));
+                m.prepare(payload, &p);
+                let mut sqe = self.sqe(&m, &p);
+                if j + 1 < take {
+                    sqe = sqe.flags(squeue::Flags::IO_HARDLINK);
                 }
-                self.mem[slot] = Some((p.token, m));
-                self.pushed += 1;
-                self.in_kernel += 1;
-            } else {
-                self.pool.push(m);
-                out.extend(ops[i..].iter().map(|p| Event::NotIssued { token: p.token }));
-                break;
+                // The buffer (Send, Write) or the msghdr with its iovecs, address and cmsg
+                // (SendMsg) live in the boxed `m`, kept in `self.mem` until this op's
+                // completion (or leaked on a failed shutdown), and in the core, which owns the
+                // payload until it applies this op's completion.
+                if self.push(&sqe, out)? {
+                    let slot = p.token.slot();
+                    if self.mem.len() <= slot {
+                        self.mem.resize_with(slot + 1, || None);
+                    }
+                    self.mem[slot] = Some((p.token, m));
+                    self.pushed += 1;
+                    self.in_kernel += 1;
+                } else {
+                    // Cannot happen (room was made above); if it does, nothing more goes.
+                    self.pool.push(m);
+                    let rest = self.order[k + j..].iter().map(|&i| ops[i].token);
+                    out.extend(rest.map(|token| Event::NotIssued { token }));
+                    return Ok(());
+                }
             }
+            let unsent = self.order[k + take..k + chain].iter();
+            out.extend(unsent.map(|&i| Event::NotIssued {
+                token: ops[i].token,
+            }));
+            k += chain;
         }
         Ok(())
     }
@@ -861,6 +949,7 @@ impl Driver for Uring {
                 // reaped; the engine fails the rest (`Status::CompletionLost`) and forgets their
                 // memory.
                 Some(libc::EBADR) => {
+                    self.completions_lost = true;
                     self.reap(out);
                     return Err(Error::io("io_uring_enter (completions dropped)", &e));
                 }
