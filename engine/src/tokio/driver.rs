@@ -556,6 +556,23 @@ impl Sock {
         self.resolved.get() < self.written.get()
     }
 
+    /// `poll_write`'s fast path: copies `buf` into the chunk being filled if nothing is held
+    /// back and it fits (true), else leaves everything to the slow path (false).
+    #[inline]
+    pub(crate) fn try_append(&self, buf: &[u8]) -> bool {
+        let len = buf.len();
+        let mut out = self.out.borrow_mut();
+        let fits = len > 0
+            && out.capacity() - out.len() >= len
+            && out.len() + len <= OUT_CHUNK_BYTES
+            && self.held.borrow().is_empty();
+        if fits {
+            out.extend_from_slice(buf);
+            self.written.set(self.written.get() + len as u64);
+        }
+        fits
+    }
+
     /// Moves the copied writes into the hand-over queue, behind what is already there.
     pub(crate) fn seal_out(&self) {
         let mut out = self.out.borrow_mut();

@@ -179,12 +179,19 @@ impl TcpSender {
 }
 
 impl AsyncWrite for TcpSender {
+    // Inlined into the caller's `write_all`: the common case (a small write that fits the
+    // chunk being filled) is one copy and two counter updates, no call into the slow path.
+    #[inline]
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut().poll_write_slices(cx, &[buf])
+        let this = self.get_mut();
+        if this.sock.try_append(buf) {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        this.poll_write_slices(cx, &[buf])
     }
 
     fn poll_write_vectored(
