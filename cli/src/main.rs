@@ -98,6 +98,11 @@ enum Cmd {
         /// the per-datagram segmentation and receive work of loopback).
         #[arg(long)]
         udp_gro: bool,
+        /// Sender threads per method, each with its own sockets, receivers and engine (one
+        /// engine per core; rates are the sum). Repeatable: several counts run side by side,
+        /// with the scaling (default 1).
+        #[arg(long = "threads")]
+        threads: Vec<usize>,
     },
 }
 
@@ -138,6 +143,7 @@ fn main() -> ExitCode {
             rounds,
             batch,
             udp_gro,
+            threads,
         } => volley_bench::run(&volley_bench::BenchOpts {
             quick,
             json,
@@ -146,6 +152,7 @@ fn main() -> ExitCode {
             rounds,
             batch,
             udp_gro,
+            threads,
         }),
     };
     match r {
