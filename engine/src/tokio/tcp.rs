@@ -272,12 +272,8 @@ impl AsyncRead for TcpReader {
     ) -> Poll<io::Result<()>> {
         loop {
             let mut guard = ready!(self.fd.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|fd| crate::sys::tokio::recv(fd.get_ref().as_fd(), unfilled)) {
-                Ok(Ok(n)) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
+            match guard.try_io(|fd| crate::sys::tokio::recv_buf(fd.get_ref().as_fd(), buf)) {
+                Ok(Ok(())) => return Poll::Ready(Ok(())),
                 Ok(Err(e)) => return Poll::Ready(Err(e)),
                 // Not readable after all: readiness cleared, poll again.
                 Err(_would_block) => continue,
