@@ -18,8 +18,11 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::{JoinSet, LocalSet};
+use tokio::task::LocalSet;
 use volley::tokio::Driver;
+
+#[path = "common/serve_tcp.rs"]
+mod serve_tcp;
 
 /// Bytes read per call.
 const READ_BYTES: usize = 64 * 1024;
@@ -64,28 +67,10 @@ pub async fn serve(
     driver: Driver,
     stop: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut conns = JoinSet::new();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            r = listener.accept() => {
-                let (stream, peer) = r?;
-                let (driver, stop) = (driver.clone(), stop_rx.clone());
-                conns.spawn_local(async move {
-                    if let Err(e) = echo(&driver, stream, stop).await {
-                        eprintln!("{peer}: {e}");
-                    }
-                });
-            }
-            // Reap finished connections as we go.
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            () = &mut stop => break,
-        }
-    }
-    let _ = stop_tx.send(true);
-    while conns.join_next().await.is_some() {}
-    Ok(())
+    serve_tcp::serve_each(listener, driver, stop, |driver, stream, stop| async move {
+        echo(&driver, stream, stop).await
+    })
+    .await
 }
 
 /// Echoes one connection until EOF (or the stop signal); returns the bytes echoed.
