@@ -433,6 +433,11 @@ fn udp_sink_to_addresses(b: Backend) {
 mod tcp_echo_server;
 
 #[expect(dead_code, reason = "the examples' `main` runs only as a program")]
+#[expect(
+    clippy::duplicate_mod,
+    reason = "each server example includes the shared accept loop (examples/common) as its own \
+              module, as its own program does"
+)]
 #[path = "../../engine/examples/accept_server.rs"]
 mod accept_server;
 
