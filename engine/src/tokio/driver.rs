@@ -80,6 +80,7 @@ impl Driver {
                 fanout,
                 fanout_waker,
                 round: Cell::new(0),
+                handles: Cell::new(0),
                 timer: RefCell::new(None),
                 closing: RefCell::new(Vec::new()),
             }),
@@ -252,6 +253,9 @@ pub(crate) struct Shared {
     /// ready tasks make meanwhile join the same submission, and only the first flusher back in
     /// a round submits.
     pub(crate) round: Cell<u64>,
+    /// Sender handles alive (clones included): with one, no other task can add writes to a
+    /// flush's batch, so the flush does not yield.
+    pub(crate) handles: Cell<usize>,
     /// The engine's backoff timer ([`Engine::next_timeout`]).
     timer: RefCell<Option<Pin<Box<Sleep>>>>,
     /// Sockets whose last sender was dropped with writes still queued: closed once drained.

@@ -27,7 +27,8 @@ use crate::{Error, FlushReport, SocketId};
 ///   limits but the chunk being filled and the one buffer the limit last refused.
 /// - [`AsyncWrite::poll_flush`] is the flush barrier: ready once every write accepted before it
 ///   is terminal, or with the stream's first error. It yields once before submitting, so that
-///   the writes other ready tasks make meanwhile go to the kernel in the same batch.
+///   the writes other ready tasks make meanwhile go to the kernel in the same batch (unless
+///   this is the engine's only sender handle: then no other task can write through it).
 /// - [`AsyncWrite::poll_shutdown`] flushes, then half-closes (`shutdown(SHUT_WR)`): the peer
 ///   reads every accepted byte, then EOF.
 ///
@@ -64,8 +65,8 @@ impl Clone for TcpSender {
 impl TcpSender {
     pub(crate) fn new(sock: Rc<Sock>) -> TcpSender {
         TcpSender {
+            flush: FlushState::new(&sock.shared),
             sock,
-            flush: FlushState::default(),
         }
     }
 
