@@ -153,13 +153,13 @@ fn write_small(
 ) -> Result<(), String> {
     let mut wr = engine.writer(id).map_err(|e| e.to_string())?;
     for _ in 0..n {
-        let b = w.next(peer);
-        if let Err(e) = wr.write(&b) {
+        let b = w.next_slice(peer);
+        if let Err(e) = wr.write(b) {
             if !e.is_backpressure() {
                 return Err(e.to_string());
             }
             wr.flush().map_err(|e| e.to_string())?;
-            wr.write(&b).map_err(|e| e.to_string())?;
+            wr.write(b).map_err(|e| e.to_string())?;
         }
     }
     Ok(())
