@@ -30,6 +30,7 @@ mod raw;
 pub mod receiver;
 mod report;
 pub mod scenario;
+mod threads;
 mod tokio;
 mod tokio_uring;
 mod volley;
@@ -241,6 +242,10 @@ pub struct BenchOpts {
     /// buffer instead of being segmented in the sender's softirq — what a NIC with UDP
     /// segmentation offload and a GRO peer give. Off by default.
     pub udp_gro: bool,
+    /// Sender threads per method (`--threads`, repeatable; empty: 1): each thread runs its
+    /// own copy of the scenario (sockets, receivers, engine), see [`threads`]. Several counts
+    /// run side by side, rounds interleaved, for the scaling.
+    pub threads: Vec<usize>,
 }
 
 /// One method's send loop over its own sockets.
@@ -312,6 +317,8 @@ pub enum Outcome {
 /// One timed round of one method.
 #[derive(Debug, Clone, Copy)]
 struct RoundStat {
+    /// When the timed section began.
+    start: Instant,
     messages: u64,
     bytes: u64,
     ns: u64,
@@ -339,9 +346,70 @@ impl std::fmt::Debug for Runner {
     }
 }
 
+impl RoundStat {
+    /// The round of several threads that ran at once: their messages, bytes and transitions
+    /// summed over the span from the first start to the last end.
+    fn aggregate(stats: &[RoundStat]) -> RoundStat {
+        let start = stats.iter().map(|s| s.start).min();
+        let end = stats
+            .iter()
+            .map(|s| s.start + Duration::from_nanos(s.ns))
+            .max();
+        let sum = |f: fn(&RoundStat) -> Option<u64>| stats.iter().map(f).sum::<Option<u64>>();
+        let ns = match (start, end) {
+            (Some(a), Some(b)) => u64::try_from((b - a).as_nanos()).unwrap_or(u64::MAX),
+            _ => 1,
+        };
+        RoundStat {
+            start: start.unwrap_or_else(Instant::now),
+            messages: stats.iter().map(|s| s.messages).sum(),
+            bytes: stats.iter().map(|s| s.bytes).sum(),
+            ns: ns.max(1),
+            transitions: sum(|s| s.transitions),
+            own_transitions: sum(|s| s.own_transitions),
+        }
+    }
+}
+
+/// A method's senders: on the bench thread, or on N threads of their own (`--threads`).
+enum Lanes {
+    One(Runner),
+    Many(threads::Group),
+}
+
+impl Lanes {
+    fn build(
+        name: MethodName,
+        spec: Spec,
+        payload: &Payload,
+        threads: usize,
+    ) -> Result<Lanes, Outcome> {
+        if threads == 1 {
+            build(name, spec, payload).map(Lanes::One)
+        } else {
+            threads::Group::start(name, spec, payload, threads).map(Lanes::Many)
+        }
+    }
+
+    /// [`run_verified`] on every thread.
+    fn run(
+        &mut self,
+        spec: Spec,
+        batches: usize,
+        hist: &mut Histogram<u64>,
+        counter: Option<&mut SyscallCounter>,
+    ) -> Result<RoundStat, String> {
+        match self {
+            Lanes::One(r) => run_verified(r, spec, batches, hist, counter),
+            Lanes::Many(g) => g.run(batches, counter.is_some(), hist),
+        }
+    }
+}
+
 struct Entry {
     name: MethodName,
-    runner: Option<Runner>,
+    threads: usize,
+    runner: Option<Lanes>,
     outcome: Outcome,
     rounds: Vec<RoundStat>,
     hist: Histogram<u64>,
@@ -391,6 +459,9 @@ pub struct Row {
     pub floor: Option<&'static str>,
     /// messages/s ÷ the floor's messages/s.
     pub ratio_to_floor: Option<f64>,
+    /// Sender threads, each with its own sockets, receivers and engine (`--threads`); the
+    /// rates are their sum.
+    pub threads: usize,
     /// Whether every round ran and verified.
     pub ok: bool,
     /// "ok", "n/a" or "failed".
@@ -519,6 +590,7 @@ fn run_verified(
     r.rx.verify().map_err(|e| format!("verification: {e}"))?;
     let messages = per_peer * spec.peers as u64;
     Ok(RoundStat {
+        start: t0,
         messages,
         bytes: messages * spec.msg_size as u64,
         ns: ns.max(1),
@@ -530,21 +602,24 @@ fn run_verified(
 fn run_scenario(
     spec: Spec,
     methods: &[MethodName],
+    threads: &[usize],
     plan: Plan,
     counter: &mut Option<SyscallCounter>,
     pb: &ProgressBar,
 ) -> Vec<Row> {
     let payload = Payload::new(spec.msg_size);
     let max_batches = (spec.max_round_messages / spec.batch_messages()).max(1);
-    let mut entries: Vec<Entry> = methods
+    let mut entries: Vec<Entry> = threads
         .iter()
-        .map(|&name| {
-            let (runner, outcome) = match build(name, spec, &payload) {
+        .flat_map(|&t| methods.iter().map(move |&name| (t, name)))
+        .map(|(threads, name)| {
+            let (runner, outcome) = match Lanes::build(name, spec, &payload, threads) {
                 Ok(r) => (Some(r), Outcome::Ok),
                 Err(o) => (None, o),
             };
             Entry {
                 name,
+                threads,
                 runner,
                 outcome,
                 rounds: Vec::new(),
@@ -566,7 +641,7 @@ fn run_scenario(
         let mut k = 1usize;
         // (nanoseconds, batches) of the last warm-up run.
         let measured = loop {
-            match run_verified(r, spec, k, &mut scratch, None) {
+            match r.run(spec, k, &mut scratch, None) {
                 Ok(s) => {
                     if Duration::from_nanos(s.ns) >= plan.warm_min || k >= max_batches {
                         break Some((s.ns, k));
@@ -603,7 +678,7 @@ fn run_scenario(
                 round + 1,
                 plan.rounds
             ));
-            match run_verified(r, spec, e.batches_per_round, &mut e.hist, counter.as_mut()) {
+            match r.run(spec, e.batches_per_round, &mut e.hist, counter.as_mut()) {
                 Ok(s) => e.rounds.push(s),
                 Err(why) => {
                     let left = plan.rounds - round - 1;
@@ -616,7 +691,10 @@ fn run_scenario(
     }
 
     let mut rows: Vec<Row> = entries.into_iter().map(|e| row(spec, e)).collect();
-    set_ratios(&mut rows);
+    // Ratios within one thread count: the entries are grouped by it.
+    for group in rows.chunk_by_mut(|a, b| a.threads == b.threads) {
+        set_ratios(group);
+    }
     rows
 }
 
@@ -697,6 +775,7 @@ fn row(spec: Spec, e: Entry) -> Row {
         ratio_to_best_peer: None,
         floor: None,
         ratio_to_floor: None,
+        threads: e.threads,
         ok,
         status,
         error,
@@ -731,6 +810,14 @@ pub fn run(opts: &BenchOpts) -> Result<(), String> {
     if plan.rounds == 0 {
         return Err("--rounds must be at least 1".into());
     }
+    let threads = if opts.threads.is_empty() {
+        vec![1]
+    } else {
+        dedup(&opts.threads)
+    };
+    if threads.contains(&0) {
+        return Err("--threads must be at least 1".into());
+    }
     let scenarios = if opts.scenarios.is_empty() {
         ScenarioName::ALL.to_vec()
     } else {
@@ -748,14 +835,14 @@ pub fn run(opts: &BenchOpts) -> Result<(), String> {
         ),
         Err(e) => (None, format!("n/a ({e})")),
     };
-    let header = report::header(&plan_text(opts, plan), &counter_note);
+    let header = report::header(&plan_text(opts, plan, &threads), &counter_note);
     if opts.json {
         eprintln!("{header}");
     } else {
         say(&header)?;
     }
 
-    let total = (scenarios.len() * methods.len() * (plan.rounds + 1)) as u64;
+    let total = (scenarios.len() * methods.len() * threads.len() * (plan.rounds + 1)) as u64;
     let pb = if std::io::stderr().is_terminal() {
         let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
         if let Ok(style) =
@@ -772,15 +859,24 @@ pub fn run(opts: &BenchOpts) -> Result<(), String> {
     for &name in &scenarios {
         let mut spec = Spec::new(name, opts.batch, opts.quick);
         spec.udp_gro = opts.udp_gro;
-        let rows = run_scenario(spec, &methods, plan, &mut counter, &pb);
+        let rows = run_scenario(spec, &methods, &threads, plan, &mut counter, &pb);
         if !opts.json {
             pb.suspend(|| say(&format!("\n{}", report::table(spec, plan.rounds, &rows))))?;
+            for line in report::scaling(&rows) {
+                pb.suspend(|| say(&line))?;
+            }
         }
         all.extend(rows);
     }
     pb.finish_and_clear();
 
-    let targets = report::targets(&all);
+    // The targets are set for one sender thread.
+    let targets = report::targets(
+        &all.iter()
+            .filter(|r| r.threads == threads[0])
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
     if opts.json {
         let text = serde_json::to_string_pretty(&all).map_err(|e| format!("json: {e}"))?;
         say(&text)?;
@@ -798,13 +894,22 @@ pub fn run(opts: &BenchOpts) -> Result<(), String> {
     Ok(())
 }
 
-fn plan_text(opts: &BenchOpts, plan: Plan) -> String {
-    format!(
+fn plan_text(opts: &BenchOpts, plan: Plan, threads: &[usize]) -> String {
+    let mut text = format!(
         "{} run: {} timed rounds per method (interleaved, rotating order), ~{} ms per round, medians",
         if opts.quick { "quick" } else { "full" },
         plan.rounds,
         plan.round_target.as_millis()
-    )
+    );
+    if threads != [1] {
+        let list: Vec<String> = threads.iter().map(ToString::to_string).collect();
+        text.push_str(&format!(
+            "\n  threads: {} sender thread(s) per method, each with its own sockets, receivers \
+             and engine (a copy of the scenario); rates are the sum over the threads",
+            list.join(", ")
+        ));
+    }
+    text
 }
 
 fn dedup<T: PartialEq + Copy>(v: &[T]) -> Vec<T> {
@@ -848,6 +953,65 @@ mod tests {
         }
     }
 
+    /// `--threads 2`: two threads, each with its own sockets, receivers and (for volley) engine,
+    /// send at once, and every thread's receivers verify every byte (datagram) it sent; the
+    /// aggregate round counts both threads' messages. On a TCP and a UDP scenario, for the
+    /// blocking engine, the tokio adapters and a peer.
+    #[test]
+    fn two_threads_each_verify_their_own_receivers() {
+        for scenario in [ScenarioName::TcpSmall, ScenarioName::UdpFanout] {
+            let spec = Spec::new(scenario, None, true);
+            let payload = Payload::new(spec.msg_size);
+            for name in [MethodName::Epoll, MethodName::UringTokio, MethodName::Naive] {
+                let what = format!("{} {} ×2", scenario.name(), name.name());
+                let mut lanes = match Lanes::build(name, spec, &payload, 2) {
+                    Ok(l) => l,
+                    Err(Outcome::NotApplicable(why)) if why.contains("io_uring") => {
+                        println!("SKIP: {what}: {why}");
+                        continue;
+                    }
+                    Err(o) => panic!("{what}: {o:?}"),
+                };
+                assert!(matches!(lanes, Lanes::Many(_)), "{what}: not on threads");
+                let mut hist = histogram();
+                for round in 0..2 {
+                    let s = lanes
+                        .run(spec, 3, &mut hist, None)
+                        .unwrap_or_else(|e| panic!("{what} round {round}: {e}"));
+                    let want = 2 * 3 * spec.batch_messages() as u64;
+                    assert_eq!(s.messages, want, "{what}: messages of both threads");
+                    assert_eq!(s.bytes, want * spec.msg_size as u64, "{what}: bytes");
+                }
+                assert_eq!(
+                    hist.len(),
+                    2 * 2 * 3,
+                    "{what}: every batch of both threads timed"
+                );
+            }
+        }
+    }
+
+    /// Two threads' rounds: the sums over the span from the first start to the last end.
+    #[test]
+    fn aggregate_round_spans_first_start_to_last_end() {
+        let t = Instant::now();
+        let at = |ms: u64, len_ms: u64, m: u64, tr: Option<u64>| RoundStat {
+            start: t + Duration::from_millis(ms),
+            messages: m,
+            bytes: m * 10,
+            ns: len_ms * 1_000_000,
+            transitions: tr,
+            own_transitions: None,
+        };
+        let s = RoundStat::aggregate(&[at(0, 10, 100, Some(5)), at(2, 10, 50, Some(7))]);
+        assert_eq!(s.messages, 150);
+        assert_eq!(s.bytes, 1500);
+        assert_eq!(s.ns, 12_000_000);
+        assert_eq!(s.transitions, Some(12));
+        let s = RoundStat::aggregate(&[at(0, 10, 1, Some(5)), at(0, 10, 1, None)]);
+        assert_eq!(s.transitions, None, "a thread without a count: no sum");
+    }
+
     fn row(method: MethodName, mps: Option<f64>) -> Row {
         Row {
             scenario: "s",
@@ -866,6 +1030,7 @@ mod tests {
             ratio_to_best_peer: None,
             floor: None,
             ratio_to_floor: None,
+            threads: 1,
             ok: mps.is_some(),
             status: if mps.is_some() { "ok" } else { "failed" },
             error: None,

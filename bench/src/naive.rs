@@ -68,8 +68,8 @@ impl<W: Write> Method for Naive<W> {
             (Kind::Tcp, _) => {
                 for (peer, s) in self.tcp.iter_mut().enumerate() {
                     for _ in 0..spec.per_peer {
-                        let b = w.next(peer);
-                        s.write_all(&b).map_err(|e| format!("write: {e}"))?;
+                        s.write_all(w.next_slice(peer))
+                            .map_err(|e| format!("write: {e}"))?;
                     }
                 }
                 if self.buffered {

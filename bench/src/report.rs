@@ -175,7 +175,7 @@ pub fn table(spec: Spec, rounds: usize, rows: &[Row]) -> String {
         let (a, b) = if bytes_first { (mb, msgs) } else { (msgs, mb) };
         let ratio = |v: Option<f64>| dash(opt(v, |v| format!("{v:.2}×")));
         cells.push(vec![
-            r.method.to_string(),
+            label(r),
             a,
             b,
             if r.ok && r.transitions_per_message.is_none() {
@@ -198,14 +198,16 @@ pub fn table(spec: Spec, rounds: usize, rows: &[Row]) -> String {
         ]);
     }
     out.push_str(&align(&cells));
-    let named = |name: Option<&str>| {
-        name.and_then(|n| rows.iter().find(|r| r.method == n))
-            .map_or_else(
-                || "none ran".to_string(),
-                |r| format!("{} ({} msgs/s)", r.method, opt(r.messages_per_sec, si)),
-            )
-    };
-    if let Some(first) = rows.first() {
+    // One line per thread count (the ratios are within one).
+    for group in rows.chunk_by(|a, b| a.threads == b.threads) {
+        let named = |name: Option<&str>| {
+            name.and_then(|n| group.iter().find(|r| r.method == n))
+                .map_or_else(
+                    || "none ran".to_string(),
+                    |r| format!("{} ({} msgs/s)", label(r), opt(r.messages_per_sec, si)),
+                )
+        };
+        let first = &group[0];
         out.push_str(&format!(
             "best peer: {}; floor: {}\n",
             named(first.best_peer),
@@ -218,7 +220,7 @@ pub fn table(spec: Spec, rounds: usize, rows: &[Row]) -> String {
             if (k - own).abs() > 0.1 * k.max(own) + 1e-9 {
                 out.push_str(&format!(
                     "note: {} counts {own:.4} transitions/msg itself, the kernel saw {k:.4}\n",
-                    r.method
+                    label(r)
                 ));
             }
         }
@@ -307,6 +309,52 @@ fn all_targets() -> Vec<Target> {
         with_gro(true, target("udp-gso", "uring", rate("quinn-udp", 1.0))),
     ]);
     all
+}
+
+/// The method, with its sender threads where more than one.
+fn label(r: &Row) -> String {
+    if r.threads == 1 {
+        r.method.to_string()
+    } else {
+        format!("{} ({} threads)", r.method, r.threads)
+    }
+}
+
+/// For every method that ran with several thread counts (`--threads`): its aggregate rate at
+/// each count over its rate at the smallest, measured side by side in the same rounds.
+pub fn scaling(rows: &[Row]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut methods: Vec<&str> = Vec::new();
+    for r in rows {
+        if !methods.contains(&r.method) {
+            methods.push(r.method);
+        }
+    }
+    for m in methods {
+        let runs: Vec<(usize, f64)> = rows
+            .iter()
+            .filter(|r| r.method == m && r.ok)
+            .filter_map(|r| r.messages_per_sec.map(|v| (r.threads, v)))
+            .collect();
+        let Some(&(t0, base)) = runs.iter().min_by_key(|r| r.0) else {
+            continue;
+        };
+        if runs.len() < 2 || base <= 0.0 {
+            continue;
+        }
+        let steps: Vec<String> = runs
+            .iter()
+            .filter(|r| r.0 != t0)
+            .map(|&(t, v)| format!("{t} threads {} ({:.2}×)", si(v), v / base))
+            .collect();
+        out.push(format!(
+            "scaling {m}: {t0} thread{} {} msgs/s → {}",
+            if t0 == 1 { "" } else { "s" },
+            si(base),
+            steps.join(", ")
+        ));
+    }
+    out
 }
 
 /// The targets whose scenario ran, one line each (informational): the measured value and

@@ -250,16 +250,30 @@ impl Workload {
     /// The next message for `peer`: a slice of the payload (a reference-count increment).
     #[inline]
     pub fn next(&mut self, peer: usize) -> Bytes {
-        let size = self.payload.size;
+        let (pos, size) = (self.advance(peer), self.payload.size);
+        self.payload.big.slice(pos..pos + size)
+    }
+
+    /// The next message for `peer`, borrowed from the payload: for the methods whose writer
+    /// takes `&[u8]` (`io::Write`, `AsyncWrite`) and copies or sends it at once, so that no
+    /// method pays for a `Bytes` it does not need.
+    #[inline]
+    pub fn next_slice(&mut self, peer: usize) -> &[u8] {
+        let (pos, size) = (self.advance(peer), self.payload.size);
+        &self.payload.big[pos..pos + size]
+    }
+
+    /// Moves `peer`'s cursor one message on; returns where that message starts.
+    #[inline]
+    fn advance(&mut self, peer: usize) -> usize {
         let pos = self.cursors[peer];
-        let b = self.payload.big.slice(pos..pos + size);
-        let next = pos + size;
+        let next = pos + self.payload.size;
         self.cursors[peer] = if next == self.payload.big.len() {
             0
         } else {
             next
         };
-        b
+        pos
     }
 
     /// Takes the next `n` messages for `peer` without slicing them out (for methods that

@@ -96,14 +96,7 @@ impl<W: AsyncWrite + Unpin> Method for Tokio<W> {
         rt.block_on(async {
             match (spec.kind, &*udp) {
                 (Kind::Tcp, _) => {
-                    for (peer, s) in tcp.iter_mut().enumerate() {
-                        for _ in 0..spec.per_peer {
-                            let b = w.next(peer);
-                            s.write_all(&b)
-                                .await
-                                .map_err(|e| format!("write_all: {e}"))?;
-                        }
-                    }
+                    write_each(tcp, w).await?;
                     if *buffered {
                         for s in tcp.iter_mut() {
                             s.flush().await.map_err(|e| format!("flush: {e}"))?;
@@ -136,4 +129,22 @@ impl<W: AsyncWrite + Unpin> Method for Tokio<W> {
             Ok(())
         })
     }
+}
+
+/// The TCP part of a batch for every `AsyncWrite` method (`tokio`, `tokio-bufwriter`,
+/// `epoll-tokio`, `uring-tokio`): `write_all` of each message, peer by peer, the bytes
+/// borrowed from the payload as any caller of `write_all` hands them over.
+pub(crate) async fn write_each<W: AsyncWrite + Unpin>(
+    tcp: &mut [W],
+    w: &mut Workload,
+) -> Result<(), String> {
+    let per_peer = w.spec.per_peer;
+    for (peer, s) in tcp.iter_mut().enumerate() {
+        for _ in 0..per_peer {
+            s.write_all(w.next_slice(peer))
+                .await
+                .map_err(|e| format!("write_all: {e}"))?;
+        }
+    }
+    Ok(())
 }

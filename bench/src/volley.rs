@@ -35,9 +35,12 @@ impl Volley {
         let ids = match conns {
             Conns::Tcp(streams) => streams
                 .into_iter()
-                .map(|s| engine.register_tcp(s))
+                .map(|s| engine.register_tcp(s).map_err(Error::from))
                 .collect::<Result<Vec<_>, _>>(),
-            Conns::Udp(u) => engine.register_udp(u).map(|id| vec![id]),
+            Conns::Udp(u) => engine
+                .register_udp(u)
+                .map(|id| vec![id])
+                .map_err(Error::from),
         }?;
         Ok(Volley {
             engine,
@@ -150,13 +153,13 @@ fn write_small(
 ) -> Result<(), String> {
     let mut wr = engine.writer(id).map_err(|e| e.to_string())?;
     for _ in 0..n {
-        let b = w.next(peer);
-        if let Err(e) = wr.write(&b) {
+        let b = w.next_slice(peer);
+        if let Err(e) = wr.write(b) {
             if !e.is_backpressure() {
                 return Err(e.to_string());
             }
             wr.flush().map_err(|e| e.to_string())?;
-            wr.write(&b).map_err(|e| e.to_string())?;
+            wr.write(b).map_err(|e| e.to_string())?;
         }
     }
     Ok(())

@@ -4,7 +4,6 @@
 //! `flush().await` (the barrier) per socket per batch. UDP: `feed` per datagram on a
 //! `UdpSender` (`Sink`) and one flush per batch.
 
-use ::tokio::io::AsyncWriteExt;
 use ::tokio::runtime::{Builder, Runtime};
 use ::volley::tokio::{Driver, TcpSender, UdpSender};
 use ::volley::{Backend, Engine, Error};
@@ -72,14 +71,7 @@ impl Method for VolleyTokio {
         rt.block_on(async {
             match (spec.kind, udp) {
                 (Kind::Tcp, _) => {
-                    for (peer, s) in tcp.iter_mut().enumerate() {
-                        for _ in 0..spec.per_peer {
-                            let b = w.next(peer);
-                            s.write_all(&b)
-                                .await
-                                .map_err(|e| format!("write_all: {e}"))?;
-                        }
-                    }
+                    crate::tokio::write_each(tcp, w).await?;
                     for s in tcp.iter_mut() {
                         s.flush().await.map_err(|e| format!("flush: {e}"))?;
                     }

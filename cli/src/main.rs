@@ -99,6 +99,11 @@ enum Cmd {
         /// the per-datagram segmentation and receive work of loopback).
         #[arg(long)]
         udp_gro: bool,
+        /// Sender threads per method, each with its own sockets, receivers and engine (one
+        /// engine per core; rates are the sum). Repeatable: several counts run side by side,
+        /// with the scaling (default 1).
+        #[arg(long = "threads")]
+        threads: Vec<usize>,
     },
     /// VPN-style tunnel: TUN packets to the peer as UDP datagrams (batched through the engine),
     /// the peer's datagrams into the TUN device. Runs until SIGINT/SIGTERM; prints a summary.
@@ -172,6 +177,7 @@ fn main() -> ExitCode {
             rounds,
             batch,
             udp_gro,
+            threads,
         } => volley_bench::run(&volley_bench::BenchOpts {
             quick,
             json,
@@ -180,6 +186,7 @@ fn main() -> ExitCode {
             rounds,
             batch,
             udp_gro,
+            threads,
         }),
         Cmd::Tunnel {
             tun,

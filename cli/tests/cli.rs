@@ -469,3 +469,51 @@ fn bench_json_udp_gso_rows_verify() {
         assert_eq!(r["status"], "n/a", "tcp-small/{m}: {r}");
     }
 }
+
+/// `volley bench --threads 1 --threads 2`: both counts run side by side on tcp-small, each
+/// thread on its own connection, receiver and engine; every row verifies (`ok`), the
+/// two-thread rows say so, and the table reports the scaling.
+#[test]
+fn bench_threads_rows_verify_and_scale() {
+    let args = [
+        "bench",
+        "--quick",
+        "--rounds",
+        "2",
+        "--scenario",
+        "tcp-small",
+        "--method",
+        "epoll",
+        "--method",
+        "naive",
+        "--threads",
+        "1",
+        "--threads",
+        "2",
+    ];
+    let mut cmd = volley();
+    cmd.args(args).arg("--json");
+    let o = run(cmd, None);
+    assert!(o.status.success(), "bench failed: {}", stderr_of(&o));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).expect("bench JSON");
+    for m in ["epoll", "naive"] {
+        for t in [1, 2] {
+            let r = rows
+                .iter()
+                .find(|r| r["method"] == m && r["threads"] == t)
+                .unwrap_or_else(|| panic!("no row for {m} × {t} threads"));
+            assert_eq!(r["status"], "ok", "{m} × {t}: {r}");
+            assert!(
+                r["messages_per_sec"].as_f64().is_some_and(|v| v > 0.0),
+                "{r}"
+            );
+        }
+    }
+    let mut cmd = volley();
+    cmd.args(args);
+    let o = run(cmd, None);
+    assert!(o.status.success(), "bench failed: {}", stderr_of(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("epoll (2 threads)"), "{out}");
+    assert!(out.contains("scaling epoll: 1 thread "), "{out}");
+}

@@ -14,8 +14,11 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::{JoinSet, LocalSet};
+use tokio::task::LocalSet;
 use volley::tokio::Driver;
+
+#[path = "common/serve_tcp.rs"]
+mod serve_tcp;
 
 /// The end-of-message marker of the .NET sample.
 const MARKER: &[u8] = b"<EOF>";
@@ -49,27 +52,10 @@ pub async fn serve(
     driver: Driver,
     stop: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut conns = JoinSet::new();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            r = listener.accept() => {
-                let (stream, peer) = r?;
-                let (driver, stop) = (driver.clone(), stop_rx.clone());
-                conns.spawn_local(async move {
-                    if let Err(e) = answer(&driver, stream, stop).await {
-                        eprintln!("{peer}: {e}");
-                    }
-                });
-            }
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            () = &mut stop => break,
-        }
-    }
-    let _ = stop_tx.send(true);
-    while conns.join_next().await.is_some() {}
-    Ok(())
+    serve_tcp::serve_each(listener, driver, stop, |driver, stream, stop| async move {
+        answer(&driver, stream, stop).await
+    })
+    .await
 }
 
 /// Answers every complete message on one connection until the peer closes it (or the stop

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::core::{Clock, Config, Core, DgramQueue, Event, Planned, Queue, StreamQueue};
-use crate::error::{Error, SendError, Unreachable};
+use crate::error::{Error, RegisterError, SendError, Unreachable};
 use crate::report::{FlushAllReport, FlushReport};
 use crate::stats::Stats;
 use crate::sys::uring::{FastPaths, UringFeatures};
-use crate::sys::{self, AnyDriver, Driver, Wait};
+use crate::sys::{self, AnyDriver, Driver, FdKind, Wait};
 use crate::SocketId;
 
 /// Which backend to ask for.
@@ -472,6 +472,8 @@ impl Engine {
         static NONE: UringFeatures = UringFeatures {
             enabled: Vec::new(),
             refused: Vec::new(),
+            kernel: Vec::new(),
+            kernel_missing: Vec::new(),
         };
         match &self.driver {
             AnyDriver::Uring(u) => u.features(),
@@ -484,18 +486,23 @@ impl Engine {
         self.core.cfg.gso
     }
 
+    /// Takes `fd`; a refusal hands it back.
     fn add(
         &mut self,
         fd: OwnedFd,
         peer: Option<SocketAddr>,
         queue: Queue,
-    ) -> Result<SocketId, Error> {
+    ) -> Result<SocketId, (Error, OwnedFd)> {
         let raw = fd.as_raw_fd();
-        let stream = matches!(queue, Queue::Stream(_));
+        let kind = match queue {
+            Queue::Stream(_) => FdKind::Stream,
+            Queue::Dgram(_) => FdKind::Dgram,
+            Queue::Packet(_) => FdKind::Packet,
+        };
         let id = self.core.add_socket(raw, peer, queue);
-        if let Err(e) = self.driver.register(id.index, raw, stream) {
+        if let Err(e) = self.driver.register(id.index, raw, kind) {
             let _ = self.core.remove_socket(id, 0);
-            return Err(e);
+            return Err((e, fd));
         }
         let i = id.index as usize;
         if self.fds.len() <= i {
@@ -509,10 +516,24 @@ impl Engine {
     /// backend) until [`Engine::close`] hands it back.
     ///
     /// # Errors
-    /// [`Error::Io`] when the socket cannot be registered.
-    pub fn register_tcp(&mut self, stream: TcpStream) -> Result<SocketId, Error> {
+    /// A refusal hands the stream back, open ([`RegisterError::into_inner`]):
+    /// [`Error::UnsuitableSocket`] when it is not a connected TCP socket (a `TcpStream` can be
+    /// made from any descriptor: a UDP socket, a listening or unconnected TCP socket);
+    /// [`Error::Io`] when the backend cannot take it.
+    pub fn register_tcp(
+        &mut self,
+        stream: TcpStream,
+    ) -> Result<SocketId, RegisterError<TcpStream>> {
+        if let Err(found) = sys::probe::unsuitable_socket(stream.as_fd(), true) {
+            let error = Error::UnsuitableSocket {
+                expected: "a connected TCP socket",
+                found,
+            };
+            return Err(RegisterError::new(error, stream));
+        }
         let peer = stream.peer_addr().ok();
         self.add(stream.into(), peer, Queue::Stream(StreamQueue::default()))
+            .map_err(|(e, fd)| RegisterError::new(e, TcpStream::from(fd)))
     }
 
     /// Takes a UDP socket: connected (use [`Engine::send`]) or not (use [`Engine::send_to`]).
@@ -523,16 +544,64 @@ impl Engine {
     /// ([`Error::BadDestination`]). Set `IPV6_V6ONLY` before registering, not after.
     ///
     /// # Errors
-    /// As [`Engine::register_tcp`].
-    pub fn register_udp(&mut self, socket: UdpSocket) -> Result<SocketId, Error> {
+    /// A refusal hands the socket back, open ([`RegisterError::into_inner`]):
+    /// [`Error::UnsuitableSocket`] when it is not an IPv4 or IPv6 UDP socket; [`Error::Io`]
+    /// when the backend cannot take it.
+    pub fn register_udp(
+        &mut self,
+        socket: UdpSocket,
+    ) -> Result<SocketId, RegisterError<UdpSocket>> {
+        if let Err(found) = sys::probe::unsuitable_socket(socket.as_fd(), false) {
+            let error = Error::UnsuitableSocket {
+                expected: "a UDP socket",
+                found,
+            };
+            return Err(RegisterError::new(error, socket));
+        }
         let peer = socket.peer_addr().ok();
         let gso = self.core.cfg.gso;
         let (v6, v6only) = sys::msg::udp_family(&socket);
-        let recverr = self.core.cfg.recverr && sys::msg::set_recverr(socket.as_raw_fd(), v6);
-        let id = self.add(socket.into(), peer, Queue::Dgram(DgramQueue::new(gso)))?;
-        self.core.set_recverr(id, recverr)?;
-        self.core.set_family(id, v6, v6only)?;
+        let raw = socket.as_raw_fd();
+        let id = self
+            .add(socket.into(), peer, Queue::Dgram(DgramQueue::new(gso)))
+            .map_err(|(e, fd)| RegisterError::new(e, UdpSocket::from(fd)))?;
+        let recverr = self.core.cfg.recverr && sys::msg::set_recverr(raw, v6);
+        // The socket was just added: these cannot fail.
+        let _ = self.core.set_recverr(id, recverr);
+        let _ = self.core.set_family(id, v6, v6only);
         Ok(id)
+    }
+
+    /// Takes a *packet descriptor*: any descriptor on which one `write(2)` is one packet — a
+    /// TUN/TAP device (`/dev/net/tun` after `TUNSETIFF`), a pipe in packet mode (`O_DIRECT`),
+    /// a character device with message semantics. The engine owns it (and sets its mode for
+    /// the backend: `O_NONBLOCK` on both) until [`Engine::close`] hands it back. The flag
+    /// belongs to the open file: a `dup` of the descriptor kept for reading becomes
+    /// non-blocking too.
+    ///
+    /// [`Engine::send`] queues one packet; each goes out as its own `write(2)` (io_uring:
+    /// `IORING_OP_WRITE`), never merged with another and never split, several in flight at once
+    /// (up to `max_in_flight_per_socket`, as one linked chain on io_uring) and all
+    /// descriptors' packets in one submission. [`Engine::send_to`] is refused
+    /// ([`Error::WrongSocketKind`]). Queue limits, backpressure, flushes, `close`, `abort` and
+    /// drop work as for sockets. Packets leave in the order they were queued, also while they
+    /// wait for room (only one the kernel answers `EINTR` goes again behind the others).
+    ///
+    /// Outcomes, counted in the flush report per packet like datagrams: a packet the kernel
+    /// refuses fails alone with its status (`EIO`: [`crate::Status::InputOutput`], what a TUN
+    /// device answers while its interface is down; `EINVAL`: a malformed packet, e.g. not IPv4
+    /// or IPv6 on a TUN device with `IFF_NO_PI`; `EMSGSIZE`, `ENOBUFS`, …) and the descriptor
+    /// stays usable; a short write fails that packet ([`crate::Status::ShortWrite`], the rest
+    /// is never written). A device that is gone (`EBADFD` from a deleted TUN device, `ENODEV`,
+    /// `ENXIO`, `EBADF`) poisons the descriptor: queued packets fail with that error, later
+    /// sends are refused with it, and flushes raise it ([`crate::Status::DeviceGone`]).
+    ///
+    /// # Errors
+    /// A refusal hands the descriptor back, open ([`RegisterError::into_inner`]): [`Error::Io`]
+    /// when it cannot be registered (its flags cannot be set).
+    pub fn register_packet(&mut self, fd: OwnedFd) -> Result<SocketId, RegisterError<OwnedFd>> {
+        self.add(fd, None, Queue::Packet(DgramQueue::new(false)))
+            .map_err(|(e, fd)| RegisterError::new(e, fd))
     }
 
     /// Takes the *peer errors* the kernel reported since the last call about datagrams this
@@ -587,8 +656,9 @@ impl Engine {
         }
     }
 
-    /// Queues a write on a TCP stream or a connected UDP socket and returns at once. Nothing is
-    /// sent until [`Engine::submit`], [`Engine::try_flush`] or a flush.
+    /// Queues a write on a TCP stream, a connected UDP socket or a packet descriptor (one
+    /// packet: [`Engine::register_packet`]) and returns at once. Nothing is sent until
+    /// [`Engine::submit`], [`Engine::try_flush`] or a flush.
     ///
     /// # Errors
     /// A refused write hands the buffer back ([`SendError::into_inner`]), unsent:
@@ -645,6 +715,8 @@ impl Engine {
                 for &(dest, errno) in &self.errq {
                     self.core.peer_error(idx, dest, errno);
                 }
+                let now_ns = self.driver.now_ns();
+                self.core.errqueue_read(idx, self.errq.len(), now_ns);
             }
             while let Some((idx, fd)) = self.core.take_watch() {
                 if let Err(e) = self.driver.watch_writable(idx, fd, &mut self.events) {
@@ -671,6 +743,7 @@ impl Engine {
                 self.core.poll_timers(self.driver.now_ns());
             }
             self.batch.clear();
+            self.core.begin_round();
             while let Some(p) = self.core.next_op() {
                 self.batch.push(p);
             }
@@ -678,6 +751,10 @@ impl Engine {
                 return Ok(());
             }
             let issued = self.driver.issue(&self.core, &self.batch, &mut self.events);
+            while let Some((idx, fd, n)) = self.core.take_errq_after() {
+                self.driver
+                    .read_errqueue_after(idx, fd, n, &mut self.events);
+            }
             self.absorb()?;
             issued?;
         }
@@ -686,6 +763,21 @@ impl Engine {
     fn enter(&mut self, wait: Wait) -> Result<(), Error> {
         let entered = self.driver.enter(wait, &mut self.events);
         self.absorb()?;
+        if let Err(Error::Io {
+            errno: libc::EBADR, ..
+        }) = entered
+        {
+            // The kernel dropped completions (io_uring CQ overflow): which ops still in flight
+            // ended is unknown, and one whose completion was lost would stay pending forever.
+            // Every op in flight is cancelled by its token: one still in the kernel ends
+            // (cancelled, or with its result); one that is not there any more ends with
+            // `CompletionLost` (the driver reports it), its memory then free of the kernel.
+            self.core.stats.completion_losses += 1;
+            let tokens = self.core.in_flight_tokens(None);
+            let cancelled = self.driver.cancel(&tokens, &mut self.events);
+            self.absorb()?;
+            return cancelled;
+        }
         entered
     }
 
@@ -769,10 +861,8 @@ impl Engine {
         }
         self.core.set_barrier(id, None)?;
         let report = self.core.take_report(id)?;
-        if self.core.is_stream(id)? {
-            if let Some(e) = &report.first_error {
-                return Err(e.clone());
-            }
+        if let Some(e) = self.core.flush_error(id, &report)? {
+            return Err(e);
         }
         Ok(Some(report))
     }
@@ -803,7 +893,9 @@ impl Engine {
     /// # Errors
     /// For a TCP stream, the first error of a failed write (the socket is then poisoned, and
     /// later flushes and sends fail the same way). For UDP, per-datagram failures are counted in
-    /// the report, not raised. [`Error::FlushTimeout`] if a `flush_timeout` expired.
+    /// the report, not raised; so are a packet descriptor's, unless its device is gone (then it
+    /// is poisoned and its flushes raise that error). [`Error::FlushTimeout`] if a
+    /// `flush_timeout` expired.
     pub fn flush(&mut self, id: SocketId) -> Result<FlushReport, Error> {
         let start = self.flush_clock();
         // Covers every write accepted so far, including any a pending `try_flush` left out.
@@ -849,8 +941,8 @@ impl Engine {
         for id in ids {
             self.core.set_barrier(id, None)?;
             let r = self.core.take_report(id)?;
-            let stream = self.core.is_stream(id)?;
-            all.push(id, stream, r);
+            let raised = self.core.flush_error(id, &r)?;
+            all.push(id, raised, r);
         }
         Ok(all)
     }
@@ -930,14 +1022,21 @@ impl Engine {
     fn remove(&mut self, id: SocketId) -> Result<OwnedFd, Error> {
         let fd = self.core.sock(id)?.fd;
         self.core.cancel_queued(id, self.driver.now_ns())?;
-        if self.core.sock(id)?.in_flight > 0 {
+        let deadline = self.deadline();
+        loop {
+            let left = self.core.sock(id)?.in_flight;
+            if left == 0 {
+                break;
+            }
             let tokens = self.core.in_flight_tokens(Some(id.index));
             let cancelled = self.driver.cancel(&tokens, &mut self.events);
             self.absorb()?;
             cancelled?;
-            let deadline = self.deadline();
-            let idle = |c: &Core| c.sock(id).map(|s| s.in_flight == 0).unwrap_or(true);
-            if !self.drive_until(deadline, idle)? {
+            // Until one of them ends, then cancel the rest again: an op linked behind
+            // another (a packet chain on io_uring) cannot be cancelled before it starts,
+            // which is when the one before it ends.
+            let fewer = |c: &Core| c.sock(id).map(|s| s.in_flight < left).unwrap_or(true);
+            if !self.drive_until(deadline, fewer)? {
                 return Err(Error::FlushTimeout { socket: Some(id) });
             }
         }
@@ -984,7 +1083,7 @@ impl Engine {
     pub fn socket_gso(&self, id: SocketId) -> Result<bool, Error> {
         match &self.core.sock(id)?.queue {
             Queue::Dgram(q) => Ok(q.gso && self.core.cfg.gso),
-            Queue::Stream(_) => Err(Error::WrongSocketKind {
+            Queue::Stream(_) | Queue::Packet(_) => Err(Error::WrongSocketKind {
                 socket: id,
                 expected: "a UDP socket",
             }),
@@ -1029,9 +1128,21 @@ impl Engine {
         } else {
             Queue::Dgram(DgramQueue::new(self.core.cfg.gso))
         };
-        let id = self.add(fd, peer, queue)?;
+        let id = self.add(fd, peer, queue).map_err(|(e, _fd)| e)?;
         self.core.set_recverr(id, recverr && !stream)?;
         Ok(id)
+    }
+
+    /// Registers a simulated packet descriptor (a placeholder descriptor, as
+    /// [`Engine::register_sim`]).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the placeholder cannot be opened.
+    pub fn register_sim_packet(&mut self) -> Result<SocketId, Error> {
+        let fd: OwnedFd = std::fs::File::open("/dev/null")
+            .map_err(|e| Error::io("open(/dev/null)", &e))?
+            .into();
+        self.register_packet(fd).map_err(Error::from)
     }
 
     /// Sets the flush timeout (simulated clock).
@@ -1089,11 +1200,18 @@ impl Drop for Engine {
         if self.core.in_flight() == 0 {
             return;
         }
-        let tokens = self.core.in_flight_tokens(None);
-        let _ = self.driver.cancel(&tokens, &mut self.events);
-        let _ = self.absorb();
         let deadline = now.saturating_add(DROP_DRAIN_NS);
+        let mut left = usize::MAX;
         while self.core.in_flight() > 0 && self.driver.now_ns() < deadline {
+            if self.core.in_flight() < left {
+                // Again after each completion: an op linked behind another (a packet chain on
+                // io_uring) can be cancelled only once it started.
+                left = self.core.in_flight();
+                let tokens = self.core.in_flight_tokens(None);
+                let _ = self.driver.cancel(&tokens, &mut self.events);
+                let _ = self.absorb();
+                continue;
+            }
             if self.enter(Wait::Until(Some(deadline))).is_err() {
                 break;
             }

@@ -45,13 +45,26 @@ pub enum Status {
     InvalidInput,
     /// `ECANCELED`: the write was cancelled before it completed (socket aborted, engine dropped).
     Cancelled,
+    /// `EBADR` from io_uring: the kernel dropped the write's completion (its completion queue
+    /// overflowed), so whether it went out is unknown; a stream is poisoned.
+    CompletionLost,
     /// Any other errno; the raw value is kept in the error.
     Other,
+    /// `EIO`: an I/O error. A TUN device answers it to every write while its interface is
+    /// down (`ip link set DEV up` makes it take packets again); the packet fails alone.
+    InputOutput,
+    /// `EBADFD`, `ENODEV`, `ENXIO`: the device behind a packet descriptor is gone (a TUN/TAP
+    /// interface deleted or detached). Fatal: the descriptor is poisoned.
+    DeviceGone,
+    /// A packet descriptor took only part of a packet (`write(2)` returned fewer bytes than
+    /// the packet has). A packet is written whole or fails: the rest is never written after
+    /// it. No errno: the error's `errno` is 0 and [`Error::raw_os_error`] is `None`.
+    ShortWrite,
 }
 
 impl Status {
     /// Every status, in declaration order (for per-status tables).
-    pub const ALL: [Status; 16] = [
+    pub const ALL: [Status; 20] = [
         Status::ConnectionReset,
         Status::ConnectionRefused,
         Status::ConnectionAborted,
@@ -67,7 +80,11 @@ impl Status {
         Status::PermissionDenied,
         Status::InvalidInput,
         Status::Cancelled,
+        Status::CompletionLost,
         Status::Other,
+        Status::InputOutput,
+        Status::DeviceGone,
+        Status::ShortWrite,
     ];
 
     /// The one errno → status mapping in the crate.
@@ -90,8 +107,22 @@ impl Status {
                 Status::InvalidInput
             }
             libc::ECANCELED => Status::Cancelled,
+            libc::EBADR => Status::CompletionLost,
+            libc::EIO => Status::InputOutput,
+            libc::EBADFD | libc::ENODEV | libc::ENXIO => Status::DeviceGone,
             _ => Status::Other,
         }
+    }
+
+    /// Whether `errno` from a write on a packet descriptor means the descriptor can take no
+    /// more packets: the device was deleted or detached (`EBADFD` from TUN/TAP, `ENODEV`,
+    /// `ENXIO`) or the descriptor itself is invalid (`EBADF`). The one place that class is
+    /// decided; the core poisons the descriptor on it, as on a fatal stream error.
+    pub(crate) fn is_fd_gone(errno: i32) -> bool {
+        matches!(
+            errno,
+            libc::EBADFD | libc::EBADF | libc::ENODEV | libc::ENXIO
+        )
     }
 
     /// A short human name, e.g. "connection reset by peer".
@@ -112,7 +143,11 @@ impl Status {
             Status::PermissionDenied => "permission denied",
             Status::InvalidInput => "invalid argument",
             Status::Cancelled => "cancelled",
+            Status::CompletionLost => "completion lost (io_uring completion queue overflow)",
             Status::Other => "other error",
+            Status::InputOutput => "input/output error (a TUN device: its interface is down)",
+            Status::DeviceGone => "device gone (deleted or detached)",
+            Status::ShortWrite => "short write (the kernel took part of a packet)",
         }
     }
 
@@ -157,7 +192,7 @@ impl fmt::Display for Limit {
 ///
 /// Converts into [`io::Error`] with a kind that says what to do: misuse of the API
 /// ([`Error::WrongSocketKind`], [`Error::BufferTooLarge`], [`Error::BadDestination`],
-/// [`Error::UnknownSocket`]) is [`io::ErrorKind::InvalidInput`] — an unknown socket is the
+/// [`Error::UnsuitableSocket`], [`Error::UnknownSocket`]) is [`io::ErrorKind::InvalidInput`] — an unknown socket is the
 /// caller's mistake (a stale or foreign id), not a missing resource; [`Error::Backpressure`] is
 /// [`io::ErrorKind::WouldBlock`]; [`Error::FlushTimeout`] is [`io::ErrorKind::TimedOut`];
 /// [`Error::UringUnavailable`] is [`io::ErrorKind::Unsupported`]; errors with an errno
@@ -234,6 +269,17 @@ pub enum Error {
         /// Why, in words.
         reason: &'static str,
     },
+    /// A socket handed to [`Engine::register_tcp`](crate::Engine::register_tcp) or
+    /// [`Engine::register_udp`](crate::Engine::register_udp) is not what the call takes (checked
+    /// with `SO_DOMAIN`, `SO_TYPE`, `SO_PROTOCOL`, `SO_ACCEPTCONN` and `getpeername`): a UDP
+    /// socket made into a `TcpStream` with `From<OwnedFd>`, a listening or unconnected TCP
+    /// socket, a Unix socket. The socket comes back in the [`RegisterError`].
+    UnsuitableSocket {
+        /// What the call takes.
+        expected: &'static str,
+        /// What the socket is, in words.
+        found: String,
+    },
     /// io_uring was asked for explicitly but cannot work here.
     UringUnavailable {
         /// Why, in words (errno, seccomp/sysctl hint, missing opcode).
@@ -281,6 +327,8 @@ impl Error {
     /// The raw errno, where there is one.
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
+            // A short packet write has no errno (0).
+            Error::Socket { errno: 0, .. } => None,
             Error::Socket { errno, .. } | Error::Peer { errno, .. } | Error::Io { errno, .. } => {
                 Some(*errno)
             }
@@ -315,6 +363,16 @@ impl Error {
             errno,
             socket,
             peer,
+        }
+    }
+
+    /// A packet the kernel took only part of.
+    pub(crate) fn short_write(socket: SocketId) -> Error {
+        Error::Socket {
+            status: Status::ShortWrite,
+            errno: 0,
+            socket,
+            peer: None,
         }
     }
 
@@ -366,7 +424,10 @@ impl fmt::Display for Error {
                 if let Some(p) = peer {
                     write!(f, " to {p}")?;
                 }
-                write!(f, " failed: {} (errno {errno})", describe(*status, *errno))
+                match errno {
+                    0 => write!(f, " failed: {}", describe(*status, *errno)),
+                    _ => write!(f, " failed: {} (errno {errno})", describe(*status, *errno)),
+                }
             }
             Error::Peer { status, errno, socket, peer } => {
                 let what = describe(*status, *errno);
@@ -404,6 +465,9 @@ impl fmt::Display for Error {
             Error::BadDestination { socket, dest, reason } => {
                 write!(f, "{socket}: cannot send to {dest}: {reason}")
             }
+            Error::UnsuitableSocket { expected, found } => {
+                write!(f, "cannot register the socket: it is {found}, the call takes {expected}")
+            }
             Error::UringUnavailable { reason } => {
                 write!(f, "io_uring backend unavailable: {reason}; use Backend::Auto or Backend::Epoll")
             }
@@ -431,8 +495,10 @@ impl From<Error> for io::Error {
             Error::WrongSocketKind { .. }
             | Error::BufferTooLarge { .. }
             | Error::BadDestination { .. }
+            | Error::UnsuitableSocket { .. }
             | Error::UnknownSocket(_) => io::ErrorKind::InvalidInput,
             Error::UringUnavailable { .. } => io::ErrorKind::Unsupported,
+            Error::Socket { errno: 0, .. } => io::ErrorKind::Other,
             Error::Socket { errno, .. } | Error::Peer { errno, .. } | Error::Io { errno, .. } => {
                 io::Error::from_raw_os_error(*errno).kind()
             }
@@ -501,6 +567,61 @@ impl From<SendError> for Error {
 
 impl From<SendError> for io::Error {
     fn from(e: SendError) -> io::Error {
+        e.error.into()
+    }
+}
+
+/// A refused [`Engine::register_tcp`](crate::Engine::register_tcp) or
+/// [`Engine::register_udp`](crate::Engine::register_udp): the error, and the socket handed back
+/// open (as [`SendError`] hands a refused buffer back), never closed by the refusal. Converts
+/// into [`Error`] and [`io::Error`] (dropping, and so closing, the socket) for `?`.
+#[derive(Debug)]
+pub struct RegisterError<S> {
+    error: Error,
+    socket: S,
+}
+
+impl<S> RegisterError<S> {
+    pub(crate) fn new(error: Error, socket: S) -> RegisterError<S> {
+        RegisterError { error, socket }
+    }
+
+    /// Why the socket was refused.
+    pub fn error(&self) -> &Error {
+        &self.error
+    }
+
+    /// The refused socket, open.
+    pub fn into_inner(self) -> S {
+        self.socket
+    }
+
+    /// The error and the socket.
+    pub fn into_parts(self) -> (Error, S) {
+        (self.error, self.socket)
+    }
+}
+
+impl<S> fmt::Display for RegisterError<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (socket handed back)", self.error)
+    }
+}
+
+impl<S: fmt::Debug> std::error::Error for RegisterError<S> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl<S> From<RegisterError<S>> for Error {
+    fn from(e: RegisterError<S>) -> Error {
+        e.error
+    }
+}
+
+impl<S> From<RegisterError<S>> for io::Error {
+    fn from(e: RegisterError<S>) -> io::Error {
         e.error.into()
     }
 }

@@ -8,6 +8,10 @@
 //! ([`Engine::flush`], [`Engine::flush_all`]) returns only when every write queued before it has
 //! completed, or failed with its error.
 //!
+//! Packet descriptors — a TUN/TAP device, a packet-mode pipe — take one packet per `write(2)`
+//! ([`Engine::register_packet`]): each buffer is its own write (`IORING_OP_WRITE`), never
+//! merged or split, and fails alone.
+//!
 //! Where io_uring is missing or blocked (old kernel, seccomp, `kernel.io_uring_disabled`),
 //! [`Backend::Auto`] falls back to an epoll backend with the same semantics (`sendmsg` and
 //! `sendmmsg` on non-blocking sockets) and records why ([`Engine::fallback_reason`]).
@@ -63,7 +67,7 @@ pub mod tokio;
 
 pub use bytes::Bytes;
 pub use engine::{Backend, BackendKind, Engine, EngineBuilder};
-pub use error::{Error, Limit, SendError, Status, Unreachable};
+pub use error::{Error, Limit, RegisterError, SendError, Status, Unreachable};
 pub use report::{FlushAllReport, FlushReport};
 pub use stats::Stats;
 pub use sys::uring::UringFeatures;

@@ -8,9 +8,10 @@ use crate::SocketId;
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct FlushReport {
-    /// Writes (stream buffers or datagrams) that completed whole.
+    /// Writes (stream buffers, datagrams or packets) that completed whole.
     pub writes: u64,
-    /// Payload bytes the kernel accepted (for a failed stream, including the prefix it took).
+    /// Payload bytes the kernel accepted (for a failed stream, including the prefix it took;
+    /// nothing of a packet cut short by a short write).
     pub bytes: u64,
     /// Writes that failed.
     pub failed: u64,
@@ -60,16 +61,17 @@ pub struct FlushAllReport {
     pub total: FlushReport,
     /// Each socket's own report, in socket order.
     pub sockets: Vec<(SocketId, FlushReport)>,
-    /// The error of every stream that failed (poisoned), in socket order.
+    /// The error of every stream that failed and every packet descriptor poisoned (its device
+    /// gone), in socket order.
     pub errors: Vec<Error>,
 }
 
 impl FlushAllReport {
-    pub(crate) fn push(&mut self, id: SocketId, stream: bool, r: FlushReport) {
-        if stream {
-            if let Some(e) = &r.first_error {
-                self.errors.push(e.clone());
-            }
+    /// Adds a socket's report; `raised` is the error its own flush would raise (a failed
+    /// stream, a poisoned packet descriptor).
+    pub(crate) fn push(&mut self, id: SocketId, raised: Option<Error>, r: FlushReport) {
+        if let Some(e) = raised {
+            self.errors.push(e);
         }
         self.total.add(&r);
         self.sockets.push((id, r));
@@ -80,7 +82,8 @@ impl FlushAllReport {
         self.sockets.iter().find(|(s, _)| *s == id).map(|(_, r)| r)
     }
 
-    /// The errors of failed streams (datagram failures are counted in the reports, not here).
+    /// The errors of failed streams and poisoned packet descriptors (datagram and single
+    /// packet failures are counted in the reports, not here).
     pub fn errors(&self) -> &[Error] {
         &self.errors
     }

@@ -26,7 +26,8 @@ pub struct Stats {
     pub writes_failed: u64,
     /// Failed writes per status, indexed by [`Status::index`].
     pub failures: [u64; Status::ALL.len()],
-    /// Stream sends that the kernel took only partly (resumed at the exact byte).
+    /// Sends that the kernel took only partly: stream sends (resumed at the exact byte) and
+    /// packet writes (the packet failed with `Status::ShortWrite`).
     pub short_sends: u64,
     /// `EAGAIN`/`EINTR` results that were retried.
     pub retries: u64,
@@ -42,6 +43,10 @@ pub struct Stats {
     /// ICMP message) about an earlier datagram. On epoll a `sendmmsg` that stops at such an
     /// error after a partial count swallows it, so that resend is not counted here.
     pub stale_error_resends: u64,
+    /// Times io_uring reported completions dropped (`EBADR`: its completion queue overflowed
+    /// with no room left); every op then in flight was cancelled, and each whose completion was
+    /// lost failed with `Status::CompletionLost`.
+    pub completion_losses: u64,
     /// Latency of writes, queued → terminal, in nanoseconds: a 1-in-N systematic sample (see
     /// `EngineBuilder::write_latency_every`, default N = 16).
     pub write_latency_ns: Histogram<u64>,
@@ -71,6 +76,7 @@ impl Default for Stats {
             gso_fallbacks: 0,
             peer_errors: 0,
             stale_error_resends: 0,
+            completion_losses: 0,
             write_latency_ns: histogram(),
             flush_latency_ns: histogram(),
         }

@@ -40,6 +40,7 @@ impl Call {
     pub fn step(self) -> Step {
         match self {
             Call::Add(Sock::Stream) => Step::AddStream,
+            Call::Add(Sock::Packet) => Step::AddPacket,
             Call::Add(Sock::Udp {
                 connected,
                 recverr,
@@ -125,6 +126,8 @@ impl Fault {
 #[derive(Debug, Clone, Copy, Arbitrary)]
 pub enum Sock {
     Stream,
+    /// A packet descriptor (TUN): one write per packet.
+    Packet,
     Udp {
         connected: bool,
         recverr: bool,
@@ -136,6 +139,7 @@ impl Sock {
     pub fn kind(self) -> Kind {
         match self {
             Sock::Stream => Kind::Stream,
+            Sock::Packet => Kind::Packet,
             Sock::Udp {
                 connected,
                 recverr,

@@ -1,6 +1,6 @@
-//! Several sockets interleaved — streams and UDP, connected or not — with stalled peers,
-//! resets, closed ports and flushes, under small in-flight caps: the invariants that tie
-//! sockets together.
+//! Several sockets interleaved — streams, UDP (connected or not) and packet descriptors — with
+//! stalled peers, resets, closed ports and flushes, under small in-flight caps: the invariants
+//! that tie sockets together.
 //!
 //! Beyond every check `fuzz_trace` makes (the same runner and model), this target leans on:
 //! - independence: a flush of one socket (and `close`, `abort`, `shutdown_write`) never waits

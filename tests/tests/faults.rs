@@ -535,3 +535,41 @@ fn child_seccomp(errno: i32) {
     let e = builder(Backend::Epoll).build().expect("epoll");
     assert_eq!(e.fallback_reason(), None, "{name}: no fallback when asked");
 }
+
+per_backend!(abort_of_one_registration_of_a_dup_spares_the_other);
+
+/// Issue #11 item 5: two registrations of one TCP connection (`try_clone`, a `dup`), both with
+/// writes in flight to a slow reader. Aborting one cancels its own ops only (io_uring: by
+/// `user_data`, never by file, which would hit the other registration's ops on the same file):
+/// the other's writes all complete, none cancelled, and its bytes reach the peer.
+fn abort_of_one_registration_of_a_dup_spares_the_other(b: Backend) {
+    let ctx = format!("{b:?}");
+    let sink = TcpSink::start_with(Some(4096), Duration::from_millis(1));
+    let s = sink.connect();
+    set_sndbuf(&s, 4096);
+    let dup = s.try_clone().expect("dup");
+    let mut e = builder(b).build().expect("engine");
+    let a = e.register_tcp(s).expect("register a");
+    let other = e.register_tcp(dup).expect("register the dup");
+    for i in 0..32u64 {
+        e.send(a, Bytes::from(payload(i, 8192))).expect("send a");
+    }
+    e.submit().expect("submit");
+    let mut theirs = 0;
+    for i in 0..16u64 {
+        let d = payload(100 + i, 8192);
+        theirs += d.len();
+        e.send(other, Bytes::from(d)).expect("send other");
+    }
+    e.submit().expect("submit");
+    e.abort(a)
+        .unwrap_or_else(|err| panic!("{ctx}: abort: {err}"));
+    let r = e
+        .flush(other)
+        .unwrap_or_else(|err| panic!("{ctx}: the other registration's flush: {err}"));
+    assert_eq!((r.writes, r.failed), (16, 0), "{ctx}: {r:?}");
+    assert_eq!(r.bytes, theirs as u64, "{ctx}");
+    drop(e.close(other).expect("close"));
+    let got = sink.finish();
+    assert!(got.len() >= theirs, "{ctx}: {} bytes arrived", got.len());
+}

@@ -607,3 +607,92 @@ fn send_to_on_tcp_is_wrong_socket_kind() {
         assert_eq!(sink.finish(), b"one two", "{ctx}");
     }
 }
+
+// ---- issue #11: registration checks what it is given -----------------------------------------
+
+per_backend!(unsuitable_sockets_are_refused_and_handed_back);
+
+/// `TcpStream::from(OwnedFd)` is safe code, so a `TcpStream` can be a UDP socket, a listener, an
+/// unconnected TCP socket or a Unix socket; a `UdpSocket` can be a TCP stream. Each is refused
+/// with `UnsuitableSocket` and handed back open (the same descriptor, still usable). Before the
+/// fix: the UDP socket was accepted as a stream (three writes arrived as one datagram) and a
+/// refusal closed the descriptor.
+fn unsuitable_sockets_are_refused_and_handed_back(b: volley::Backend) {
+    use std::net::{TcpListener, TcpStream, UdpSocket};
+    use std::os::fd::OwnedFd;
+    let ctx = format!("{b:?}");
+    let mut e = engine(b);
+    let refused = |e: &mut volley::Engine, s: TcpStream, what: &str| -> TcpStream {
+        let raw = s.as_raw_fd();
+        let err = e
+            .register_tcp(s)
+            .expect_err(&format!("{ctx}: {what} registered as a TCP stream"));
+        assert!(
+            matches!(err.error(), Error::UnsuitableSocket { .. }),
+            "{ctx}: {what}: {err}"
+        );
+        let back = err.into_inner();
+        assert_eq!(
+            back.as_raw_fd(),
+            raw,
+            "{ctx}: {what}: the same descriptor back"
+        );
+        back
+    };
+    // A UDP socket posing as a TcpStream: refused, and it still sends datagrams.
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sink.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.connect(sink.local_addr().unwrap()).unwrap();
+    let back = refused(&mut e, TcpStream::from(OwnedFd::from(udp)), "a UDP socket");
+    let udp = UdpSocket::from(OwnedFd::from(back));
+    udp.send(b"still open").unwrap();
+    let mut buf = [0u8; 64];
+    let n = sink.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"still open", "{ctx}");
+    // A listening socket.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let back = refused(
+        &mut e,
+        TcpStream::from(OwnedFd::from(listener)),
+        "a listener",
+    );
+    let listener = TcpListener::from(OwnedFd::from(back));
+    let client = TcpStream::connect(addr).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    // An unconnected TCP socket.
+    let unconnected =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    refused(
+        &mut e,
+        TcpStream::from(OwnedFd::from(unconnected)),
+        "an unconnected socket",
+    );
+    // A Unix stream socket.
+    let (unix, _other) = std::os::unix::net::UnixStream::pair().unwrap();
+    refused(
+        &mut e,
+        TcpStream::from(OwnedFd::from(unix)),
+        "a Unix socket",
+    );
+    // A TCP stream posing as a UdpSocket.
+    let raw = client.as_raw_fd();
+    let err = e
+        .register_udp(UdpSocket::from(OwnedFd::from(client)))
+        .expect_err("a TCP stream registered as UDP");
+    assert!(
+        matches!(err.error(), Error::UnsuitableSocket { .. }),
+        "{ctx}: {err}"
+    );
+    let client = TcpStream::from(OwnedFd::from(err.into_inner()));
+    assert_eq!(client.as_raw_fd(), raw, "{ctx}");
+    // The refused stream is intact: registered properly now, its bytes arrive.
+    let id = e.register_tcp(client).unwrap();
+    e.send(id, Bytes::from_static(b"abc")).unwrap();
+    e.close(id).unwrap();
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut &server, &mut got).unwrap();
+    assert_eq!(got, b"abc", "{ctx}");
+    assert_eq!(e.stats().writes_sent, 1, "{ctx}");
+}

@@ -9,6 +9,7 @@ use std::future::{poll_fn, Future};
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use ::tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -26,6 +27,7 @@ per_backend!(
     tcp_io_copy,
     tcp_backpressure_slow_reader,
     tcp_tasks_share_one_sender,
+    tcp_flush_yields_only_with_other_handles,
     tcp_shutdown_then_eof,
     tcp_owned_send_and_split_echo,
     udp_sink_connected,
@@ -207,6 +209,50 @@ fn record(task: u16, seq: u32) -> [u8; RECORD] {
         *x = mix ^ i;
     }
     r
+}
+
+/// A flush yields once (so other tasks' writes can join its submission) only when another
+/// sender handle exists on the engine: alone, its first poll already submits; with a clone
+/// alive, its first poll only yields and submits nothing. Both flushes complete and every byte
+/// arrives.
+fn tcp_flush_yields_only_with_other_handles(b: Backend) {
+    let ctx = format!("{b:?} flush yield");
+    let sink = TcpSink::start();
+    let stream = sink.connect();
+    let data = payload(0xf1u64, 2 * 4096);
+    run(async {
+        let d = driver(b);
+        let mut tx = d.register_tcp(stream).expect("register");
+        let transitions = || d.with_engine(|e| e.stats().kernel_transitions);
+        // Polls `tx.flush()` once: whether that poll submitted, then the flush to its end.
+        async fn first_poll_submits(
+            tx: &mut volley::tokio::TcpSender,
+            transitions: &dyn Fn() -> u64,
+        ) -> bool {
+            let before = transitions();
+            let mut flush = std::pin::pin!(tx.flush());
+            let first = poll_fn(|cx| Poll::Ready(flush.as_mut().poll(cx))).await;
+            let submitted = transitions() > before;
+            if first.is_pending() {
+                flush.await.expect("flush");
+            }
+            submitted
+        }
+        tx.write_all(&data[..4096]).await.expect("write");
+        assert!(
+            first_poll_submits(&mut tx, &transitions).await,
+            "{ctx}: the only handle's flush submits at once"
+        );
+        let clone = tx.clone();
+        tx.write_all(&data[4096..]).await.expect("write");
+        assert!(
+            !first_poll_submits(&mut tx, &transitions).await,
+            "{ctx}: with a clone alive the flush yields first"
+        );
+        drop(clone);
+        tx.shutdown().await.expect("shutdown");
+    });
+    assert_bytes_eq(&sink.finish(), &data, &ctx);
 }
 
 fn tcp_tasks_share_one_sender(b: Backend) {
@@ -433,6 +479,11 @@ fn udp_sink_to_addresses(b: Backend) {
 mod tcp_echo_server;
 
 #[expect(dead_code, reason = "the examples' `main` runs only as a program")]
+#[expect(
+    clippy::duplicate_mod,
+    reason = "each server example includes the shared accept loop (examples/common) as its own \
+              module, as its own program does"
+)]
 #[path = "../../engine/examples/accept_server.rs"]
 mod accept_server;
 

@@ -535,3 +535,54 @@ fn qdisc_drops_fail_as_no_buffer_space_with_recverr() {
         }
     }
 }
+
+per_backend!(route_error_fails_the_datagram_once);
+
+/// Issue #11 item 3: a synchronous `ENETUNREACH` from the route lookup (namespace `a` has no
+/// route to 10.1.2.3) is the datagram's own error, not a stale ICMP error: it fails once, after
+/// one error-queue read that finds nothing, and the socket goes on. Before the fix the engine
+/// resent it 32 times with an error-queue read each time (66 transitions on io_uring).
+fn route_error_fails_the_datagram_once(b: volley::Backend) {
+    let test = format!("route_error_fails_the_datagram_once::{b:?}");
+    let subnet = if b == volley::Backend::Uring { 11 } else { 12 };
+    let Some(ns) = netns_or_skip(&test, subnet, None, false) else {
+        return;
+    };
+    let unroutable: SocketAddr = "10.1.2.3:9".parse().unwrap();
+    let sink = ns.sink(3);
+    let sock = NetnsPair::within(&ns.a, || UdpSocket::bind("0.0.0.0:0").expect("bind in a"));
+    let mut e = builder(b).build().unwrap();
+    let id = e.register_udp(sock).unwrap();
+    e.reset_stats();
+    e.send_to(id, dgram(1, 100), unroutable).unwrap();
+    let r = e.flush(id).unwrap();
+    assert_eq!(
+        (
+            r.writes,
+            r.failed,
+            r.failed_with(Status::NetworkUnreachable)
+        ),
+        (0, 1, 1),
+        "{test}: {r:?}"
+    );
+    let t = e.stats().kernel_transitions;
+    assert!(
+        t <= 3,
+        "{test}: {t} transitions for one unroutable datagram"
+    );
+    assert_eq!(e.stats().stale_error_resends, 0, "{test}");
+    // Mixed with routable ones: each unroutable one fails once, the others arrive.
+    let live: Vec<Bytes> = (0..3).map(|i| dgram(10 + i, 200)).collect();
+    for d in &live {
+        e.send_to(id, dgram(99, 50), unroutable).unwrap();
+        e.send_to(id, d.clone(), sink.addr).unwrap();
+    }
+    let r = e.flush(id).unwrap();
+    assert_eq!(
+        (r.writes, r.failed_with(Status::NetworkUnreachable)),
+        (3, 3),
+        "{test}: {r:?}"
+    );
+    assert!(e.take_peer_errors(id).unwrap().is_empty(), "{test}");
+    assert_same_datagrams(&sink.finish(), &live, &test);
+}

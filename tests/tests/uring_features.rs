@@ -508,3 +508,81 @@ fn env_var_sets_the_defaults() {
         assert_child_passed(&out, &format!("VOLLEY_URING={env}"));
     }
 }
+
+/// Issue #11 item 7: the kernel features the engine uses without being asked are probed and
+/// recorded, and each degraded path works. `VOLLEY_URING_WITHOUT` makes the engine treat
+/// `IORING_FEAT_EXT_ARG` (5.11) and `IORING_OP_SEND` (5.6) as missing, as on an older kernel:
+/// timed waits then `poll(2)` the ring descriptor and single buffers go as `SENDMSG`. A stream
+/// still arrives byte-exact, and a flush on a stalled peer times out when it should (neither at
+/// once nor never). In a child: the variable is read when the engine is built.
+#[test]
+fn without_ext_arg_and_op_send_the_engine_degrades() {
+    let test = "without_ext_arg_and_op_send_the_engine_degrades";
+    if !is_child() {
+        let full = Engine::builder()
+            .backend(Backend::Uring)
+            .build()
+            .expect("engine");
+        let f = full.uring_features();
+        for name in ["feat_nodrop", "feat_ext_arg", "op_send"] {
+            assert!(
+                f.has_kernel(name) != f.kernel_missing.iter().any(|(n, _)| *n == name),
+                "{name}: {f:?}"
+            );
+        }
+        let out = run_child(test, &[("VOLLEY_URING_WITHOUT", "feat_ext_arg,op_send")]);
+        assert_child_passed(&out, test);
+        return;
+    }
+    let timeout = Duration::from_millis(200);
+    let mut e = Engine::builder()
+        .backend(Backend::Uring)
+        .flush_timeout(timeout)
+        .build()
+        .expect("engine");
+    let f = e.uring_features().clone();
+    for name in ["feat_ext_arg", "op_send"] {
+        assert!(!f.has_kernel(name), "{name}: {f:?}");
+        let (_, why) = f
+            .kernel_missing
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("{name} not reported missing: {f:?}"));
+        assert!(why.contains("VOLLEY_URING_WITHOUT"), "{why}");
+    }
+    // Byte-exact through SENDMSG for single buffers.
+    let sink = TcpSink::start();
+    let id = e.register_tcp(sink.connect()).expect("register");
+    let data = Bytes::from(payload(7, 1 << 20));
+    for part in cut(&data, &[1, 100, 4096, 65_536, 200_000, 778_843]) {
+        e.send(id, part).expect("send");
+    }
+    drop(e.close(id).expect("close"));
+    assert_bytes_eq(&sink.finish(), &data, test);
+    // A timed wait without EXT_ARG: the flush of a stalled peer times out on time.
+    let (stalled, gate) = TcpSink::start_gated(Some(4096));
+    let s = stalled.connect();
+    set_sndbuf(&s, 4096);
+    let id = e.register_tcp(s).expect("register");
+    let big = Bytes::from(payload(8, 4 << 20));
+    e.send(id, big.clone()).expect("send");
+    let t0 = Instant::now();
+    let r = e.flush(id);
+    let took = t0.elapsed();
+    assert!(matches!(r, Err(Error::FlushTimeout { .. })), "{r:?}");
+    assert!(
+        took >= timeout - Duration::from_millis(5) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    gate.open();
+    let mut done = false;
+    for _ in 0..200 {
+        if e.flush(id).is_ok() {
+            done = true;
+            break;
+        }
+    }
+    assert!(done, "the stalled peer's flush never ended");
+    drop(e.close(id).expect("close"));
+    assert_bytes_eq(&stalled.finish(), &big, test);
+}

@@ -133,6 +133,11 @@ impl Core {
             {
                 q.push(data, dest, queued_ns);
             }
+            Queue::Packet(q)
+                if fits && dest.is_none() && q.len() < cfg.max_queued_writes_per_socket =>
+            {
+                q.push(data, None, queued_ns);
+            }
             _ => return Err(self.refused(id, data, dest)),
         }
         s.queued_bytes += len;
@@ -241,7 +246,7 @@ impl Core {
             return SendError::new(Error::UnknownSocket(id), data);
         };
         let expected = match (&s.queue, s.peer.is_some(), dest.is_some()) {
-            (Queue::Stream(_), _, true) => Some("an unconnected UDP socket"),
+            (Queue::Stream(_) | Queue::Packet(_), _, true) => Some("an unconnected UDP socket"),
             (Queue::Dgram(_), true, true) => Some("an unconnected UDP socket (use send)"),
             (Queue::Dgram(_), false, false) => Some("a connected UDP socket (use send_to)"),
             _ => None,
@@ -307,7 +312,7 @@ fn refuse(s: &Sock, cfg: &Config, total: usize, id: SocketId, len: usize) -> Res
     }
     let queued_writes = match &s.queue {
         Queue::Stream(q) => q.len(),
-        Queue::Dgram(q) => q.len(),
+        Queue::Dgram(q) | Queue::Packet(q) => q.len(),
     };
     if queued_writes >= cfg.max_queued_writes_per_socket {
         return Err(Error::Backpressure {

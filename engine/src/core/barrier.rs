@@ -40,7 +40,7 @@ impl Core {
     pub fn barrier(&self, id: SocketId) -> Result<u64, Error> {
         Ok(match &self.sock(id)?.queue {
             Queue::Stream(q) => q.next_seq(),
-            Queue::Dgram(q) => q.next_seq(),
+            Queue::Dgram(q) | Queue::Packet(q) => q.next_seq(),
         })
     }
 
@@ -48,7 +48,7 @@ impl Core {
     pub fn barrier_done(&self, id: SocketId, target: u64) -> Result<bool, Error> {
         Ok(match &self.sock(id)?.queue {
             Queue::Stream(q) => q.done_upto() >= target,
-            Queue::Dgram(q) => q.done_upto() >= target,
+            Queue::Dgram(q) | Queue::Packet(q) => q.done_upto() >= target,
         })
     }
 

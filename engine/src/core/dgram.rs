@@ -13,12 +13,13 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
-use super::{is_icmp_errno, is_retry, Clock, Config, Core, OpShape, Queue};
+use super::class::{classify, Class, OpKind};
+use super::{Clock, Config, Core, OpShape, Queue};
 use crate::error::Error;
 use crate::plan::{gso_can_lead, gso_join, Join};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+pub(super) enum State {
     Queued,
     /// In a group of `DgramQueue::ahead`, not yet issued.
     Planned,
@@ -39,6 +40,9 @@ struct Dgram {
     nobufs: u8,
     /// Sends of it that picked up a pending error about an earlier datagram.
     stale: u8,
+    /// Its GSO group was refused with EIO/EINVAL: sent alone, it tells whether the device
+    /// cannot segment (it goes) or the error was its own (it fails too).
+    gso_probe: bool,
 }
 
 /// A group planned by a pass: datagrams (by sequence number) for one send.
@@ -86,8 +90,13 @@ pub(crate) struct DgramQueue {
     scan: usize,
     /// Entries in state `Queued`.
     queued: usize,
-    /// GSO for this socket (turned off at run time after EIO/EINVAL).
+    /// GSO for this socket (turned off at run time once a group refused with EIO/EINVAL is
+    /// sent alone, datagram by datagram, and one goes).
     pub gso: bool,
+    /// Datagrams with `gso_probe` not yet terminal: no new groups meanwhile.
+    probing: usize,
+    /// A datagram with `gso_probe` was sent (set by `mark`).
+    probe_sent: bool,
     /// Groups planned by the last pass and not yet issued, by their first datagram.
     ahead: VecDeque<Group>,
     /// The datagrams of each op in flight, by group slot (`OpShape::Dgram::group`).
@@ -97,7 +106,29 @@ pub(crate) struct DgramQueue {
     spare: Vec<Vec<u64>>,
     /// Reused by each pass: destination → index in `ahead` of its open group.
     open: HashMap<Option<SocketAddr>, usize, BuildHasherDefault<Fnv>>,
+    /// Destinations that answered with an ICMP error (a peer error), by canonical address → the
+    /// pass of the last report. For [`NOISY_PASSES`] passes after a report, their groups go
+    /// last in a pass and the error queue is read right after them (see
+    /// [`DgramQueue::errq_after`]), so the error they draw never fails another destination's
+    /// send.
+    noisy: HashMap<SocketAddr, u32, BuildHasherDefault<Fnv>>,
+    /// Grouping passes so far (the clock of `noisy`).
+    passes: u32,
+    /// Groups to noisy destinations planned since the last [`DgramQueue::take_errq_after`]:
+    /// error-queue entries to read once they have gone out.
+    errq_after: usize,
+    /// Datagrams (first of a failed op, with its errno) whose ICMP-class error is either a stale
+    /// pending error or their own, until the error queue has been read
+    /// ([`Core::errqueue_read`]): nothing of the socket goes out meanwhile.
+    suspects: Vec<(u64, i32, usize)>,
+    /// Error-queue entries read for this socket (`Event::PeerError`: an io_uring read queued
+    /// behind the sends) while it had suspects: they count for [`Core::errqueue_read`] as
+    /// the reports of the read it waits for.
+    suspect_reports: usize,
 }
+
+/// How many grouping passes a destination stays noisy after its last ICMP report.
+const NOISY_PASSES: u32 = 64;
 
 impl DgramQueue {
     pub fn new(gso: bool) -> DgramQueue {
@@ -117,6 +148,7 @@ impl DgramQueue {
             solo: false,
             nobufs: 0,
             stale: 0,
+            gso_probe: false,
         });
         self.next_seq += 1;
         self.queued += 1;
@@ -127,7 +159,7 @@ impl DgramQueue {
     }
 
     pub fn has_queued(&self) -> bool {
-        self.queued > 0 || !self.ahead.is_empty()
+        (self.queued > 0 || !self.ahead.is_empty()) && self.suspects.is_empty()
     }
 
     pub fn next_seq(&self) -> u64 {
@@ -142,7 +174,7 @@ impl DgramQueue {
         }
     }
 
-    fn index(&self, seq: u64) -> usize {
+    pub(super) fn index(&self, seq: u64) -> usize {
         usize::try_from(seq - self.front_seq).expect("in-flight datagram index fits usize")
     }
 
@@ -150,14 +182,14 @@ impl DgramQueue {
         self.spare.pop().unwrap_or_default()
     }
 
-    fn recycle(&mut self, mut v: Vec<u64>) {
+    pub(super) fn recycle(&mut self, mut v: Vec<u64>) {
         v.clear();
         self.spare.push(v);
     }
 
     /// Groups every queued datagram by destination (see the module docs) into `ahead`.
     fn group_pass(&mut self, cfg: &Config) {
-        let gso = cfg.gso && self.gso;
+        let gso = cfg.gso && self.gso && self.probing == 0;
         let max_segments = cfg.gso_max_segments;
         let max_bytes = cfg.gso_max_bytes;
         self.open.clear();
@@ -228,6 +260,53 @@ impl DgramQueue {
             }
         }
         self.scan = self.q.len();
+        self.passes = self.passes.wrapping_add(1);
+        if !self.noisy.is_empty() {
+            self.noisy_last();
+        }
+    }
+
+    /// Whether `dest` drew an ICMP error within the last [`NOISY_PASSES`] passes.
+    fn is_noisy(&self, dest: Option<SocketAddr>) -> bool {
+        dest.and_then(|d| self.noisy.get(&super::peer::canonical(d)))
+            .is_some_and(|&p| self.passes.wrapping_sub(p) < NOISY_PASSES)
+    }
+
+    /// Moves the groups of the pass that go to noisy destinations behind the others (order per
+    /// destination is kept; order across destinations has no meaning on the wire), and forgets
+    /// destinations that have been quiet for [`NOISY_PASSES`] passes.
+    #[cold]
+    fn noisy_last(&mut self) {
+        let passes = self.passes;
+        self.noisy
+            .retain(|_, p| passes.wrapping_sub(*p) < NOISY_PASSES);
+        if self.ahead.iter().any(|g| self.is_noisy(g.dest)) {
+            let ahead = std::mem::take(&mut self.ahead);
+            let (mut quiet, noisy): (VecDeque<Group>, VecDeque<Group>) =
+                ahead.into_iter().partition(|g| !self.is_noisy(g.dest));
+            quiet.extend(noisy);
+            self.ahead = quiet;
+        }
+    }
+
+    /// Notes an ICMP error about `dest` (see `noisy`), read from the error queue: a report for
+    /// the suspects' verdict too, if any wait for one.
+    pub fn mark_noisy(&mut self, dest: SocketAddr) {
+        self.noisy.insert(dest, self.passes);
+        if !self.suspects.is_empty() {
+            self.suspect_reports += 1;
+        }
+    }
+
+    /// Error-queue entries to read once the ops planned so far have gone out (one per group
+    /// to a noisy destination), and resets the count.
+    pub fn take_errq_after(&mut self) -> usize {
+        std::mem::take(&mut self.errq_after)
+    }
+
+    /// Groups to noisy destinations planned since the last [`DgramQueue::take_errq_after`].
+    pub fn errq_after(&self) -> usize {
+        self.errq_after
     }
 
     /// The next op: a group of the current pass (a new pass when none is left).
@@ -236,6 +315,9 @@ impl DgramQueue {
             self.group_pass(cfg);
         }
         let g = self.ahead.pop_front()?;
+        if !self.noisy.is_empty() && self.is_noisy(g.dest) {
+            self.errq_after += 1;
+        }
         for &seq in &g.seqs {
             let i = self.index(seq);
             self.q[i].state = State::InFlight;
@@ -287,7 +369,7 @@ impl DgramQueue {
     }
 
     /// Ends an op: its group slot is free again; returns its datagrams' sequence numbers.
-    fn take_group(&mut self, group: u32) -> Vec<u64> {
+    pub(super) fn take_group(&mut self, group: u32) -> Vec<u64> {
         self.free_slots.push(group);
         std::mem::take(&mut self.flying[group as usize])
     }
@@ -320,9 +402,21 @@ impl DgramQueue {
         d.stale <= STALE_RESENDS
     }
 
+    /// Marks the datagrams of a group refused with EIO/EINVAL: their lone sends decide.
+    fn probe_gso(&mut self, seqs: &[u64]) {
+        for &seq in seqs {
+            let i = self.index(seq);
+            let d = &mut self.q[i];
+            if !d.gso_probe {
+                d.gso_probe = true;
+                self.probing += 1;
+            }
+        }
+    }
+
     /// Datagrams go back to the queue; `solo` keeps them out of groups. The groups planned ahead
     /// are dissolved too, so the next pass keeps each destination's order.
-    fn requeue(&mut self, seqs: &[u64], solo: bool) {
+    pub(super) fn requeue(&mut self, seqs: &[u64], solo: bool) {
         for &seq in seqs {
             let i = self.index(seq);
             let d = &mut self.q[i];
@@ -344,12 +438,22 @@ impl DgramQueue {
 
     /// Marks datagrams terminal; pushes (length, queued time) of every one for a failure, of the
     /// sampled ones for a success; returns their total length.
-    fn mark(&mut self, seqs: &[u64], state: State, out: &mut Vec<(usize, u64)>) -> usize {
+    pub(super) fn mark(
+        &mut self,
+        seqs: &[u64],
+        state: State,
+        out: &mut Vec<(usize, u64)>,
+    ) -> usize {
         let mut total = 0;
         for &seq in seqs {
             let i = self.index(seq);
             let d = &mut self.q[i];
             d.state = state;
+            if d.gso_probe {
+                d.gso_probe = false;
+                self.probing -= 1;
+                self.probe_sent |= state == State::Sent;
+            }
             total += d.data.len();
             if state == State::Failed || d.queued_ns != 0 {
                 out.push((d.data.len(), d.queued_ns));
@@ -365,7 +469,7 @@ impl DgramQueue {
     }
 
     /// Drops terminal datagrams from the front, releasing their buffers.
-    fn pop_terminal(&mut self) {
+    pub(super) fn pop_terminal(&mut self) {
         while let Some(d) = self.q.front() {
             if !matches!(d.state, State::Sent | State::Failed) {
                 break;
@@ -378,6 +482,8 @@ impl DgramQueue {
 
     /// Fails every datagram that is not in flight.
     pub fn drain_queued(&mut self, out: &mut Vec<(usize, u64)>) {
+        self.suspects.clear();
+        self.suspect_reports = 0;
         while let Some(g) = self.ahead.pop_front() {
             self.recycle(g.seqs);
         }
@@ -386,6 +492,10 @@ impl DgramQueue {
             .iter_mut()
             .filter(|d| matches!(d.state, State::Queued | State::Planned))
         {
+            if d.gso_probe {
+                d.gso_probe = false;
+                self.probing -= 1;
+            }
             d.state = State::Failed;
             out.push((d.data.len(), d.queued_ns));
         }
@@ -395,6 +505,64 @@ impl DgramQueue {
 }
 
 impl Core {
+    /// The verdict on the socket's suspect datagrams once its error queue has been read:
+    /// `reports` ICMP reports were on it. Some: the errors were stale pending ones (each came
+    /// with its entry), and the datagrams go again. None: no ICMP error was pending, so each
+    /// errno was the datagram's own (a synchronous route error): it fails, once.
+    pub fn errqueue_read(&mut self, idx: u32, reports: usize, now_ns: u64) {
+        let id = self.id_of(idx);
+        let Some(s) = self
+            .socks
+            .get_mut(idx as usize)
+            .and_then(|s| s.sock.as_mut())
+        else {
+            return;
+        };
+        let peer = s.peer;
+        let Queue::Dgram(q) = &mut s.queue else {
+            return;
+        };
+        if q.suspects.is_empty() {
+            return;
+        }
+        let suspects = std::mem::take(&mut q.suspects);
+        let reports = reports + std::mem::take(&mut q.suspect_reports);
+        if reports > 0 {
+            for &(_, _, count) in &suspects {
+                self.stats.stale_error_resends += count as u64;
+            }
+            self.wake(idx);
+            return;
+        }
+        let mut done = std::mem::take(&mut self.scratch);
+        let mut failed = Vec::with_capacity(suspects.len());
+        for &(seq, errno, _) in &suspects {
+            if seq < q.front_seq {
+                continue;
+            }
+            let i = q.index(seq);
+            if q.q[i].state != State::Queued {
+                continue;
+            }
+            let dest = q.q[i].dest.or(peer);
+            q.queued -= 1;
+            let before = done.len();
+            q.mark(&[seq], State::Failed, &mut done);
+            failed.extend(
+                done[before..]
+                    .iter()
+                    .map(|&d| (d, Error::socket(errno, id, dest))),
+            );
+        }
+        q.pop_terminal();
+        done.clear();
+        self.scratch = done;
+        for ((len, t), err) in failed {
+            self.ended_failed(idx, len, t, now_ns, &err);
+        }
+        self.wake(idx);
+    }
+
     /// Applies a datagram op's result; returns true when the socket must wait for writability.
     #[expect(clippy::too_many_arguments, reason = "one op's shape, unpacked")]
     pub(super) fn complete_dgram(
@@ -414,6 +582,10 @@ impl Core {
             .as_mut()
             .expect("complete on a live socket");
         let peer = s.peer;
+        // Whether an ICMP message can have left a pending error (`sk_err`) for a send to pick
+        // up: on a connected socket, or with IP_RECVERR (`__udp4_lib_err`, `__udp6_lib_err`).
+        let pending_possible = s.recverr || peer.is_some();
+        let recverr = s.recverr;
         let Queue::Dgram(q) = &mut s.queue else {
             return false;
         };
@@ -426,6 +598,10 @@ impl Core {
         if res >= 0 {
             // UDP sends are all or nothing: a result means every datagram of the op left.
             let total = q.mark(&seqs, State::Sent, &mut done);
+            if std::mem::take(&mut q.probe_sent) {
+                // A datagram of a refused group went alone: the group's error was GSO's.
+                q.gso = false;
+            }
             if gso && count > 1 {
                 self.stats.gso_sends += 1;
             }
@@ -436,28 +612,40 @@ impl Core {
         } else {
             // `wrapping_neg`: a corrupt `i32::MIN` result must not panic (it maps to `Other`).
             let errno = res.wrapping_neg();
-            if is_retry(errno) {
+            let group = gso && count > 1;
+            let class = classify(
+                errno,
+                if group {
+                    OpKind::GsoGroup
+                } else {
+                    OpKind::Datagram
+                },
+            );
+            if class == Class::Retry {
                 q.requeue(&seqs, false);
                 self.stats.retries += 1;
                 again = errno == libc::EAGAIN;
-            } else if gso
-                && count > 1
-                && matches!(
-                    errno,
-                    libc::EIO | libc::EINVAL | libc::EMSGSIZE | libc::ENOBUFS
-                )
+            } else if group
+                && (class == Class::Device
+                    || (class == Class::Datagram
+                        && matches!(errno, libc::EMSGSIZE | libc::ENOBUFS)))
             {
-                // The group was refused as a whole. EIO/EINVAL: the device or route cannot segment,
-                // so GSO goes off for this socket. EMSGSIZE, ENOBUFS: re-split so every datagram
-                // gets its own outcome (FAILURES.md items 13, 14).
-                if errno == libc::EIO || errno == libc::EINVAL {
-                    q.gso = false;
-                    q.requeue(&seqs, false);
-                } else {
-                    q.requeue(&seqs, true);
+                // The group was refused as a whole: re-split so every datagram gets its own
+                // outcome (FAILURES.md items 13, 14). EIO/EINVAL mean "the device or route cannot
+                // segment" only if the same datagrams then go alone; if they fail alone too, the
+                // error was theirs (a bad destination), and GSO stays on. Until one of them ends,
+                // the socket forms no new groups.
+                if class == Class::Device {
+                    q.probe_gso(&seqs);
                 }
+                q.requeue(&seqs, true);
                 self.stats.gso_fallbacks += 1;
-            } else if let Some(delay_ns) = q.nobufs_backoff_ns(errno, first_seq, nobufs_retries) {
+                // A local EMSGSIZE also leaves an entry on the error queue (IP_RECVERR).
+                errqueue = errno == libc::EMSGSIZE;
+            } else if let Some(delay_ns) = q
+                .nobufs_backoff_ns(errno, first_seq, nobufs_retries)
+                .filter(|_| class == Class::Datagram)
+            {
                 q.requeue(&seqs, false);
                 // Keep a longer backoff another datagram of this socket already started (several
                 // ops in flight can end with ENOBUFS in one batch, in any order).
@@ -465,7 +653,7 @@ impl Core {
                 s.retry_at_ns = Some(s.retry_at_ns.map_or(at, |t| t.max(at)));
                 self.backoff.push(idx);
                 self.stats.retries += 1;
-            } else if is_icmp_errno(errno) && q.stale_resend(first_seq) {
+            } else if class == Class::Destination && pending_possible && q.stale_resend(first_seq) {
                 // A pending socket error set by an ICMP message about an earlier datagram (a
                 // connected socket always gets them; an unconnected one with IP_RECVERR). The
                 // send that picked it up sent nothing, so this op goes again (FAILURES.md item
@@ -474,8 +662,18 @@ impl Core {
                 // `sendmmsg` consumes such an error silently on epoll, and resending is what
                 // io_uring must do to agree). With IP_RECVERR the error queue names the
                 // destination the error is about ([`Core::peer_error`]).
+                //
+                // With IP_RECVERR every such pending error comes with an error-queue entry, so
+                // the errno may also be this datagram's own (a route lookup: ENETUNREACH, …):
+                // the verdict waits for the error-queue read ([`Core::errqueue_read`]). Without
+                // it (a connected socket) the kernel gives no way to tell; the resend bound
+                // ends a datagram whose own error it is.
                 q.requeue(&seqs, false);
-                self.stats.stale_error_resends += count as u64;
+                if recverr {
+                    q.suspects.push((first_seq, errno, count));
+                } else {
+                    self.stats.stale_error_resends += count as u64;
+                }
                 errqueue = true;
             } else {
                 // The first datagram takes the error. For a single datagram that is all of it; for
@@ -484,12 +682,17 @@ impl Core {
                 // by it, so the rest go again (FAILURES.md item 11). Re-splitting instead would lose
                 // the error (on epoll also the next one: sendmmsg drops an error that follows a
                 // sent datagram).
-                errqueue = is_icmp_errno(errno);
+                // An ICMP error the send returned may come with an entry; a local EMSGSIZE
+                // leaves one (IP_RECVERR): read and drop it, or entries fill the receive buffer.
+                errqueue = class == Class::Destination || errno == libc::EMSGSIZE;
                 let i = q.index(first_seq);
                 let dest = q.q[i].dest.or(peer);
-                q.mark(&seqs[..1], State::Failed, &mut done);
-                if count > 1 {
-                    q.requeue(&seqs[1..], false);
+                // Class::Engine (EBADR, the completion was lost): what became of the group is
+                // unknown; all of it ends as lost rather than risk sending it twice.
+                let fail = if class == Class::Engine { count } else { 1 };
+                q.mark(&seqs[..fail], State::Failed, &mut done);
+                if count > fail {
+                    q.requeue(&seqs[fail..], false);
                 }
                 failed = Some(Error::socket(errno, id, dest));
             }

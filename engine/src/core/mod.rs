@@ -4,16 +4,19 @@
 //! [`Core::for_each_slice`], and every result comes back as an [`Event`] through [`Core::apply`].
 //!
 //! Files: `admit` (what `send` accepts), `slots` (socket and op tables), `op` (the driver
-//! boundary as data), `stream` and `dgram` (each queue's policy), `barrier` (flush barriers and
-//! reports), `peer` (error-queue reports); this file holds the state, planning and completions.
+//! boundary as data), `class` (what each errno means: its class, in one place), `stream` and
+//! `dgram` (each queue's policy), `barrier` (flush barriers and reports), `peer` (error-queue
+//! reports); this file holds the state, planning and completions.
 //!
 //! Time is passed in (a [`Clock`] the driver reads), never read here, so a simulated kernel is
 //! fully deterministic.
 
 mod admit;
 mod barrier;
+mod class;
 mod dgram;
 pub(crate) mod op;
+mod packet;
 mod peer;
 mod slots;
 mod stream;
@@ -23,15 +26,17 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
 use crate::error::{Error, Status};
+use crate::report::FlushReport;
 use crate::stats::Stats;
 use crate::SocketId;
 
 pub(crate) use admit::Room;
 use admit::{DEST_NONE, DEST_V4, DEST_V4_MAPPED, DEST_V6};
 use barrier::Acc;
+#[cfg(any(test, fuzzing, feature = "sim"))]
+pub(crate) use class::{is_icmp_errno, is_retry};
 pub(crate) use dgram::DgramQueue;
 pub(crate) use op::{Event, OpShape, Planned, Token};
-pub(crate) use peer::is_icmp_errno;
 use peer::Unreachables;
 use slots::{OpInfo, OpSlot, SockSlot};
 pub(crate) use stream::StreamQueue;
@@ -153,6 +158,10 @@ impl std::fmt::Debug for Clock<'_> {
 pub(crate) enum Queue {
     Stream(StreamQueue),
     Dgram(DgramQueue),
+    /// Packets for a packet descriptor (TUN/TAP, a packet-mode pipe): one `write(2)` each. The
+    /// datagram queue's bookkeeping, with GSO off (every packet its own op); the policy is
+    /// `packet.rs`'s.
+    Packet(DgramQueue),
 }
 
 #[derive(Debug)]
@@ -165,6 +174,9 @@ pub(crate) struct Sock {
     /// Asked the driver to watch for writability (queued in `Core::watch` or armed).
     watching: bool,
     in_ready: bool,
+    /// A packet descriptor: the planning round its ops in flight were planned in (see
+    /// [`Core::begin_round`]).
+    chain: u64,
     /// Held back by `max_in_flight_ops` (queued in `Core::capped`).
     capped: bool,
     /// The pending barrier of `Engine::try_flush`: the sequence number it waits for.
@@ -214,14 +226,14 @@ pub(crate) struct Core {
     watch: Vec<u32>,
     /// Sockets with work held back by `max_in_flight_ops`.
     capped: Vec<u32>,
+    /// Datagram sockets whose error queue should be read once the ops planned so far have
+    /// gone out (groups to noisy destinations: see [`Core::take_errq_after`]).
+    errq_after: Vec<u32>,
+    /// The current planning round ([`Core::begin_round`]).
+    round: u64,
     /// Reused list of (length, queued time) of writes that just ended.
     scratch: Vec<(usize, u64)>,
     pub stats: Stats,
-}
-
-pub(crate) fn is_retry(errno: i32) -> bool {
-    // 512 is ERESTARTSYS, which io_uring may surface unchanged on some kernels (FAILURES.md item 6).
-    errno == libc::EAGAIN || errno == libc::EINTR || errno == 512
 }
 
 impl Core {
@@ -240,6 +252,8 @@ impl Core {
             errqueue: Vec::new(),
             watch: Vec::new(),
             capped: Vec::new(),
+            errq_after: Vec::new(),
+            round: 0,
             scratch: Vec::new(),
             stats: Stats::default(),
         }
@@ -337,6 +351,9 @@ impl Core {
         match &s.queue {
             Queue::Stream(q) => s.in_flight == 0 && q.has_unsent(),
             Queue::Dgram(q) => q.has_queued(),
+            // One chain of packets in flight at a time: all planned in one round, so the
+            // driver issues them in order as one linked chain; the next waits for it to end.
+            Queue::Packet(q) => q.has_queued() && (s.in_flight == 0 || s.chain == self.round),
         }
     }
 
@@ -414,6 +431,18 @@ impl Core {
         next
     }
 
+    /// Starts a planning round: the ops [`Core::next_op`] gives until the next call are
+    /// handed to the driver together (one `issue`).
+    ///
+    /// A packet descriptor gets ops only in a round that finds nothing of it in flight, so its
+    /// ops in flight were all planned, in queue order, in one round: the io_uring driver links
+    /// them (`IOSQE_IO_HARDLINK`) so the kernel writes them in that order, even when they wait
+    /// for room. Unlinked writes parked on a full descriptor are retried in another order
+    /// (measured on a packet-mode pipe: `tests/tests/packet.rs`, `pipe`).
+    pub fn begin_round(&mut self) {
+        self.round += 1;
+    }
+
     /// The next operation to issue, round-robin over sockets with work, or `None` when nothing
     /// can go out now.
     ///
@@ -449,11 +478,38 @@ impl Core {
                     None => continue,
                 },
                 Queue::Dgram(q) => match q.plan(cfg) {
-                    Some(p) => p,
+                    Some(p) => {
+                        if q.errq_after() == 1 {
+                            self.errq_after.push(idx);
+                        }
+                        p
+                    }
                     None => continue,
+                },
+                Queue::Packet(q) => match q.plan(cfg) {
+                    Some((
+                        OpShape::Dgram {
+                            first_seq,
+                            bytes,
+                            group,
+                            ..
+                        },
+                        _,
+                    )) => (
+                        OpShape::Packet {
+                            seq: first_seq,
+                            bytes,
+                            group,
+                        },
+                        None,
+                    ),
+                    _ => continue,
                 },
             };
             let fd = s.fd;
+            if s.in_flight == 0 {
+                s.chain = self.round;
+            }
             s.in_flight += 1;
             self.in_flight += 1;
             let token = self.alloc_op(OpInfo { sock: idx, shape });
@@ -476,7 +532,8 @@ impl Core {
         };
         match (&s.queue, p.shape) {
             (Queue::Stream(q), OpShape::Stream { bytes, .. }) => q.slices(bytes, &mut f),
-            (Queue::Dgram(q), OpShape::Dgram { group, .. }) => q.slices(group, &mut f),
+            (Queue::Dgram(q), OpShape::Dgram { group, .. })
+            | (Queue::Packet(q), OpShape::Packet { group, .. }) => q.slices(group, &mut f),
             _ => {}
         }
     }
@@ -486,7 +543,8 @@ impl Core {
     #[cfg(any(test, fuzzing, feature = "sim"))]
     pub fn dgram_seqs(&self, p: &Planned) -> &[u64] {
         match (self.sock_at(p.sock).map(|s| &s.queue), p.shape) {
-            (Some(Queue::Dgram(q)), OpShape::Dgram { group, .. }) => q.group_seqs(group),
+            (Some(Queue::Dgram(q)), OpShape::Dgram { group, .. })
+            | (Some(Queue::Packet(q)), OpShape::Packet { group, .. }) => q.group_seqs(group),
             _ => &[],
         }
     }
@@ -531,6 +589,7 @@ impl Core {
                 }
             }
             Event::Writable { sock } => self.set_writable(sock, true),
+            Event::PeerError { sock, dest, errno } => self.peer_error(sock, dest, errno),
         }
     }
 
@@ -546,7 +605,8 @@ impl Core {
             .expect("finish_op checked");
         match (&mut s.queue, info.shape) {
             (Queue::Stream(q), OpShape::Stream { .. }) => q.unplan(),
-            (Queue::Dgram(q), OpShape::Dgram { group, .. }) => q.requeue_group(group),
+            (Queue::Dgram(q), OpShape::Dgram { group, .. })
+            | (Queue::Packet(q), OpShape::Packet { group, .. }) => q.requeue_group(group),
             _ => {}
         }
         self.wake(info.sock);
@@ -575,6 +635,9 @@ impl Core {
                 bytes,
                 ..
             } => self.complete_dgram(idx, group, count, segment_size.is_some(), bytes, res, clock),
+            OpShape::Packet { group, bytes, .. } => {
+                self.complete_packet(idx, group, bytes, res, clock)
+            }
         };
         if again {
             // EAGAIN: nothing goes out on this socket until the driver says it is writable.
@@ -671,7 +734,7 @@ impl Core {
         let mut dropped = std::mem::take(&mut self.scratch);
         match &mut s.queue {
             Queue::Stream(q) => q.drain_unsent(&mut dropped),
-            Queue::Dgram(q) => q.drain_queued(&mut dropped),
+            Queue::Dgram(q) | Queue::Packet(q) => q.drain_queued(&mut dropped),
         }
         for &(len, queued_ns) in &dropped {
             self.ended_failed(idx, len, queued_ns, now_ns, err);
@@ -685,6 +748,17 @@ impl Core {
     /// Whether the socket is a stream (flush errors are raised) or datagram (counted).
     pub fn is_stream(&self, id: SocketId) -> Result<bool, Error> {
         Ok(matches!(self.sock(id)?.queue, Queue::Stream(_)))
+    }
+
+    /// The error a flush of `id` raises, given its report: a stream's first error; for any
+    /// socket, the fatal error that poisoned it (a packet descriptor whose device is gone).
+    /// Datagram and packet failures are only counted.
+    pub fn flush_error(&self, id: SocketId, report: &FlushReport) -> Result<Option<Error>, Error> {
+        let s = self.sock(id)?;
+        Ok(match &s.queue {
+            Queue::Stream(_) => report.first_error.clone(),
+            _ => s.poisoned.clone(),
+        })
     }
 
     /// Forgets the memory of every write still in flight, so it is never freed while the kernel may

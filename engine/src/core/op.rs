@@ -19,6 +19,17 @@ impl Token {
         Token((u64::from(gen) << 32) | u64::from(slot))
     }
 
+    /// The `user_data` of a driver's own error-queue read number `n` (slot `u32::MAX - 1`, never
+    /// allocated either).
+    pub fn errq(n: u32) -> Token {
+        Token::op(ERRQ_SLOT, n)
+    }
+
+    /// For a token made by [`Token::errq`]: its number.
+    pub fn errq_index(self) -> Option<u32> {
+        (self.slot() == ERRQ_SLOT as usize).then(|| self.gen())
+    }
+
     /// The op slot: drivers index their per-op kernel-visible memory with it.
     pub fn slot(self) -> usize {
         // The low 32 bits by construction.
@@ -29,7 +40,24 @@ impl Token {
         // The high 32 bits by construction.
         (self.0 >> 32) as u32
     }
+
+    /// The `user_data` of a cancel request for this op: the op's token with bit 31 of the slot
+    /// set (op slots stay below it: the op table would need 2 Gi entries first).
+    pub fn cancel_of(self) -> Token {
+        Token(self.0 | Token::CANCEL_BIT)
+    }
+
+    /// For the `user_data` of a cancel request made by [`Token::cancel_of`]: the op it names.
+    pub fn cancelled_op(self) -> Option<Token> {
+        (self != Token::CANCEL && self.0 & Token::CANCEL_BIT != 0)
+            .then_some(Token(self.0 & !Token::CANCEL_BIT))
+    }
+
+    const CANCEL_BIT: u64 = 1 << 31;
 }
+
+/// The slot of [`Token::errq`] tokens.
+const ERRQ_SLOT: u32 = u32::MAX - 1;
 
 /// One operation as the kernel will see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +75,10 @@ pub(crate) enum OpShape {
         bytes: usize,
         group: u32,
     },
+    /// One packet, the queue's datagram `seq`, for one `write(2)` on a packet descriptor
+    /// (never merged with another, never split); `group` names it in the socket's queue, as for
+    /// a datagram op.
+    Packet { seq: u64, bytes: usize, group: u32 },
 }
 
 /// An operation for a driver to issue. `token` goes into `user_data` and comes back with the
@@ -72,6 +104,13 @@ pub(crate) enum Event {
     /// A `sendmmsg` stopped before this op without an error of its own (a partial count):
     /// nothing of it was sent, and the error that stopped the call, if any, was consumed.
     Stopped { token: Token },
+    /// An error-queue entry read for `sock` (an ICMP error about an earlier datagram to
+    /// `dest`), by a read the core asked for ([`super::Core::take_errq_after`]).
+    PeerError {
+        sock: u32,
+        dest: Option<SocketAddr>,
+        errno: i32,
+    },
     /// A socket the core asked to watch ([`super::Core::take_watch`]) is writable, or has an
     /// error pending that the next send will report.
     Writable { sock: u32 },

@@ -17,9 +17,11 @@ pub(super) struct Unreachables {
     at: HashMap<(SocketAddr, i32), usize>,
 }
 
-/// The name a peer error gives its destination: an IPv4 destination reached through a
-/// dual-stack IPv6 socket comes back from the error queue IPv4-mapped; it is named as IPv4,
-/// the way such destinations are usually written.
+/// The name every error gives a peer or destination the kernel reported: an IPv4 destination
+/// reached through a dual-stack IPv6 socket comes back from the error queue (and from
+/// `getpeername`) IPv4-mapped; it is named as IPv4, the way such destinations are usually
+/// written. Applied to the error queue's addresses and to a socket's peer at registration;
+/// `send_to` destinations are kept as the caller wrote them.
 pub(super) fn canonical(dest: SocketAddr) -> SocketAddr {
     match dest {
         SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
@@ -32,20 +34,6 @@ pub(super) fn canonical(dest: SocketAddr) -> SocketAddr {
 
 /// Peer errors kept per socket until taken.
 pub(crate) const PEER_ERRORS_KEPT: usize = 4096;
-
-/// Errors a pending socket error (`sk_err`) can carry from an ICMP message about an earlier
-/// datagram: with `IP_RECVERR` an unconnected socket gets them too, and the send that picks one
-/// up sends nothing.
-pub(crate) fn is_icmp_errno(errno: i32) -> bool {
-    matches!(
-        errno,
-        libc::ECONNREFUSED
-            | libc::EHOSTUNREACH
-            | libc::ENETUNREACH
-            | libc::EHOSTDOWN
-            | libc::EPROTO
-    )
-}
 
 impl Core {
     /// Asks the backend to read the socket's error queue (only where `IP_RECVERR` is on).
@@ -91,6 +79,9 @@ impl Core {
             return;
         };
         let dest = dest.or(s.peer).map(canonical);
+        if let (Some(d), super::Queue::Dgram(q)) = (dest, &mut s.queue) {
+            q.mark_noisy(d);
+        }
         if s.peer_errors.len() < PEER_ERRORS_KEPT {
             s.peer_errors.push(Error::Peer {
                 status: Status::from_errno(errno),
@@ -114,6 +105,28 @@ impl Core {
                 reports: 1,
             });
         }
+    }
+
+    /// The next datagram socket whose error queue should be read once the ops planned so far
+    /// have gone out, with its fd and the entries expected (one per group sent to a destination
+    /// that drew an ICMP error lately: reading them at once clears the socket's pending error
+    /// before it can fail another destination's send).
+    pub fn take_errq_after(&mut self) -> Option<(u32, RawFd, usize)> {
+        while let Some(idx) = self.errq_after.pop() {
+            if let Some(s) = self
+                .socks
+                .get_mut(idx as usize)
+                .and_then(|s| s.sock.as_mut())
+            {
+                if let super::Queue::Dgram(q) = &mut s.queue {
+                    let n = q.take_errq_after();
+                    if n > 0 {
+                        return Some((idx, s.fd, n));
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// Takes the peer errors recorded for the socket since the last call.

@@ -30,11 +30,14 @@ impl Core {
     pub fn add_socket(&mut self, fd: RawFd, peer: Option<SocketAddr>, queue: Queue) -> SocketId {
         let sock = Sock {
             fd,
-            peer,
+            // The one place addresses are normalized: a dual-stack socket's IPv4 peer is
+            // `[::ffff:a.b.c.d]:p` to `getpeername`; every error names it as IPv4.
+            peer: peer.map(super::peer::canonical),
             writable: true,
             watching: false,
             in_ready: false,
             capped: false,
+            chain: 0,
             barrier: None,
             in_flight: 0,
             queued_bytes: 0,

@@ -12,7 +12,8 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
-use super::{is_retry, Clock, Config, Core, OpShape, Queue};
+use super::class::{classify, Class, OpKind};
+use super::{Clock, Config, Core, OpShape, Queue};
 use crate::error::Error;
 use crate::plan::cut_stream;
 
@@ -302,7 +303,7 @@ impl Core {
         if res < 0 {
             // `wrapping_neg`: a corrupt `i32::MIN` result must not panic (it maps to `Other`).
             let errno = res.wrapping_neg();
-            if is_retry(errno) {
+            if classify(errno, OpKind::Stream) == Class::Retry {
                 self.stats.retries += 1;
                 return errno == libc::EAGAIN;
             }

@@ -44,6 +44,8 @@ macro_rules! both {
     };
 }
 
+mod packet;
+
 fn sim(mode: Mode, cfg: SimConfig) -> (Engine, SimHandle) {
     let kernel = SimKernel::new(mode);
     let k = kernel.handle();
@@ -475,6 +477,42 @@ both! {
     }
 }
 
+both! {
+    /// Issue #11 item 1: a group refused with EIO/EINVAL whose datagrams also fail alone had
+    /// its datagrams' own error (a bad destination), not "this device cannot segment": each
+    /// fails with it, and GSO stays on for the socket. Before the fix GSO went off for good.
+    fn a_group_error_that_is_the_datagrams_own_leaves_gso_on(mode) {
+        for errno in [libc::EIO, libc::EINVAL] {
+            let (mut e, k) = sim(mode, SimConfig::default());
+            let d = udp(&mut e, &k, None, false);
+            let bad = dest(9000);
+            k.set_behaviour(Box::new(FnBehaviour(move |v: &OpView<'_>| {
+                if v.dest == Some(bad) {
+                    Verdict::Errno(errno)
+                } else {
+                    Verdict::Full
+                }
+            })));
+            gso_group(&mut e, &k, d, 0, &[100, 100, 100, 40]);
+            let r = e.flush(d).unwrap();
+            let status = Status::from_errno(errno);
+            assert_eq!((r.writes, r.failed, r.failed_with(status)), (0, 4, 4), "{r:?}");
+            assert!(e.socket_gso(d).unwrap(), "errno {errno}: GSO stays on");
+            // A later group to a good destination still goes as one GSO send.
+            for tag in 4..8 {
+                send_to(&mut e, d, tag, 9001, 100);
+            }
+            let r = e.flush(d).unwrap();
+            assert_eq!((r.writes, r.failed), (4, 0));
+            let p = k.peer(d);
+            let last = p.ops.last().unwrap();
+            assert_eq!((last.count, last.segment_size), (4, Some(100)), "errno {errno}");
+            let decided = p.ops.iter().filter(|o| o.res.is_some()).count();
+            assert_eq!(decided, 1 + 4 + 1, "errno {errno}: the group, 4 alone, the group");
+        }
+    }
+}
+
 /// io_uring: two groups in flight are both refused; the second failure is tolerated.
 #[test]
 fn gso_tolerates_more_failures_from_groups_already_in_flight() {
@@ -595,10 +633,12 @@ both! {
 
 both! {
     fn stale_icmp_resends_are_bounded_then_the_datagram_fails(mode) {
+        // A connected socket without IP_RECVERR: the kernel gives no way to tell a stale
+        // pending error from the datagram's own, so the bound ends it.
         let (mut e, k) = sim(mode, SimConfig::default());
-        let d = udp(&mut e, &k, None, true);
+        let d = udp(&mut e, &k, Some(dest(7)), false);
         k.script(d, [Verdict::Errno(libc::EHOSTUNREACH); 40]);
-        send_to(&mut e, d, 0, 9005, 1);
+        send_all(&mut e, d, 0, &[1]);
         let r = e.flush(d).unwrap();
         assert_eq!((r.writes, r.failed), (0, 1));
         assert_eq!(r.failed_with(Status::HostUnreachable), 1, "{r:?}");
@@ -607,7 +647,11 @@ both! {
 }
 
 both! {
-    fn an_icmp_class_errno_resends_connected_or_not_with_or_without_recverr(mode) {
+    /// An ICMP-class errno is a stale pending error only where one can be pending: on a
+    /// connected socket without IP_RECVERR it is sent again; with IP_RECVERR only if the error
+    /// queue held a report (here it holds none: the errno is the datagram's own, e.g. a route
+    /// lookup's ENETUNREACH); on an unconnected socket without it, never.
+    fn an_icmp_class_errno_is_stale_only_where_a_pending_error_can_be(mode) {
         for errno in [libc::ECONNREFUSED, libc::EHOSTUNREACH, libc::ENETUNREACH, libc::EHOSTDOWN, libc::EPROTO] {
             for (connected, recverr) in [(false, false), (false, true), (true, false), (true, true)] {
                 let (mut e, k) = sim(mode, SimConfig::default());
@@ -620,13 +664,59 @@ both! {
                 }
                 let r = e.flush(d).unwrap();
                 let case = format!("errno {errno}, connected {connected}, recverr {recverr}");
-                assert_eq!((r.writes, r.failed), (1, 0), "{case}");
                 let p = k.peer(d);
-                assert_eq!((p.ops.len(), p.datagrams.len()), (2, 1), "{case}");
                 assert_eq!(p.errqueue_reads > 0, recverr, "{case}: error queue read");
-                assert_eq!(e.stats().stale_error_resends, 1, "{case}");
+                if connected && !recverr {
+                    assert_eq!((r.writes, r.failed), (1, 0), "{case}");
+                    assert_eq!((p.ops.len(), p.datagrams.len()), (2, 1), "{case}");
+                    assert_eq!(e.stats().stale_error_resends, 1, "{case}");
+                } else {
+                    assert_eq!((r.writes, r.failed), (0, 1), "{case}");
+                    assert_eq!(r.failed_with(Status::from_errno(errno)), 1, "{case}");
+                    assert_eq!((p.ops.len(), p.datagrams.len()), (1, 0), "{case}");
+                    assert_eq!(e.stats().stale_error_resends, 0, "{case}");
+                    assert!(e.take_peer_errors(d).unwrap().is_empty(), "{case}");
+                }
             }
         }
+    }
+}
+
+both! {
+    /// A synchronous route error on a recverr socket (nothing on the error queue) fails its
+    /// datagram once, with one error-queue read, however many datagrams in the batch get it;
+    /// datagrams to routable destinations go out. Before: 33 sends per datagram.
+    fn a_route_error_fails_each_datagram_once(mode) {
+        let (mut e, k) = sim(mode, no_gso());
+        let d = udp(&mut e, &k, None, true);
+        let unroutable = dest(9100);
+        k.set_behaviour(Box::new(FnBehaviour(move |v: &OpView<'_>| {
+            if v.dest == Some(unroutable) {
+                Verdict::Errno(libc::ENETUNREACH)
+            } else {
+                Verdict::Full
+            }
+        })));
+        for tag in 0..8 {
+            send_to(&mut e, d, tag, if tag % 2 == 0 { 9100 } else { 9101 }, 10);
+        }
+        let r = e.flush(d).unwrap();
+        assert_eq!((r.writes, r.failed), (4, 4), "{r:?}");
+        assert_eq!(r.failed_with(Status::NetworkUnreachable), 4, "{r:?}");
+        let p = k.peer(d);
+        assert_eq!(p.datagrams.len(), 4);
+        // One failed send per unroutable datagram (before the fix: 33 each).
+        let sends = |seq: u64| {
+            p.ops
+                .iter()
+                .filter(|o| o.first_seq == seq && o.res == Some(-libc::ENETUNREACH))
+                .count()
+        };
+        for seq in [0, 2, 4, 6] {
+            assert_eq!(sends(seq), 1, "datagram {seq}");
+        }
+        assert_eq!(e.stats().stale_error_resends, 0);
+        assert!(e.take_peer_errors(d).unwrap().is_empty());
     }
 }
 
@@ -1161,6 +1251,49 @@ fn drop_whose_cancels_never_complete_leaks_after_the_deadline() {
     assert_eq!(k.now_ns() - t0, 2_000_000_000);
 }
 
+/// Issue #11 item 7: io_uring drops completions (`EBADR`: its CQ overflowed with no room).
+/// Every op in flight is cancelled; those whose completion was lost end with `CompletionLost`
+/// (a stream poisoned with it, every datagram of a lost group failed), one still held by a
+/// stalled peer ends cancelled, and nothing stays pending. Before: the flush failed with
+/// `Error::Io` (EBADR) and the lost ops stayed in flight for ever.
+#[test]
+fn dropped_completions_end_every_op_in_flight() {
+    let (mut e, k) = sim(Mode::Uring, SimConfig::default());
+    let h = stream(&mut e, &k);
+    let d = udp(&mut e, &k, None, false);
+    let stalled = stream(&mut e, &k);
+    k.stall(stalled);
+    send_all(&mut e, h, 0, &[100, 200]);
+    for tag in 10..14 {
+        send_to(&mut e, d, tag, 9000, 100);
+    }
+    send_all(&mut e, stalled, 20, &[50]);
+    k.drop_completions();
+    let all = e.flush_all().unwrap();
+    assert_eq!(e.pending_writes(), 0, "nothing left pending");
+    assert_eq!(e.stats().completion_losses, 1);
+    let lost = e.stats().failed(Status::CompletionLost);
+    assert_eq!(lost, 2 + 4, "the stream's writes and the group's datagrams");
+    assert_eq!(e.stats().failed(Status::Cancelled), 1, "the stalled op");
+    assert!(
+        all.errors()
+            .iter()
+            .any(|err| err.status() == Some(Status::CompletionLost)),
+        "{all:?}"
+    );
+    let err = e.send(h, Bytes::from_static(b"x")).unwrap_err();
+    assert_eq!(
+        err.error().status(),
+        Some(Status::CompletionLost),
+        "poisoned"
+    );
+    // The engine goes on: a new socket's writes go out.
+    let h2 = stream(&mut e, &k);
+    let want = send_all(&mut e, h2, 30, &[10]);
+    e.flush(h2).unwrap();
+    assert_eq!(k.peer(h2).received, want);
+}
+
 // ---- batching ---------------------------------------------------------------------------------
 
 /// io_uring: one `io_uring_enter` carries the pending ops of every socket.
@@ -1317,6 +1450,7 @@ fn random_step(rng: &mut SmallRng, diff: bool) -> Step {
         },
         29 => Step::ShutdownWrite { sock },
         30 => Step::TakePeerErrors { sock },
+        _ if rng.gen_range(0..5) == 0 => Step::AddPacket,
         _ if rng.gen_range(0..4) == 0 => Step::AddStream,
         _ => Step::AddUdp {
             connected: rng.gen(),

@@ -6,7 +6,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 /// Errno values a kernel may return for a send, for fuzz targets to pick from.
-pub const ERRNOS: [i32; 18] = [
+pub const ERRNOS: [i32; 20] = [
     libc::EAGAIN,
     libc::EINTR,
     512, // ERESTARTSYS
@@ -25,6 +25,9 @@ pub const ERRNOS: [i32; 18] = [
     libc::ECANCELED,
     libc::ENOMEM,
     libc::EPERM,
+    // A packet descriptor whose device is gone (a deleted TUN device: EBADFD).
+    libc::EBADFD,
+    libc::ENODEV,
 ];
 
 /// What the kernel does with one op.

@@ -46,6 +46,21 @@ pub fn kernel_poison(log: &PeerLog) -> Option<Status> {
     })
 }
 
+/// The statuses a packet descriptor may be poisoned with: those of its results that say the
+/// device is gone (several packets in flight may each get one; the first the engine applied
+/// poisons it). Empty: not poisoned.
+pub fn packet_poisons(log: &PeerLog) -> Vec<Status> {
+    log.ops
+        .iter()
+        .filter_map(|op| match op.res {
+            Some(r) if r < 0 && Status::is_fd_gone(r.wrapping_neg()) => {
+                Some(Status::from_errno(r.wrapping_neg()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// Stream writes the peer got whole: (surely sent, possibly sent). The difference is empty
 /// writes right at the end of what arrived, which an op may or may not have covered yet.
 fn stream_sent_bounds(s: &SockModel, received: usize) -> (u64, u64) {
@@ -213,7 +228,8 @@ fn check_retries(cfg: &Config, i: usize, log: &PeerLog) {
                 op.first_seq
             );
         }
-        if errno != libc::ENOBUFS || op.count != 1 {
+        // Packets fail alone on ENOBUFS, with no backoff.
+        if errno != libc::ENOBUFS || op.count != 1 || log.packet {
             continue;
         }
         let c = nobufs.entry(op.first_seq).or_default();
@@ -262,11 +278,12 @@ pub fn check_send(
     let kind_ok = match s.kind {
         super::kernel::Kind::Stream => !to,
         super::kernel::Kind::Udp { peer, .. } => peer.is_some() != to,
+        super::kernel::Kind::Packet => !to,
     };
-    let poison = if s.is_stream() {
-        kernel_poison(log)
-    } else {
-        None
+    let poisons = match s.kind {
+        super::kernel::Kind::Stream => kernel_poison(log).into_iter().collect(),
+        super::kernel::Kind::Packet => packet_poisons(log),
+        super::kernel::Kind::Udp { .. } => Vec::new(),
     };
     let (max_per, max_total) = (cfg.max_queued_bytes_per_socket, cfg.max_queued_bytes);
     let (sock_q, total_q) = before;
@@ -274,7 +291,11 @@ pub fn check_send(
         Ok(()) => {
             assert!(!s.removed, "a send on a removed socket was accepted");
             assert!(kind_ok, "a send of the wrong kind was accepted");
-            assert_eq!(poison, None, "a send on a poisoned stream was accepted");
+            assert_eq!(
+                poisons,
+                [],
+                "a send on a poisoned stream or packet fd was accepted"
+            );
             let q = sock_q.expect("a live socket has a queue");
             assert!(
                 q + len <= max_per && total_q + len <= max_total,
@@ -297,10 +318,10 @@ pub fn check_send(
             );
         }
         Error::WrongSocketKind { .. } => assert!(!kind_ok, "refused as the wrong kind: {err}"),
-        Error::Socket { status, .. } => assert_eq!(
-            Some(*status),
-            poison,
-            "refused with a socket error the stream never got"
+        Error::Socket { status, .. } => assert!(
+            poisons.contains(status),
+            "refused with {status:?}, a fatal error the stream or packet fd never got \
+             ({poisons:?})"
         ),
         Error::BufferTooLarge { .. } => {
             assert!(len > max_per.min(max_total), "refused as too large: {err}");
@@ -363,8 +384,10 @@ pub fn check_resolved(model: &mut Model, i: usize, target: u64, ok: bool, k: &Si
         );
     }
     let below = log.datagrams.iter().filter(|d| d.seq < target).count();
+    // A raised flush (a poisoned packet fd) took its counts with it.
     assert!(
-        s.reported.ended() >= target && s.reported.failed >= target - below as u64,
+        s.reports_lost
+            || (s.reported.ended() >= target && s.reported.failed >= target - below as u64),
         "socket {i}: barrier at {target} resolved with {below} delivered and {:?} reported",
         s.reported
     );
@@ -376,11 +399,12 @@ pub fn check_resolved(model: &mut Model, i: usize, target: u64, ok: bool, k: &Si
 }
 
 /// A `flush_all` report against the model: every live socket once, in socket order, the total
-/// their sum, and the errors exactly those of the streams whose report has one.
+/// their sum, and the errors exactly those of the streams whose report has one and of the
+/// poisoned packet descriptors.
 ///
 /// # Panics
 /// On any difference.
-pub fn check_flush_all(model: &Model, all: &FlushAllReport, engine: &Engine) {
+pub fn check_flush_all(model: &Model, all: &FlushAllReport, engine: &Engine, k: &SimHandle) {
     assert_eq!(
         engine.pending_writes(),
         0,
@@ -410,6 +434,23 @@ pub fn check_flush_all(model: &Model, all: &FlushAllReport, engine: &Engine) {
         if s.is_stream() {
             if let Some(e) = &r.first_error {
                 errors.push(e.status());
+            }
+        }
+        if s.kind == super::kernel::Kind::Packet {
+            let poisons = packet_poisons(k.st().log(s.reg));
+            if !poisons.is_empty() {
+                // Which of them poisoned it depends on the order completions were applied.
+                let listed = all
+                    .errors()
+                    .iter()
+                    .filter(|e| matches!(e, Error::Socket { socket, .. } if socket == id))
+                    .map(Error::status)
+                    .collect::<Vec<_>>();
+                assert!(
+                    matches!(listed[..], [Some(st)] if poisons.contains(&st)),
+                    "flush_all lists {listed:?} for a packet fd poisoned with one of {poisons:?}"
+                );
+                errors.push(listed[0]);
             }
         }
     }

@@ -61,7 +61,7 @@ use bytes::Bytes;
 use super::behaviour::{AllOk, Behaviour, OpView, Verdict};
 use crate::core::{is_icmp_errno, Core, Event, OpShape, Planned, Token};
 use crate::error::Error;
-use crate::sys::{Driver, Tally, Wait};
+use crate::sys::{Driver, FdKind, Tally, Wait};
 use crate::{Engine, SocketId};
 
 /// How completions arrive.
@@ -106,6 +106,9 @@ pub enum Kind {
         /// `IP_RECVERR`.
         recverr: bool,
     },
+    /// A packet descriptor (a TUN device): one `write` per packet, all or an error; a short
+    /// write ([`super::Verdict::Short`]) takes part of the packet and delivers nothing.
+    Packet,
 }
 
 /// One op as issued, and what became of it.
@@ -169,6 +172,8 @@ pub struct PeerLog {
     pub fd: RawFd,
     /// A stream.
     pub stream: bool,
+    /// A packet descriptor (its packets are in `datagrams`, with `dest` `None`).
+    pub packet: bool,
     /// Still registered.
     pub registered: bool,
     /// Stream bytes the peer received, in order.
@@ -226,6 +231,8 @@ struct Flight {
     snapshot: Vec<Vec<u8>>,
     seqs: Vec<u64>,
     st: Fl,
+    /// The `issue` call that handed it over.
+    issue: u64,
 }
 
 /// The kernel's state, shared by the driver and its handles.
@@ -253,7 +260,15 @@ pub(crate) struct State {
     idle: Idle,
     focus: Option<u32>,
     frozen: bool,
+    /// io_uring: the next `enter` drops every completion it would report and fails with
+    /// `EBADR` (a CQ overflow without room).
+    drop_cq: bool,
+    /// io_uring: ops whose completion was dropped; a cancel of one answers `ENOENT`, which the
+    /// real driver reports as the op's end with `-EBADR`.
+    lost: std::collections::HashSet<u64>,
     refuse_push: Option<usize>,
+    /// `issue` calls so far.
+    issues: u64,
     rng: u64,
     idle_spins: u32,
     /// Driver calls left before the kernel calls it a livelock.
@@ -302,7 +317,10 @@ impl State {
             idle: Idle::Panic,
             focus: None,
             frozen: false,
+            drop_cq: false,
+            lost: std::collections::HashSet::new(),
             refuse_push: None,
+            issues: 0,
             rng: 0x853c_49e6_748f_ea9b,
             idle_spins: 0,
             budget: DEFAULT_BUDGET,
@@ -366,6 +384,7 @@ impl State {
                 bytes,
                 ..
             } => (false, first_seq, count, segment_size, bytes),
+            OpShape::Packet { seq, bytes, .. } => (false, seq, 1, None, bytes),
         };
         peer.log.ops.push(OpRecord {
             token: p.token.0,
@@ -419,6 +438,7 @@ impl State {
             snapshot.len()
         );
         match p.shape {
+            OpShape::Packet { .. } => {}
             OpShape::Stream { bytes, .. } => {
                 assert!(
                     peer.log.stream,
@@ -443,8 +463,8 @@ impl State {
                 ..
             } => {
                 assert!(
-                    !peer.log.stream,
-                    "sim kernel: a datagram op on stream socket {}",
+                    !peer.log.stream && !peer.log.packet,
+                    "sim kernel: a datagram op on stream socket or packet descriptor {}",
                     p.sock
                 );
                 assert_eq!(total, bytes, "sim kernel: datagram op bytes != its slices");
@@ -473,6 +493,39 @@ impl State {
                     }
                 }
             }
+        }
+        if let OpShape::Packet { bytes, seq, .. } = p.shape {
+            // One chain per packet descriptor in flight: what a later issue adds would not be
+            // linked behind it, and could overtake it.
+            assert!(
+                !self
+                    .flights
+                    .iter()
+                    .any(|f| f.reg == reg && f.issue != self.issues),
+                "sim kernel: packet op {seq} on socket {} issued while an earlier issue's \
+                 packets are in flight (a second chain could overtake the first)",
+                p.sock
+            );
+            assert!(
+                peer.log.packet,
+                "sim kernel: a packet op on socket {}, not a packet descriptor",
+                p.sock
+            );
+            assert_eq!(total, bytes, "sim kernel: packet op bytes != its slice");
+            assert!(
+                snapshot.len() == 1,
+                "sim kernel: a packet op of {} slices (one write is one packet)",
+                snapshot.len()
+            );
+            assert!(
+                p.dest.is_none(),
+                "sim kernel: a packet op with a destination"
+            );
+            assert_eq!(
+                core.dgram_seqs(p),
+                [seq],
+                "sim kernel: packet op {seq} carries other packets"
+            );
         }
         let seqs = core.dgram_seqs(p).to_vec();
         if let OpShape::Dgram {
@@ -522,6 +575,8 @@ impl State {
         let payload = snapshot.concat();
         let peer = &mut self.peers[reg];
         let stream = peer.log.stream;
+        let packet = peer.log.packet;
+        let dgram = !stream && !packet;
         let (first_seq, count, segment_size, bytes) = match p.shape {
             OpShape::Stream { entries, bytes } => (0, entries, None, bytes),
             OpShape::Dgram {
@@ -531,19 +586,20 @@ impl State {
                 bytes,
                 ..
             } => (first_seq, count, segment_size, bytes),
+            OpShape::Packet { seq, bytes, .. } => (seq, 1, None, bytes),
         };
         let verdict = if let (true, Some(e)) = (stream, peer.reset) {
             Verdict::Errno(e)
         } else if stream && peer.shut_wr {
             Verdict::Errno(libc::EPIPE)
-        } else if let Some(e) = (!stream).then(|| peer.sk_err.take()).flatten() {
+        } else if let Some(e) = dgram.then(|| peer.sk_err.take()).flatten() {
             // Linux reports a pending error before it waits for buffer space.
             Verdict::Errno(e)
         } else if peer.stalled {
             Verdict::Hold
         } else if let Some(v) = peer.script.pop_front() {
             v
-        } else if !stream && peer.nobufs > 0 {
+        } else if dgram && peer.nobufs > 0 {
             peer.nobufs -= 1;
             Verdict::Errno(libc::ENOBUFS)
         } else {
@@ -574,7 +630,9 @@ impl State {
             }
             Verdict::Hold => return None,
             Verdict::Full => full,
-            Verdict::Short(n) if stream => i32::try_from(n.min(bytes)).unwrap_or(i32::MAX),
+            Verdict::Short(n) if stream || packet => {
+                i32::try_from(n.min(bytes)).unwrap_or(i32::MAX)
+            }
             Verdict::Short(_) => full,
             Verdict::Errno(e) => -e,
             Verdict::Raw(r) => r,
@@ -586,6 +644,17 @@ impl State {
             // More than it was given: a broken kernel report; nothing reaches the peer.
             if let Some(n) = usize::try_from(res).ok().filter(|&n| n <= bytes) {
                 peer.log.received.extend_from_slice(&payload[..n]);
+            }
+            return Some(res);
+        }
+        if packet {
+            // Whole, or (a short write, more than it was given) nothing: never a cut packet.
+            if usize::try_from(res).is_ok_and(|n| n == bytes) {
+                peer.log.datagrams.push(Delivered {
+                    seq: first_seq,
+                    dest: None,
+                    payload: Bytes::from(payload),
+                });
             }
             return Some(res);
         }
@@ -907,6 +976,7 @@ impl State {
                 snapshot,
                 seqs,
                 st: Fl::Sq,
+                issue: self.issues,
             });
         }
     }
@@ -931,6 +1001,22 @@ impl State {
                     continue;
                 }
                 let stream = matches!(p.shape, OpShape::Stream { .. });
+                if matches!(p.shape, OpShape::Packet { .. }) {
+                    // One `write` per packet; a failed one stops nothing but EAGAIN.
+                    self.tally.transitions += 1;
+                    self.tally.batches += 1;
+                    self.tally.sqes += 1;
+                    let res = self
+                        .execute(reg, &p, &snapshot, &seqs, 0)
+                        .expect("epoll ops are never held");
+                    self.finish(reg, op, p.token, res);
+                    out.push(Event::Done {
+                        token: p.token,
+                        res,
+                    });
+                    stop = res == -libc::EAGAIN;
+                    continue;
+                }
                 if stream || pos == 0 {
                     self.tally.transitions += 1;
                     self.tally.batches += 1;
@@ -1047,6 +1133,11 @@ impl SimHandle {
         let (stream, peer, recverr) = match kind {
             Kind::Stream => (true, None, false),
             Kind::Udp { peer, recverr } => (false, peer, recverr),
+            Kind::Packet => {
+                return engine
+                    .register_sim_packet()
+                    .expect("register a simulated packet descriptor");
+            }
         };
         let id = engine
             .register_sim(stream, peer, recverr)
@@ -1114,6 +1205,13 @@ impl SimHandle {
     /// sets it before each step.
     pub fn set_budget(&self, n: u64) {
         self.st().budget = n;
+    }
+
+    /// io_uring: the next `enter` loses the completions it would report (they were decided:
+    /// the peers got their bytes) and fails with `EBADR`, as a ring whose CQ overflowed with no
+    /// room left does.
+    pub fn drop_completions(&self) {
+        self.st().drop_cq = true;
     }
 
     /// Frozen, `enter` reports only injected events; nothing is decided.
@@ -1282,7 +1380,7 @@ impl SimHandle {
 }
 
 impl Driver for SimKernel {
-    fn register(&mut self, sock: u32, fd: RawFd, stream: bool) -> Result<(), Error> {
+    fn register(&mut self, sock: u32, fd: RawFd, kind: FdKind) -> Result<(), Error> {
         let mut st = self.st();
         let reg = st.peers.len();
         let i = sock as usize;
@@ -1299,7 +1397,8 @@ impl Driver for SimKernel {
             log: PeerLog {
                 index: sock,
                 fd,
-                stream,
+                stream: kind == FdKind::Stream,
+                packet: kind == FdKind::Packet,
                 registered: true,
                 ..PeerLog::default()
             },
@@ -1343,6 +1442,7 @@ impl Driver for SimKernel {
     ) -> Result<(), Error> {
         let mut st = self.st();
         st.call();
+        st.issues += 1;
         match st.mode {
             Mode::Uring => st.issue_uring(payload, ops, out),
             Mode::Epoll => st.issue_epoll(payload, ops, out),
@@ -1360,7 +1460,24 @@ impl Driver for SimKernel {
             return Ok(());
         }
         st.call();
+        let drop_cq = st.mode == Mode::Uring && std::mem::take(&mut st.drop_cq);
         match st.mode {
+            Mode::Uring if drop_cq => {
+                let mut cq = Vec::new();
+                st.enter_uring(wait, &mut cq);
+                for ev in cq {
+                    match ev {
+                        Event::Done { token, .. } => {
+                            st.lost.insert(token.0);
+                        }
+                        other => out.push(other),
+                    }
+                }
+                return Err(Error::Io {
+                    what: "io_uring_enter",
+                    errno: libc::EBADR,
+                });
+            }
             Mode::Uring => st.enter_uring(wait, out),
             Mode::Epoll => st.enter_epoll(wait, out),
         }
@@ -1398,6 +1515,14 @@ impl Driver for SimKernel {
             return Ok(());
         }
         for t in tokens {
+            if st.lost.remove(&t.0) {
+                // ENOENT for the cancel: the uring driver ends the op as lost.
+                out.push(Event::Done {
+                    token: *t,
+                    res: -libc::EBADR,
+                });
+                continue;
+            }
             let Some(i) = st.flights.iter().position(|f| f.p.token == *t) else {
                 panic!("sim kernel: cancel of {:#x}, which is not in flight", t.0);
             };

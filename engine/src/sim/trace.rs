@@ -78,6 +78,8 @@ impl Default for Setup {
 pub enum Step {
     /// Registers a stream (at most [`MAX_SOCKETS`] sockets in all).
     AddStream,
+    /// Registers a packet descriptor (at most [`MAX_SOCKETS`] sockets in all).
+    AddPacket,
     /// Registers a UDP socket, connected to port `port` or not.
     AddUdp {
         /// Connected (then `send`), else `send_to`.
@@ -404,6 +406,11 @@ impl Runner {
                     self.add(Kind::Stream);
                 }
             }
+            Step::AddPacket => {
+                if self.model.socks.len() < MAX_SOCKETS {
+                    self.add(Kind::Packet);
+                }
+            }
             Step::AddUdp {
                 connected,
                 recverr,
@@ -524,8 +531,19 @@ impl Runner {
                 Outcome::Report(Counts::of(&rep))
             }
             Err(e @ Error::Socket { .. }) => {
+                if self.model.socks[i].kind == Kind::Packet {
+                    let poisons = checks::packet_poisons(self.k.st().log(self.model.socks[i].reg));
+                    assert!(
+                        e.status().is_some_and(|st| poisons.contains(&st)),
+                        "socket {i}: a packet flush raised {e}, but the device is not gone \
+                         (fatal results: {poisons:?})"
+                    );
+                }
                 let s = &mut self.model.socks[i];
-                assert!(s.is_stream(), "socket {i}: a datagram flush raised {e}");
+                assert!(
+                    s.is_stream() || s.kind == Kind::Packet,
+                    "socket {i}: a datagram flush raised {e}"
+                );
                 s.reports_lost = true;
                 s.error = e.status();
                 s.pending_barrier = None;
@@ -594,7 +612,7 @@ impl Runner {
         let engine = self.engine.as_mut().expect("live");
         match engine.flush_all() {
             Ok(all) => {
-                checks::check_flush_all(&self.model, &all, engine);
+                checks::check_flush_all(&self.model, &all, engine, &self.k);
                 let mut per = Vec::new();
                 for (id, rep) in &all.sockets {
                     let i = self

@@ -1,6 +1,7 @@
 //! The epoll driver: `O_NONBLOCK` sockets, `sendmsg` with iovecs for streams, `sendmmsg` for
-//! datagrams (GSO groups included), all completed inside [`Driver::issue`]; a socket that hit
-//! EAGAIN is watched with `EPOLLOUT | EPOLLONESHOT` until it is writable.
+//! datagrams (GSO groups included), one `write` per packet on a packet descriptor, all
+//! completed inside [`Driver::issue`]; a descriptor that hit EAGAIN is watched with
+//! `EPOLLOUT | EPOLLONESHOT` until it is writable.
 //!
 //! Sockets are added to the epoll set only when first watched, and only while watched can they
 //! wake it: the epoll descriptor (the engine's `AsFd`) is readable exactly when a watched socket
@@ -13,7 +14,7 @@ use std::time::Instant;
 
 use super::msg::{mmsghdr, MmsgVec, MsgMem};
 use super::uring::set_nonblocking;
-use super::{nanos_since, Driver, Tally, Wait};
+use super::{nanos_since, Driver, FdKind, Tally, Wait};
 use crate::core::{Core, Event, OpShape, Planned, Token};
 use crate::error::Error;
 
@@ -138,6 +139,29 @@ impl Epoll {
         }
     }
 
+    /// Writes the packet ops `batch[start..end]` (one descriptor), one `write(2)` each. A
+    /// failed packet does not stop the others; after EAGAIN the rest are reported unsent (they
+    /// would only hit it again) and the core watches the descriptor.
+    fn write_packets(&mut self, payload: &Core, start: usize, end: usize, out: &mut Vec<Event>) {
+        for k in start..end {
+            let p = self.batch[k];
+            let m = &mut self.mems[k];
+            m.prepare(payload, &p);
+            self.tally.transitions += 1;
+            self.tally.batches += 1;
+            self.tally.sqes += 1;
+            let res = m.write_now(p.fd);
+            out.push(Event::Done {
+                token: p.token,
+                res,
+            });
+            if res == -libc::EAGAIN {
+                self.not_issued(k + 1, end, out);
+                return;
+            }
+        }
+    }
+
     fn not_issued(&self, from: usize, to: usize, out: &mut Vec<Event>) {
         out.extend(
             self.batch[from..to]
@@ -166,7 +190,7 @@ impl Epoll {
 }
 
 impl Driver for Epoll {
-    fn register(&mut self, sock: u32, fd: RawFd, _stream: bool) -> Result<(), Error> {
+    fn register(&mut self, sock: u32, fd: RawFd, _kind: FdKind) -> Result<(), Error> {
         set_nonblocking(fd, true)?;
         let i = sock as usize;
         if self.watch.len() <= i {
@@ -217,6 +241,14 @@ impl Driver for Epoll {
                         .take_while(|q| q.sock == p.sock)
                         .count();
                     self.send_dgrams(payload, i, end, out);
+                    i = end;
+                }
+                OpShape::Packet { .. } => {
+                    let end = i + self.batch[i..]
+                        .iter()
+                        .take_while(|q| q.sock == p.sock)
+                        .count();
+                    self.write_packets(payload, i, end, out);
                     i = end;
                 }
             }

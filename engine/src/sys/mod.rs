@@ -8,9 +8,12 @@
 //! (`engine/src/engine.rs`), the same over every driver:
 //!
 //! - [`uring`]: blocking sockets (the ring arms poll instead of failing with EAGAIN), all ops in
-//!   the SQ and one `io_uring_enter` that submits them and, when asked, waits;
+//!   the SQ and one `io_uring_enter` that submits them and, when asked, waits; packet
+//!   descriptors `O_NONBLOCK` (see `Uring::register`), one `IORING_OP_WRITE` per packet, a
+//!   descriptor's packets of one round linked (`IOSQE_IO_HARDLINK`) so they keep their order;
 //! - [`epoll`]: `O_NONBLOCK` sockets, one `sendmsg` per stream op and one `sendmmsg` per
-//!   socket's datagrams, completed at once; `epoll_wait` for sockets that hit EAGAIN;
+//!   socket's datagrams, one `write` per packet, completed at once; `epoll_wait` for sockets
+//!   that hit EAGAIN;
 //! - `sim` (feature `sim` or `cfg(fuzzing)`): a simulated kernel for tests and fuzz targets.
 //!
 //! Socket mode per backend is the driver's (`register`).
@@ -40,6 +43,19 @@ pub(crate) struct Tally {
     pub sqes: u64,
 }
 
+/// Entries a default [`Driver::read_errqueue_after`] reads at most (one `recvmmsg`).
+const ERRQUEUE_AFTER_MIN: usize = 64;
+/// What a registered descriptor is, for the mode a driver puts it in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FdKind {
+    /// A TCP stream.
+    Stream,
+    /// A UDP socket.
+    Dgram,
+    /// A packet descriptor (TUN/TAP, a packet-mode pipe): one `write(2)` per packet.
+    Packet,
+}
+
 /// How long [`Driver::enter`] may block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wait {
@@ -51,8 +67,9 @@ pub(crate) enum Wait {
 
 /// The contract every backend (and the simulated kernel) implements.
 pub(crate) trait Driver {
-    /// Puts the socket in the mode the driver needs and starts tracking it.
-    fn register(&mut self, sock: u32, fd: RawFd, stream: bool) -> Result<(), Error>;
+    /// Puts the socket (or packet descriptor) in the mode the driver needs and starts tracking
+    /// it.
+    fn register(&mut self, sock: u32, fd: RawFd, kind: FdKind) -> Result<(), Error>;
     /// Stops tracking the socket (nothing of it may be in flight).
     fn deregister(&mut self, sock: u32, fd: RawFd);
     /// Hands `ops` to the kernel (or to the SQ until the next [`Driver::enter`]). `payload`
@@ -70,6 +87,17 @@ pub(crate) trait Driver {
     fn cancel(&mut self, tokens: &[Token], out: &mut Vec<Event>) -> Result<(), Error>;
     /// Reads up to `max` entries of the socket's error queue: (destination, errno) each.
     fn read_errqueue(&mut self, fd: RawFd, max: usize, out: &mut Vec<(Option<SocketAddr>, i32)>);
+    /// Reads `sock`'s error queue once the ops issued so far have gone to the kernel (`count`
+    /// entries expected): results come back as [`Event::PeerError`], now or from a later
+    /// [`Driver::enter`]. By default a read now (drivers whose `issue` sends at once).
+    fn read_errqueue_after(&mut self, sock: u32, fd: RawFd, count: usize, out: &mut Vec<Event>) {
+        let mut got = Vec::new();
+        self.read_errqueue(fd, count.max(ERRQUEUE_AFTER_MIN), &mut got);
+        out.extend(
+            got.into_iter()
+                .map(|(dest, errno)| Event::PeerError { sock, dest, errno }),
+        );
+    }
     /// `shutdown(fd, SHUT_WR)`.
     fn shutdown_write(&mut self, fd: RawFd) -> Result<(), Error>;
     /// Forgets the kernel-visible memory of every op in flight (a shutdown whose drain failed).
@@ -107,8 +135,8 @@ macro_rules! dispatch {
 }
 
 impl Driver for AnyDriver {
-    fn register(&mut self, sock: u32, fd: RawFd, stream: bool) -> Result<(), Error> {
-        dispatch!(self, d => d.register(sock, fd, stream))
+    fn register(&mut self, sock: u32, fd: RawFd, kind: FdKind) -> Result<(), Error> {
+        dispatch!(self, d => d.register(sock, fd, kind))
     }
     fn deregister(&mut self, sock: u32, fd: RawFd) {
         dispatch!(self, d => d.deregister(sock, fd))
@@ -134,6 +162,9 @@ impl Driver for AnyDriver {
     }
     fn read_errqueue(&mut self, fd: RawFd, max: usize, out: &mut Vec<(Option<SocketAddr>, i32)>) {
         dispatch!(self, d => d.read_errqueue(fd, max, out))
+    }
+    fn read_errqueue_after(&mut self, sock: u32, fd: RawFd, count: usize, out: &mut Vec<Event>) {
+        dispatch!(self, d => d.read_errqueue_after(sock, fd, count, out))
     }
     fn shutdown_write(&mut self, fd: RawFd) -> Result<(), Error> {
         dispatch!(self, d => d.shutdown_write(fd))

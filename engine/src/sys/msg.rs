@@ -130,6 +130,31 @@ impl MsgMem {
     }
 }
 
+impl MsgMem {
+    /// Writes the prepared packet op now on `fd` with `write(2)` (one packet: its one buffer);
+    /// the result as a completion would carry it (bytes, or `-errno`).
+    pub fn write_now(&self, fd: RawFd) -> i32 {
+        let (ptr, len) = self.packet_buffer();
+        // SAFETY: the buffer is a live slice of the core's queue for the duration of the call.
+        let rc = unsafe { libc::write(fd, ptr.cast(), len) };
+        if rc < 0 {
+            -std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO)
+        } else {
+            i32::try_from(rc).unwrap_or(i32::MAX)
+        }
+    }
+
+    /// A packet op's one buffer (an empty packet: a dangling pointer and 0).
+    pub fn packet_buffer(&self) -> (*const u8, usize) {
+        match self.iov.first() {
+            Some(iov) => (iov.iov_base.cast_const().cast(), iov.iov_len),
+            None => (std::ptr::NonNull::<u8>::dangling().as_ptr().cast_const(), 0),
+        }
+    }
+}
+
 /// Appends `s` as an iovec, or extends the previous iovec when `s` starts where it ends: buffers
 /// cut from one allocation (`BytesMut::split_to`, `Bytes::slice`) then cost the kernel one iovec
 /// for the whole run, as a single contiguous buffer would (its per-iovec cost is far above ours).
@@ -204,45 +229,71 @@ pub(crate) fn udp_family(socket: &std::net::UdpSocket) -> (bool, bool) {
     (v6, v6 && sock.only_v6().unwrap_or(false))
 }
 
-/// Reads the socket's error queue (`MSG_ERRQUEUE`, non-blocking) until it is empty, at most
-/// `max` entries; pushes (destination of the datagram the error is about, errno) for each.
-/// Returns the number of system calls made.
-pub(crate) fn drain_errqueue(
-    fd: RawFd,
-    max: usize,
-    out: &mut Vec<(Option<SocketAddr>, i32)>,
-) -> u64 {
-    #[repr(C, align(8))]
-    struct Ctl([u8; 256]);
-    let mut calls = 0;
-    for _ in 0..max {
-        let mut ctl = Ctl([0; 256]);
-        let mut name = SockAddrStorage::zeroed();
-        let mut byte = 0u8;
-        let mut iov = libc::iovec {
-            iov_base: (&mut byte as *mut u8).cast(),
+/// Memory for reading one error-queue entry (`recvmsg(MSG_ERRQUEUE)`): the `msghdr`, a 1-byte
+/// iovec (the entry's payload is not needed), the address of the datagram the error is about,
+/// and room for the `IP_RECVERR`/`IPV6_RECVERR` cmsg. Boxed by its users so the addresses stay
+/// fixed while the kernel writes (an io_uring `RECVMSG`).
+pub(crate) struct ErrqMem {
+    pub msg: libc::msghdr,
+    iov: libc::iovec,
+    byte: u8,
+    name: SockAddrStorage,
+    ctl: ErrqCtl,
+}
+
+#[repr(C, align(8))]
+struct ErrqCtl([u8; 256]);
+
+impl std::fmt::Debug for ErrqMem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ErrqMem").finish_non_exhaustive()
+    }
+}
+
+// SAFETY: the raw pointers in `msg`/`iov` point into this struct only.
+unsafe impl Send for ErrqMem {}
+
+impl ErrqMem {
+    pub fn new() -> ErrqMem {
+        ErrqMem {
+            // SAFETY: as in `MsgMem::new`: an all-zero msghdr/iovec is valid.
+            msg: unsafe { mem::zeroed() },
+            // SAFETY: as above.
+            iov: unsafe { mem::zeroed() },
+            byte: 0,
+            name: SockAddrStorage::zeroed(),
+            ctl: ErrqCtl([0; 256]),
+        }
+    }
+
+    /// Points `msg` at this struct's own buffers, lengths reset; valid while `self` does not
+    /// move.
+    pub fn prepare(&mut self) {
+        self.iov = libc::iovec {
+            iov_base: (&mut self.byte as *mut u8).cast(),
             iov_len: 1,
         };
-        // SAFETY: as in `MsgMem::new`: an all-zero msghdr is valid.
-        let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-        msg.msg_name = (&mut name as *mut SockAddrStorage).cast();
-        msg.msg_namelen = name.size_of();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = ctl.0.as_mut_ptr().cast();
-        msg.msg_controllen = ctl.0.len() as _;
-        calls += 1;
-        // SAFETY: every pointer in `msg` refers to a live local that outlives the call, with
-        // its length; the kernel writes within them.
-        let r = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
-        if r < 0 {
-            break;
-        }
+        self.msg.msg_name = (&mut self.name as *mut SockAddrStorage).cast();
+        self.msg.msg_namelen = self.name.size_of();
+        self.msg.msg_iov = &mut self.iov;
+        self.msg.msg_iovlen = 1;
+        self.msg.msg_control = self.ctl.0.as_mut_ptr().cast();
+        self.msg.msg_controllen = self.ctl.0.len() as _;
+        self.msg.msg_flags = 0;
+    }
+
+    /// The entry the kernel wrote (after a successful read into [`ErrqMem::prepare`]d memory):
+    /// (destination of the datagram the error is about, errno) for a report from the network
+    /// (ICMP, ICMPv6); `None` for an entry of local origin (`SO_EE_ORIGIN_LOCAL`: the kernel
+    /// queues one for a local `EMSGSIZE` beside the error the send itself returned — no peer's
+    /// report) or one without an `IP_RECVERR`/`IPV6_RECVERR` error.
+    pub fn parse(&mut self) -> Option<(Option<SocketAddr>, i32)> {
         let mut errno = 0;
+        let mut local = false;
         // SAFETY: the kernel filled `msg_controllen` bytes of `ctl`; CMSG_FIRSTHDR/NXTHDR stay
         // within them, and an IP_RECVERR/IPV6_RECVERR header carries a sock_extended_err.
         unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            let mut c = libc::CMSG_FIRSTHDR(&self.msg);
             while !c.is_null() {
                 let (level, ty) = ((*c).cmsg_level, (*c).cmsg_type);
                 if (level == libc::IPPROTO_IP && ty == libc::IP_RECVERR)
@@ -251,16 +302,75 @@ pub(crate) fn drain_errqueue(
                     let ee: libc::sock_extended_err =
                         ptr::read_unaligned(libc::CMSG_DATA(c).cast());
                     errno = i32::try_from(ee.ee_errno).unwrap_or(libc::EIO);
+                    local = ee.ee_origin == libc::SO_EE_ORIGIN_LOCAL;
                 }
-                c = libc::CMSG_NXTHDR(&msg, c);
+                c = libc::CMSG_NXTHDR(&self.msg, c);
             }
         }
-        if errno == 0 {
-            continue;
+        if errno == 0 || local {
+            return None;
         }
+        let name = mem::replace(&mut self.name, SockAddrStorage::zeroed());
         // SAFETY: the kernel wrote a sockaddr of `msg_namelen` bytes into `name`.
-        let dest = unsafe { SockAddr::new(name, msg.msg_namelen) }.as_socket();
-        out.push((dest, errno));
+        let dest = unsafe { SockAddr::new(name, self.msg.msg_namelen) }.as_socket();
+        Some((dest, errno))
+    }
+}
+
+/// Entries read per `recvmmsg(MSG_ERRQUEUE)` call.
+const ERRQ_PER_CALL: usize = 64;
+
+/// Reads the socket's error queue (`recvmmsg(MSG_ERRQUEUE)`, non-blocking: up to 64 entries per
+/// call) until it is empty, at most `max` reports; pushes (destination of the datagram the
+/// error is about, errno) for each report from the network. Entries of local origin are read
+/// and dropped without counting toward `max` (see [`ErrqMem::parse`]): left queued they would
+/// fill the socket's receive buffer. Reading the queue empty also clears the socket's pending
+/// error. Returns the number of system calls made.
+pub(crate) fn drain_errqueue(
+    fd: RawFd,
+    max: usize,
+    out: &mut Vec<(Option<SocketAddr>, i32)>,
+) -> u64 {
+    let mut mems: Vec<ErrqMem> = (0..max.min(ERRQ_PER_CALL))
+        .map(|_| ErrqMem::new())
+        .collect();
+    // SAFETY: an all-zero mmsghdr is valid; each is pointed at its `ErrqMem` below.
+    let mut hdrs: Vec<libc::mmsghdr> = (0..mems.len()).map(|_| unsafe { mem::zeroed() }).collect();
+    let mut calls = 0;
+    let mut left = max;
+    while left > 0 {
+        let n = left.min(mems.len());
+        for (m, h) in mems.iter_mut().zip(hdrs.iter_mut()).take(n) {
+            m.prepare();
+            h.msg_hdr = m.msg;
+            h.msg_len = 0;
+        }
+        calls += 1;
+        // SAFETY: `hdrs[..n]` are valid mmsghdrs whose pointers refer to `mems[..n]`, which
+        // neither move nor drop during the call; the kernel writes within their lengths.
+        let r = unsafe {
+            libc::recvmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                libc::c_uint::try_from(n).unwrap_or(64),
+                libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
+                ptr::null_mut(),
+            )
+        };
+        let Ok(got) = usize::try_from(r) else {
+            break;
+        };
+        for (m, h) in mems.iter_mut().zip(hdrs.iter()).take(got) {
+            // The kernel wrote the lengths back into the copies in `hdrs`.
+            m.msg = h.msg_hdr;
+            if let Some(e) = m.parse() {
+                out.push(e);
+                left -= 1;
+            }
+        }
+        if got < n {
+            break;
+        }
     }
     calls
 }

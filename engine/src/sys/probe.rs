@@ -139,7 +139,7 @@ fn setup(entries: u32, want: &FastPaths) -> Result<(IoUring, UringFeatures), Str
 /// Why io_uring cannot be used here, in words, or `Ok` with the ring it probed (set up with the
 /// setup flags of `want` the kernel accepts) and the fast paths in effect so far.
 pub(crate) fn uring(entries: u32, want: &FastPaths) -> Result<(IoUring, UringFeatures), String> {
-    let (ring, features) = setup(entries, want)?;
+    let (ring, mut features) = setup(entries, want)?;
     let mut probe = Probe::new();
     if let Err(e) = ring.submitter().register_probe(&mut probe) {
         return Err(format!(
@@ -149,11 +149,32 @@ pub(crate) fn uring(entries: u32, want: &FastPaths) -> Result<(IoUring, UringFea
     for (code, name) in [
         (opcode::SendMsg::CODE, "IORING_OP_SENDMSG"),
         (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
+        // Packet descriptors (`Engine::register_packet`): Linux 5.6.
+        (opcode::Write::CODE, "IORING_OP_WRITE"),
     ] {
         if !probe.is_supported(code) {
             return Err(format!("the kernel does not support {name}"));
         }
     }
+    // Each used where present, degraded without (README, "Kernel requirements").
+    let p = ring.params();
+    features.kernel_feature(
+        "feat_nodrop",
+        p.is_feature_nodrop(),
+        "IORING_FEAT_NODROP (5.5) missing: completions beyond a full CQ are dropped; the kernel \
+         then answers EBADR and every op in flight fails with CompletionLost",
+    );
+    features.kernel_feature(
+        "feat_ext_arg",
+        p.is_feature_ext_arg(),
+        "IORING_FEAT_EXT_ARG (5.11) missing: timed waits poll(2) the ring descriptor (one more \
+         system call per wait)",
+    );
+    features.kernel_feature(
+        "op_send",
+        probe.is_supported(opcode::Send::CODE),
+        "IORING_OP_SEND (5.6) missing: single buffers go as IORING_OP_SENDMSG",
+    );
     Ok((ring, features))
 }
 
@@ -205,4 +226,48 @@ pub(crate) fn udp_gso() -> bool {
         )
     };
     rc == 0
+}
+
+/// What a socket handed to `register_tcp` (`tcp`) or `register_udp` is, if it is not what the
+/// call takes: an IPv4 or IPv6 TCP socket, not listening, connected (or reset by its peer with
+/// the error still pending); or an IPv4 or IPv6 UDP socket. `Err` holds the socket's description, in words.
+pub(crate) fn unsuitable_socket(fd: std::os::fd::BorrowedFd<'_>, tcp: bool) -> Result<(), String> {
+    use socket2::{Domain, Protocol, SockRef, Type};
+    let sock = SockRef::from(&fd);
+    let ask = |what: &str, e: io::Error| format!("a descriptor whose {what} cannot be read ({e})");
+    let domain = sock.domain().map_err(|e| ask("SO_DOMAIN", e))?;
+    let ty = sock.r#type().map_err(|e| ask("SO_TYPE", e))?;
+    let proto = sock.protocol().map_err(|e| ask("SO_PROTOCOL", e))?;
+    if domain != Domain::IPV4 && domain != Domain::IPV6 {
+        return Err(format!("a socket of another family ({domain:?})"));
+    }
+    let (want_ty, want_proto) = if tcp {
+        (Type::STREAM, Protocol::TCP)
+    } else {
+        (Type::DGRAM, Protocol::UDP)
+    };
+    if ty != want_ty || proto.is_some_and(|p| p != want_proto) {
+        return Err(format!("a {ty:?} socket (protocol {proto:?})"));
+    }
+    if tcp {
+        if sock.is_listener().map_err(|e| ask("SO_ACCEPTCONN", e))? {
+            return Err("a listening TCP socket".to_string());
+        }
+        // Not connected: never connected (refused), or connected and then reset by its peer
+        // (taken: the error is pending, and the first send reports it as that stream's error).
+        // `POLLERR` tells a pending error without consuming it, as `SO_ERROR` would.
+        if let Err(e) = sock.peer_addr() {
+            let mut pfd = libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+                events: 0,
+                revents: 0,
+            };
+            // SAFETY: one live pollfd for the call; a zero timeout never blocks.
+            let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+            if n != 1 || pfd.revents & libc::POLLERR == 0 {
+                return Err(format!("a TCP socket that is not connected ({e})"));
+            }
+        }
+    }
+    Ok(())
 }

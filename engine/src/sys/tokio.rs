@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use ::tokio::io::unix::AsyncFd;
-use ::tokio::io::Interest;
+use ::tokio::io::{Interest, ReadBuf};
 
 /// Registers `fd` with the current runtime's reactor for readability.
 ///
@@ -40,6 +40,31 @@ pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
         )
     };
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// `recv(fd, MSG_DONTWAIT)` into the unfilled part of `buf`, which it then marks filled
+/// (nothing at EOF), or `WouldBlock`. The unfilled part is not zeroed first: on a 64 KiB read
+/// buffer that `memset` costs more than the read itself.
+pub(crate) fn recv_buf(fd: BorrowedFd<'_>, buf: &mut ReadBuf<'_>) -> io::Result<()> {
+    // SAFETY: the kernel only writes bytes through the pointer, never de-initialises any,
+    // which is what `unfilled_mut` asks of its caller.
+    let unfilled = unsafe { buf.unfilled_mut() };
+    // SAFETY: `unfilled` is valid for writes of `unfilled.len()` bytes (`MaybeUninit<u8>` has
+    // the layout of `u8`) and exclusively borrowed for the call; `fd` is a descriptor
+    // borrowed (so open) for the call.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            unfilled.as_mut_ptr().cast(),
+            unfilled.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    // SAFETY: `recv` returned `n` ≤ `unfilled.len()`: it wrote the first `n` bytes.
+    unsafe { buf.assume_init(n) };
+    buf.advance(n);
+    Ok(())
 }
 
 /// `recvfrom(fd, buf, MSG_DONTWAIT)`: the datagram's length (truncated to `buf`) and source.

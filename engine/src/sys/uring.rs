@@ -14,9 +14,9 @@ use std::time::Instant;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-use super::msg::MsgMem;
-use super::{nanos_since, Driver, Tally, Wait};
-use crate::core::{Core, Event, Planned, Token};
+use super::msg::{ErrqMem, MsgMem};
+use super::{nanos_since, Driver, FdKind, Tally, Wait};
+use crate::core::{Core, Event, OpShape, Planned, Token};
 use crate::error::Error;
 
 /// `io_uring_enter` flags (include/uapi/linux/io_uring.h).
@@ -193,6 +193,17 @@ impl FastPaths {
 /// `EngineBuilder::uring_*` call wins over it; an unknown entry makes `build` fail with
 /// [`crate::Error::UringUnavailable`] naming it. `docs/bench/ablation.md` has the measurements
 /// behind the defaults.
+///
+/// # Kernel features
+///
+/// Besides the switches, the engine uses kernel features it does not ask for, each probed at
+/// build and degraded without (README, "Kernel requirements"): `feat_nodrop`
+/// (`IORING_FEAT_NODROP`, 5.5), `feat_ext_arg` (`IORING_FEAT_EXT_ARG`, 5.11: timed waits in
+/// `io_uring_enter`; without it the engine waits with `poll(2)` on the ring descriptor),
+/// `op_send` (`IORING_OP_SEND`, 5.6; without it single buffers go as `SENDMSG`). Those present
+/// are in `kernel`, those missing in `kernel_missing` with what the engine does instead.
+/// `VOLLEY_URING_WITHOUT=feat_ext_arg,op_send,…` makes the engine treat them as missing (to
+/// test the degraded paths on a newer kernel).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct UringFeatures {
@@ -200,6 +211,10 @@ pub struct UringFeatures {
     pub enabled: Vec<&'static str>,
     /// Fast paths asked for and refused: (name, why, in words).
     pub refused: Vec<(&'static str, String)>,
+    /// Kernel features the engine uses, present.
+    pub kernel: Vec<&'static str>,
+    /// Kernel features the engine uses, missing: (name, what the engine does without it).
+    pub kernel_missing: Vec<(&'static str, String)>,
 }
 
 impl UringFeatures {
@@ -230,6 +245,37 @@ impl UringFeatures {
     pub(crate) fn refuse(&mut self, name: &'static str, why: String) {
         self.enabled.retain(|n| *n != name);
         self.refused.push((name, why));
+    }
+
+    /// Whether the kernel feature `name` (see "Kernel features") is present and used.
+    pub fn has_kernel(&self, name: &str) -> bool {
+        self.kernel.contains(&name)
+    }
+
+    /// Records kernel feature `name`: present (unless `VOLLEY_URING_WITHOUT` names it), or
+    /// missing with what the engine does instead; returns whether it is used.
+    pub(crate) fn kernel_feature(
+        &mut self,
+        name: &'static str,
+        present: bool,
+        without: &str,
+    ) -> bool {
+        let denied = std::env::var("VOLLEY_URING_WITHOUT").is_ok_and(|v| {
+            v.split([',', ' '])
+                .any(|n| n.trim().eq_ignore_ascii_case(name))
+        });
+        if present && !denied {
+            self.kernel.push(name);
+            true
+        } else {
+            let why = if present {
+                " (VOLLEY_URING_WITHOUT)"
+            } else {
+                ""
+            };
+            self.kernel_missing.push((name, format!("{without}{why}")));
+            false
+        }
     }
 }
 
@@ -273,16 +319,30 @@ struct RegisteredRing {
 
 pub(crate) struct Uring {
     ring: IoUring,
-    /// Per op slot ([`Token::slot`]): the msghdr memory the kernel reads.
-    mem: Vec<Option<Box<MsgMem>>>,
+    /// Per op slot ([`Token::slot`]): the op's token and the msghdr memory the kernel reads.
+    /// The token tells a late completion of a forgotten op (after `leak`) from the slot's
+    /// new op.
+    mem: Vec<Option<(Token, Box<MsgMem>)>>,
     #[expect(
         clippy::vec_box,
         reason = "boxes move between pool and slots; the kernel holds their addresses"
     )]
     pool: Vec<Box<MsgMem>>,
+    /// Error-queue reads in the ring ([`Token::errq`] number → its memory and socket), and the
+    /// free numbers.
+    errq: Vec<Option<(Box<ErrqMem>, u32)>>,
+    errq_free: Vec<u32>,
+    /// Error-queue reads handed to the ring whose completion has not been reaped.
+    errq_in_kernel: usize,
+    /// The kernel dropped completions (`io_uring_enter` failed with `EBADR`), until nothing is
+    /// in flight: only then does a cancel answered `ENOENT` mean the op's completion was lost
+    /// (otherwise it may be an op linked behind another, not started yet).
+    completions_lost: bool,
     base: Instant,
     /// Send SQEs pushed since the last `io_uring_enter`.
     pushed: usize,
+    /// Reused by `issue`: the order ops go in (each packet descriptor's together).
+    order: Vec<usize>,
     /// Other SQEs (cancels) pushed since the last `io_uring_enter`.
     extra: usize,
     /// Send ops handed to the ring whose completion has not been reaped.
@@ -299,6 +359,11 @@ pub(crate) struct Uring {
     taskrun: bool,
     /// `SINGLE_ISSUER`: another thread's enter fails with `EEXIST`.
     single_issuer: bool,
+    /// `IORING_FEAT_EXT_ARG` (5.11): a timed wait inside `io_uring_enter`; without it, `poll(2)`
+    /// on the ring descriptor.
+    ext_arg: bool,
+    /// `IORING_OP_SEND` (5.6); without it single buffers go as `SENDMSG`.
+    op_send: bool,
     features: UringFeatures,
 }
 
@@ -350,8 +415,13 @@ impl Uring {
             ring,
             mem: Vec::new(),
             pool: Vec::new(),
+            errq: Vec::new(),
+            errq_free: Vec::new(),
+            errq_in_kernel: 0,
+            completions_lost: false,
             base,
             pushed: 0,
+            order: Vec::new(),
             extra: 0,
             in_kernel: 0,
             tally: Tally::default(),
@@ -360,6 +430,8 @@ impl Uring {
             fixed_fd: Vec::new(),
             taskrun,
             single_issuer,
+            ext_arg: features.has_kernel("feat_ext_arg"),
+            op_send: features.has_kernel("op_send"),
             features: UringFeatures::default(),
         };
         if want.register_ring_fd {
@@ -542,6 +614,19 @@ impl Uring {
         }
     }
 
+    /// Waits up to `left` for the ring descriptor to become readable (a completion posted).
+    fn poll_ring(&self, left: std::time::Duration) {
+        let mut pfd = libc::pollfd {
+            fd: self.ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // Round up: a wait of 0.5 ms must not become a busy poll.
+        let ms = libc::c_int::try_from(left.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one live pollfd for the call.
+        let _ = unsafe { libc::poll(&mut pfd, 1, ms) };
+    }
+
     /// Pushes one SQE, first submitting what the SQ holds if it is full.
     fn push(&mut self, sqe: &squeue::Entry, out: &mut Vec<Event>) -> Result<bool, Error> {
         if self.ring.submission().is_full() {
@@ -561,7 +646,11 @@ impl Uring {
         let mut m = self.pool.pop().unwrap_or_else(|| Box::new(MsgMem::new()));
         m.prepare(payload, p);
         self.tally.transitions += 1;
-        let res = m.send_now(p.fd, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT);
+        let res = match p.shape {
+            // Packet descriptors are `O_NONBLOCK` (`register`): EAGAIN, never a wait.
+            OpShape::Packet { .. } => m.write_now(p.fd),
+            _ => m.send_now(p.fd, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT),
+        };
         self.pool.push(m);
         if res == -libc::EAGAIN {
             return false;
@@ -575,6 +664,65 @@ impl Uring {
         true
     }
 
+    /// Returns the memory of op `token` to the pool, if its slot holds it (not a forgotten op's
+    /// late completion, nor a cancel's); whether it did.
+    #[expect(clippy::vec_box, reason = "the pool of `Uring`")]
+    fn take_mem(
+        mem: &mut [Option<(Token, Box<MsgMem>)>],
+        pool: &mut Vec<Box<MsgMem>>,
+        in_kernel: &mut usize,
+        token: Token,
+    ) -> bool {
+        let slot = mem.get_mut(token.slot());
+        let Some(e) = slot.filter(|e| e.as_ref().is_some_and(|(t, _)| *t == token)) else {
+            return false;
+        };
+        let (_, m) = e.take().expect("checked");
+        pool.push(m);
+        *in_kernel -= 1;
+        true
+    }
+
+    /// The SQE for op `p`, whose memory `m` has been prepared.
+    fn sqe(&self, m: &MsgMem, p: &Planned) -> squeue::Entry {
+        let flags = libc::MSG_NOSIGNAL;
+        let fixed = self.fixed_index(p.sock);
+        if let OpShape::Packet { .. } = p.shape {
+            // IORING_OP_WRITE (Linux 5.6) at offset -1, "the current position", as write(2)
+            // (a stream-like file, a pipe or a TUN device, has none). A packet beyond u32::MAX
+            // bytes (possible only with raised queue limits) goes as u32::MAX and fails as a
+            // short write, never silently.
+            let (ptr, len) = m.packet_buffer();
+            let len = u32::try_from(len).unwrap_or(u32::MAX);
+            return match fixed {
+                None => opcode::Write::new(types::Fd(p.fd), ptr, len),
+                Some(i) => opcode::Write::new(types::Fixed(i), ptr, len),
+            }
+            .offset(u64::MAX)
+            .build()
+            .user_data(p.token.0);
+        }
+        let single = m
+            .single_buffer()
+            .filter(|_| self.op_send)
+            .and_then(|(ptr, len)| Some((ptr, u32::try_from(len).ok()?)));
+        match (single, fixed) {
+            (Some((ptr, len)), None) => opcode::Send::new(types::Fd(p.fd), ptr, len)
+                .flags(flags)
+                .build(),
+            (Some((ptr, len)), Some(i)) => opcode::Send::new(types::Fixed(i), ptr, len)
+                .flags(flags)
+                .build(),
+            (None, None) => opcode::SendMsg::new(types::Fd(p.fd), &m.msg)
+                .flags(flags as u32)
+                .build(),
+            (None, Some(i)) => opcode::SendMsg::new(types::Fixed(i), &m.msg)
+                .flags(flags as u32)
+                .build(),
+        }
+        .user_data(p.token.0)
+    }
+
     fn reap(&mut self, out: &mut Vec<Event>) {
         let mut cq = self.ring.completion();
         cq.sync();
@@ -583,22 +731,57 @@ impl Uring {
             if token == Token::CANCEL {
                 continue;
             }
-            if let Some(m) = self.mem.get_mut(token.slot()).and_then(Option::take) {
-                self.pool.push(m);
-                self.in_kernel -= 1;
+            if let Some(n) = token.errq_index() {
+                // An error-queue read: an entry read (`res >= 0`) is a peer error; `-EAGAIN`
+                // (the queue was empty) reports nothing.
+                if let Some((mut m, sock)) = self.errq.get_mut(n as usize).and_then(Option::take) {
+                    self.errq_in_kernel -= 1;
+                    self.errq_free.push(n);
+                    if cqe.result() >= 0 {
+                        if let Some((dest, errno)) = m.parse() {
+                            out.push(Event::PeerError { sock, dest, errno });
+                        }
+                    }
+                }
+                continue;
             }
+            if let Some(op) = token.cancelled_op() {
+                // ENOENT: the op is not in the ring. Its completion was reaped already (a
+                // race), or dropped by a CQ overflow (EBADR): then its slot still holds it, the
+                // kernel is done with its memory, and it ends here as lost.
+                if cqe.result() == -libc::ENOENT
+                    && self.completions_lost
+                    && Uring::take_mem(&mut self.mem, &mut self.pool, &mut self.in_kernel, op)
+                {
+                    out.push(Event::Done {
+                        token: op,
+                        res: -libc::EBADR,
+                    });
+                }
+                continue;
+            }
+            Uring::take_mem(&mut self.mem, &mut self.pool, &mut self.in_kernel, token);
             out.push(Event::Done {
                 token,
                 res: cqe.result(),
             });
         }
+        if self.in_kernel == 0 {
+            self.completions_lost = false;
+        }
     }
 }
 
 impl Driver for Uring {
-    fn register(&mut self, sock: u32, fd: RawFd, _stream: bool) -> Result<(), Error> {
-        // Blocking mode: io_uring then arms poll internally instead of completing with EAGAIN.
-        set_nonblocking(fd, false)?;
+    fn register(&mut self, sock: u32, fd: RawFd, kind: FdKind) -> Result<(), Error> {
+        // Sockets in blocking mode: io_uring then arms poll internally instead of completing
+        // with EAGAIN. A packet descriptor (a character device, a pipe) in `O_NONBLOCK` mode:
+        // io_uring tries a write inline only on a file that promises not to block
+        // (`FMODE_NOWAIT`, or `O_NONBLOCK` on a non-regular file: `io_file_supports_nowait`),
+        // else it hands each write to an io-wq worker — in parallel, so packets written
+        // through one descriptor could leave out of order. With `O_NONBLOCK` they are written
+        // in submission order, and one that would block waits on poll as a socket's does.
+        set_nonblocking(fd, kind == FdKind::Packet)?;
         if self.fixed_files > 0 && (sock < self.fixed_files || self.grow_file_table(sock)) {
             // Into the file table at the socket's index; if the kernel refuses (say `EEXIST`
             // from another thread on a SINGLE_ISSUER ring), the socket goes by its descriptor.
@@ -636,45 +819,72 @@ impl Driver for Uring {
                 return Ok(());
             }
         }
-        for (i, p) in ops.iter().enumerate() {
-            let mut m = self.pool.pop().unwrap_or_else(|| Box::new(MsgMem::new()));
-            m.prepare(payload, p);
-            let flags = libc::MSG_NOSIGNAL;
-            let single = m
-                .single_buffer()
-                .and_then(|(ptr, len)| Some((ptr, u32::try_from(len).ok()?)));
-            let sqe = match (single, self.fixed_index(p.sock)) {
-                (Some((ptr, len)), None) => opcode::Send::new(types::Fd(p.fd), ptr, len)
-                    .flags(flags)
-                    .build(),
-                (Some((ptr, len)), Some(i)) => opcode::Send::new(types::Fixed(i), ptr, len)
-                    .flags(flags)
-                    .build(),
-                (None, None) => opcode::SendMsg::new(types::Fd(p.fd), &m.msg)
-                    .flags(flags as u32)
-                    .build(),
-                (None, Some(i)) => opcode::SendMsg::new(types::Fixed(i), &m.msg)
-                    .flags(flags as u32)
-                    .build(),
+        // A packet descriptor's ops (all planned in one round, in queue order: see
+        // `Core::begin_round`) go as one chain linked with IOSQE_IO_HARDLINK (Linux 5.5): the
+        // kernel starts each only when the one before it ended, whatever its result, so they
+        // are written in order even when they wait for room (unlinked writes parked on a full
+        // descriptor are retried in any order). Grouped by socket for that (stable).
+        self.order.clear();
+        self.order.extend(0..ops.len());
+        if ops
+            .iter()
+            .any(|p| matches!(p.shape, OpShape::Packet { .. }))
+        {
+            self.order.sort_by_key(|&i| ops[i].sock);
+        }
+        let mut k = 0;
+        while k < self.order.len() {
+            let first = ops[self.order[k]];
+            let chain = match first.shape {
+                OpShape::Packet { .. } => self.order[k..]
+                    .iter()
+                    .take_while(|&&i| ops[i].sock == first.sock)
+                    .count(),
+                _ => 1,
+            };
+            // A chain goes into one submission whole: a link never spans two. One longer than
+            // the SQ goes in part; the rest is reported unsent and waits for the next round
+            // (after this chain ends).
+            let cap = self.ring.submission().capacity();
+            let take = chain.min(cap);
+            if cap - self.ring.submission().len() < take {
+                self.enter(Wait::No, out)?;
             }
-            .user_data(p.token.0);
-            // The buffer (Send) or the msghdr with its iovecs, address and cmsg (SendMsg) live
-            // in the boxed `m`, kept in `self.mem` until this op's completion (or leaked on a
-            // failed shutdown), and in the core, which owns the payload until it applies this
-            // op's completion.
-            if self.push(&sqe, out)? {
-                let slot = p.token.slot();
-                if self.mem.len() <= slot {
-                    self.mem.resize_with(slot + 1, || None);
+            let room = cap - self.ring.submission().len();
+            let take = if room < take { 0 } else { take };
+            for j in 0..take {
+                let p = ops[self.order[k + j]];
+                let mut m = self.pool.pop().unwrap_or_else(|| Box::new(MsgMem::new()));
+                m.prepare(payload, &p);
+                let mut sqe = self.sqe(&m, &p);
+                if j + 1 < take {
+                    sqe = sqe.flags(squeue::Flags::IO_HARDLINK);
                 }
-                self.mem[slot] = Some(m);
-                self.pushed += 1;
-                self.in_kernel += 1;
-            } else {
-                self.pool.push(m);
-                out.extend(ops[i..].iter().map(|p| Event::NotIssued { token: p.token }));
-                break;
+                // The buffer (Send, Write) or the msghdr with its iovecs, address and cmsg
+                // (SendMsg) live in the boxed `m`, kept in `self.mem` until this op's
+                // completion (or leaked on a failed shutdown), and in the core, which owns the
+                // payload until it applies this op's completion.
+                if self.push(&sqe, out)? {
+                    let slot = p.token.slot();
+                    if self.mem.len() <= slot {
+                        self.mem.resize_with(slot + 1, || None);
+                    }
+                    self.mem[slot] = Some((p.token, m));
+                    self.pushed += 1;
+                    self.in_kernel += 1;
+                } else {
+                    // Cannot happen (room was made above); if it does, nothing more goes.
+                    self.pool.push(m);
+                    let rest = self.order[k + j..].iter().map(|&i| ops[i].token);
+                    out.extend(rest.map(|token| Event::NotIssued { token }));
+                    return Ok(());
+                }
             }
+            let unsent = self.order[k + take..k + chain].iter();
+            out.extend(unsent.map(|&i| Event::NotIssued {
+                token: ops[i].token,
+            }));
+            k += chain;
         }
         Ok(())
     }
@@ -704,6 +914,16 @@ impl Driver for Uring {
             0
         };
         let rc = match super::until(self.base, deadline) {
+            Some(left) if want > 0 && !self.ext_arg => {
+                // No timed wait in io_uring_enter (before 5.11): submit, then poll(2) the ring
+                // descriptor (readable once a completion is posted) for at most `left`.
+                let rc = self.sys_enter(to_submit, 0, flags, None);
+                if rc.is_ok() && self.ring.completion().is_empty() {
+                    self.tally.transitions += 1;
+                    self.poll_ring(left);
+                }
+                rc
+            }
             Some(left) if want > 0 => {
                 let ts = KernelTimespec {
                     tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
@@ -724,6 +944,15 @@ impl Driver for Uring {
                 // Interrupted, timed out, or CQ full (EBUSY): reaping below makes room; the
                 // caller loops.
                 Some(libc::EINTR | libc::ETIME | libc::EBUSY | libc::EAGAIN) => {}
+                // The CQ overflowed and completions were dropped (no room for the overflow list,
+                // or no IORING_FEAT_NODROP): which ops ended is unknown. What is in the CQ is
+                // reaped; the engine fails the rest (`Status::CompletionLost`) and forgets their
+                // memory.
+                Some(libc::EBADR) => {
+                    self.completions_lost = true;
+                    self.reap(out);
+                    return Err(Error::io("io_uring_enter (completions dropped)", &e));
+                }
                 Some(libc::EEXIST) if self.single_issuer => {
                     return Err(Error::io(
                         "io_uring_enter on a SINGLE_ISSUER ring from a thread other than the one \
@@ -762,7 +991,7 @@ impl Driver for Uring {
             // registration of a `dup`ed descriptor.
             let sqe = opcode::AsyncCancel::new(t.0)
                 .build()
-                .user_data(Token::CANCEL.0);
+                .user_data(t.cancel_of().0);
             // A cancel SQE points at no user memory. If the SQ is still full after a submit,
             // submit again until it takes the entry: a cancel is never skipped.
             while !self.push(&sqe, out)? {
@@ -777,6 +1006,50 @@ impl Driver for Uring {
         self.tally.transitions += super::msg::drain_errqueue(fd, max, out);
     }
 
+    /// `count` `RECVMSG(MSG_ERRQUEUE | MSG_DONTWAIT)` SQEs behind the sends already in the SQ:
+    /// the kernel runs them in order in the same `io_uring_enter`, so each reads the error an
+    /// ICMP answer to a send before it left (on loopback the answer is there before the send
+    /// returns), clearing the socket's pending error before it can fail a later send. No
+    /// transition of its own; an empty queue completes with `-EAGAIN` (never waits:
+    /// `MSG_DONTWAIT`).
+    fn read_errqueue_after(&mut self, sock: u32, fd: RawFd, count: usize, out: &mut Vec<Event>) {
+        for _ in 0..count {
+            let n = match self.errq_free.pop() {
+                Some(n) => n,
+                None => {
+                    let Ok(n) = u32::try_from(self.errq.len()) else {
+                        return;
+                    };
+                    self.errq.push(None);
+                    n
+                }
+            };
+            let mut m = Box::new(ErrqMem::new());
+            m.prepare();
+            let flags = (libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) as u32;
+            let sqe = match self.fixed_index(sock) {
+                Some(i) => opcode::RecvMsg::new(types::Fixed(i), &mut m.msg),
+                None => opcode::RecvMsg::new(types::Fd(fd), &mut m.msg),
+            }
+            .flags(flags)
+            .build()
+            .user_data(Token::errq(n).0);
+            // `m` (the msghdr and the buffers it points to) is kept in `self.errq` until this
+            // read's completion, or leaked on a failed shutdown.
+            match self.push(&sqe, out) {
+                Ok(true) => {
+                    self.errq[n as usize] = Some((m, sock));
+                    self.errq_in_kernel += 1;
+                    self.extra += 1;
+                }
+                _ => {
+                    self.errq_free.push(n);
+                    return;
+                }
+            }
+        }
+    }
+
     fn shutdown_write(&mut self, fd: RawFd) -> Result<(), Error> {
         self.tally.transitions += 1;
         super::shutdown_write(fd)
@@ -787,6 +1060,12 @@ impl Driver for Uring {
         for m in self.mem.drain(..).flatten() {
             std::mem::forget(m);
         }
+        for m in self.errq.drain(..).flatten() {
+            std::mem::forget(m);
+        }
+        self.errq_in_kernel = 0;
+        // Their completions, if they come, match no slot and are not waited for.
+        self.in_kernel = 0;
     }
 
     fn now_ns(&self) -> u64 {
@@ -794,7 +1073,7 @@ impl Driver for Uring {
     }
 
     fn idle(&self) -> bool {
-        self.pushed == 0 && self.extra == 0
+        self.pushed == 0 && self.extra == 0 && self.errq_in_kernel == 0
     }
 
     fn take_tally(&mut self) -> Tally {

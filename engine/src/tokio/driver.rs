@@ -80,6 +80,7 @@ impl Driver {
                 fanout,
                 fanout_waker,
                 round: Cell::new(0),
+                handles: Cell::new(0),
                 timer: RefCell::new(None),
                 closing: RefCell::new(Vec::new()),
             }),
@@ -252,6 +253,9 @@ pub(crate) struct Shared {
     /// ready tasks make meanwhile join the same submission, and only the first flusher back in
     /// a round submits.
     pub(crate) round: Cell<u64>,
+    /// Sender handles alive (clones included): with one, no other task can add writes to a
+    /// flush's batch, so the flush does not yield.
+    pub(crate) handles: Cell<usize>,
     /// The engine's backoff timer ([`Engine::next_timeout`]).
     timer: RefCell<Option<Pin<Box<Sleep>>>>,
     /// Sockets whose last sender was dropped with writes still queued: closed once drained.
@@ -554,6 +558,23 @@ impl Sock {
     /// Whether writes were made that no completed barrier covers.
     pub(crate) fn unflushed(&self) -> bool {
         self.resolved.get() < self.written.get()
+    }
+
+    /// `poll_write`'s fast path: copies `buf` into the chunk being filled if nothing is held
+    /// back and it fits (true), else leaves everything to the slow path (false).
+    #[inline]
+    pub(crate) fn try_append(&self, buf: &[u8]) -> bool {
+        let len = buf.len();
+        let mut out = self.out.borrow_mut();
+        let fits = len > 0
+            && out.capacity() - out.len() >= len
+            && out.len() + len <= OUT_CHUNK_BYTES
+            && self.held.borrow().is_empty();
+        if fits {
+            out.extend_from_slice(buf);
+            self.written.set(self.written.get() + len as u64);
+        }
+        fits
     }
 
     /// Moves the copied writes into the hand-over queue, behind what is already there.

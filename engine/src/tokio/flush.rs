@@ -1,15 +1,31 @@
 //! One flush of one sender handle: yield once so concurrent writes join the batch, submit
 //! (the first flusher back in a round), then wait for the barrier.
 
+use std::rc::Rc;
 use std::task::{ready, Context, Poll};
 
-use super::driver::Sock;
+use super::driver::{Shared, Sock};
 use crate::Error;
 
-/// The flush a sender handle has in progress, if any.
-#[derive(Debug, Default)]
+/// The flush a sender handle has in progress, if any. Every sender handle (clones included)
+/// has one, and while it lives it counts in [`Shared::handles`].
 pub(crate) struct FlushState {
     state: Option<Flush>,
+    shared: Rc<Shared>,
+}
+
+impl std::fmt::Debug for FlushState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlushState")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for FlushState {
+    fn drop(&mut self) {
+        self.shared.handles.set(self.shared.handles.get() - 1);
+    }
 }
 
 #[derive(Debug)]
@@ -22,6 +38,15 @@ enum Flush {
 }
 
 impl FlushState {
+    /// The flush state of a new sender handle on `shared`'s engine.
+    pub(crate) fn new(shared: &Rc<Shared>) -> FlushState {
+        shared.handles.set(shared.handles.get() + 1);
+        FlushState {
+            state: None,
+            shared: Rc::clone(shared),
+        }
+    }
+
     /// Ready when every write made on `sock` before the first call is terminal, or with
     /// the stream's error.
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>, sock: &Sock) -> Poll<Result<(), Error>> {
@@ -35,14 +60,18 @@ impl FlushState {
                     if !sock.unflushed() {
                         return Poll::Ready(Ok(()));
                     }
-                    // Yield once: the tasks that are ready now run before this one comes back,
-                    // and their writes join this submission.
                     self.state = Some(Flush::Yielded {
                         round: shared.round.get(),
                         target: sock.written.get(),
                     });
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
+                    // Yield once: the tasks that are ready now run before this one comes back,
+                    // and their writes join this submission. With no other sender handle on
+                    // the engine no other task can add to it: submit now (a yield would cost a
+                    // turn of the runtime, an `epoll_wait` when the flush runs in `block_on`).
+                    if shared.handles.get() > 1 {
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
                 }
                 Some(Flush::Yielded { round, target }) => {
                     if sock.handed.get() < target {

@@ -20,7 +20,8 @@
 //! Backpressure is `Poll::Pending` with a waker, never an error and never a growing queue.
 //! Writes reach the kernel on a flush, as with a `BufWriter`; a flush first yields once, so
 //! the writes every other ready task of the thread makes meanwhile join the same submission
-//! (N tasks writing and flushing through one sender cost far fewer than N system calls).
+//! (N tasks writing and flushing through one sender cost far fewer than N system calls). The
+//! only sender handle of an engine does not yield: no other task can add to its batch.
 //!
 //! # Threads
 //!

@@ -27,7 +27,8 @@ use crate::{Error, FlushReport, SocketId};
 ///   limits but the chunk being filled and the one buffer the limit last refused.
 /// - [`AsyncWrite::poll_flush`] is the flush barrier: ready once every write accepted before it
 ///   is terminal, or with the stream's first error. It yields once before submitting, so that
-///   the writes other ready tasks make meanwhile go to the kernel in the same batch.
+///   the writes other ready tasks make meanwhile go to the kernel in the same batch (unless
+///   this is the engine's only sender handle: then no other task can write through it).
 /// - [`AsyncWrite::poll_shutdown`] flushes, then half-closes (`shutdown(SHUT_WR)`): the peer
 ///   reads every accepted byte, then EOF.
 ///
@@ -64,8 +65,8 @@ impl Clone for TcpSender {
 impl TcpSender {
     pub(crate) fn new(sock: Rc<Sock>) -> TcpSender {
         TcpSender {
+            flush: FlushState::new(&sock.shared),
             sock,
-            flush: FlushState::default(),
         }
     }
 
@@ -179,12 +180,19 @@ impl TcpSender {
 }
 
 impl AsyncWrite for TcpSender {
+    // Inlined into the caller's `write_all`: the common case (a small write that fits the
+    // chunk being filled) is one copy and two counter updates, no call into the slow path.
+    #[inline]
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut().poll_write_slices(cx, &[buf])
+        let this = self.get_mut();
+        if this.sock.try_append(buf) {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        this.poll_write_slices(cx, &[buf])
     }
 
     fn poll_write_vectored(
@@ -265,12 +273,8 @@ impl AsyncRead for TcpReader {
     ) -> Poll<io::Result<()>> {
         loop {
             let mut guard = ready!(self.fd.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|fd| crate::sys::tokio::recv(fd.get_ref().as_fd(), unfilled)) {
-                Ok(Ok(n)) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
+            match guard.try_io(|fd| crate::sys::tokio::recv_buf(fd.get_ref().as_fd(), buf)) {
+                Ok(Ok(())) => return Poll::Ready(Ok(())),
                 Ok(Err(e)) => return Poll::Ready(Err(e)),
                 // Not readable after all: readiness cleared, poll again.
                 Err(_would_block) => continue,

@@ -59,8 +59,8 @@ impl Clone for UdpSender {
 impl UdpSender {
     pub(crate) fn new(sock: Rc<Sock>) -> UdpSender {
         UdpSender {
+            flush: FlushState::new(&sock.shared),
             sock,
-            flush: FlushState::default(),
             held: None,
         }
     }
