@@ -48,6 +48,10 @@ mod stats;
 mod sys;
 mod writer;
 
+/// The README's examples as doctests.
+#[cfg(doctest)]
+mod readme;
+
 /// The batch planner (pure functions from queues to kernel ops): internal, reachable by fuzz
 /// targets and tests through the `sim` feature or `cfg(fuzzing)`.
 #[cfg(any(fuzzing, feature = "sim"))]

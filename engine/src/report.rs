@@ -19,6 +19,12 @@ pub struct FlushReport {
     pub failures: [u64; Status::ALL.len()],
     /// The first error among the covered writes.
     pub first_error: Option<Error>,
+    /// Peer errors read since the socket's previous flush: ICMP reports (port, host or network
+    /// unreachable) about datagrams that had already left — counted in `writes`, not in
+    /// `failed`. One per ICMP message the kernel queued, which may be fewer than the datagrams
+    /// lost (ICMP is rate-limited; a GSO group draws one). Which destinations they name:
+    /// [`crate::Engine::unreachable_destinations`].
+    pub peer_errors: u64,
 }
 
 impl FlushReport {
@@ -44,6 +50,7 @@ impl FlushReport {
         self.writes += other.writes;
         self.bytes += other.bytes;
         self.failed += other.failed;
+        self.peer_errors += other.peer_errors;
         for (a, b) in self.failures.iter_mut().zip(other.failures) {
             *a += b;
         }

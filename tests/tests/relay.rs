@@ -557,7 +557,7 @@ fn a_dead_destination_costs_almost_nothing(b: Backend) {
     const PER_FLUSH: u64 = 16;
     let _serial = serial();
     let ctx = format!("{b:?} relay cost");
-    let run = |dead: bool| -> (u64, u64, u64) {
+    let run = |dead: bool| -> (u64, u64, u64, u64) {
         let mut sinks = Vec::new();
         let mut dests = Vec::new();
         for i in 0..8 {
@@ -574,6 +574,7 @@ fn a_dead_destination_costs_almost_nothing(b: Backend) {
             .register_udp(UdpSocket::bind("127.0.0.1:0").expect("bind"))
             .expect("register");
         let before = e.stats().kernel_transitions;
+        let mut in_reports = 0;
         for frame in 0..FRAMES_U64 {
             for &dest in &dests {
                 e.send_to(id, dgram(frame, 160), dest).expect("send_to");
@@ -581,6 +582,8 @@ fn a_dead_destination_costs_almost_nothing(b: Backend) {
             if (frame + 1) % PER_FLUSH == 0 {
                 let r = e.flush(id).expect("flush");
                 assert_eq!(r.failed, 0, "{ctx}: {r:?}");
+                assert_eq!(r.writes, PER_FLUSH * 8, "{ctx}: every datagram left: {r:?}");
+                in_reports += r.peer_errors;
             }
         }
         let transitions = e.stats().kernel_transitions - before;
@@ -596,12 +599,28 @@ fn a_dead_destination_costs_almost_nothing(b: Backend) {
         for s in sinks {
             assert_eq!(s.finish().len(), FRAMES, "{ctx}: a live destination");
         }
-        (transitions, reported, e.stats().stale_error_resends)
+        assert_eq!(
+            e.stats().peer_errors,
+            reported,
+            "{ctx}: every ICMP report read is in the summary"
+        );
+        (
+            transitions,
+            reported,
+            in_reports,
+            e.stats().stale_error_resends,
+        )
     };
-    let (open, none_reported, _) = run(false);
-    let (dead, reported, stale) = run(true);
+    let (open, none_reported, _, _) = run(false);
+    let (dead, reported, in_reports, stale) = run(true);
     assert_eq!(none_reported, 0, "{ctx}");
     assert!(reported > 0, "{ctx}: the closed destination is reported");
+    // The flush reports count the peer errors beside sent and failed (all read by the last
+    // flush: the last reads ride in its submission).
+    assert_eq!(
+        in_reports, reported,
+        "{ctx}: peer errors in the flush reports"
+    );
     let flushes = FRAMES_U64 / PER_FLUSH;
     assert!(
         open >= flushes,

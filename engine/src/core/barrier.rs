@@ -14,6 +14,7 @@ pub(crate) struct Acc {
     pub failed: u64,
     pub failures: [u64; Status::ALL.len()],
     pub first_error: Option<Error>,
+    pub peer_errors: u64,
 }
 
 impl Acc {
@@ -31,6 +32,7 @@ impl Acc {
             failed: std::mem::take(&mut self.failed),
             failures,
             first_error: self.first_error.take(),
+            peer_errors: std::mem::take(&mut self.peer_errors),
         }
     }
 }

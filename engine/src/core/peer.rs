@@ -78,6 +78,7 @@ impl Core {
         else {
             return;
         };
+        s.acc.peer_errors += 1;
         let dest = dest.or(s.peer).map(canonical);
         if let (Some(d), super::Queue::Dgram(q)) = (dest, &mut s.queue) {
             q.mark_noisy(d);
