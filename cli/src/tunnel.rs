@@ -12,9 +12,10 @@
 //!   `try_flush` (submit and reap, never blocking). The engine sends equal-sized runs to the peer
 //!   as GSO groups: one `sendmsg`/SQE per up to 64 packets, one `io_uring_enter` per wake-up.
 //! - **UDP → TUN**: `recvmmsg` of up to 64 datagrams per call; each is checked (source = peer,
-//!   an IPv4/IPv6 header whose length field matches) and written to the TUN device with one
-//!   `write(2)` ([`Tunnel::to_tun`]; to go through the engine's packet descriptors once
-//!   `Engine::register_packet` is on main).
+//!   an IPv4/IPv6 header whose length field matches) and queued on the engine's packet
+//!   descriptor for the device (`Engine::register_packet`: one `write` per packet, submitted in
+//!   the wake-up's one `io_uring_enter` with the UDP sends; outcomes from its flush reports).
+//!   Backpressure there holds the packet and stops reading the UDP socket, as on the send side.
 //! - **Backpressure** (the engine refuses a packet at its queue limit): the packet is held and
 //!   the TUN device is not read until the engine has made room (its descriptor wakes the loop).
 //!   Dropping would waste a packet already read; waiting leaves the excess in the device's own
@@ -129,6 +130,8 @@ struct Counters {
     icmp_reports: u64,
     /// Times the engine refused a packet for backpressure (held until it made room).
     backpressure_waits: u64,
+    /// Packets handed to the engine for the TUN device (`register_packet`).
+    tun_engine_writes: u64,
 }
 
 impl Counters {
@@ -151,6 +154,10 @@ enum Path {
         /// A duplicate of the engine's socket, for receiving (`MSG_DONTWAIT`: the io_uring
         /// backend keeps the socket blocking).
         rx: UdpSocket,
+        /// The TUN device's write side as an engine packet descriptor (`register_packet`): one
+        /// `write` per packet, many per submission. `None` with `--offload`, whose coalesced
+        /// writes (one per ~45 packets) go out directly.
+        tun_id: Option<SocketId>,
     },
     /// One `sendto` per packet on a blocking socket.
     Naive { sock: UdpSocket },
@@ -175,8 +182,9 @@ enum Stop {
 #[derive(Debug)]
 struct Tunnel {
     tun: Tun,
-    /// The descriptor writes to the TUN device go through (a `dup` of `tun.fd`).
-    tun_tx: OwnedFd,
+    /// The descriptor direct writes to the TUN device go through (a `dup` of `tun.fd`); `None`
+    /// when the engine owns it (`Path::Volley::tun_id`).
+    tun_tx: Option<OwnedFd>,
     peer: SocketAddr,
     mtu: usize,
     batch: usize,
@@ -192,6 +200,13 @@ struct Tunnel {
     segs: Vec<Bytes>,
     /// `--offload`: one coalesced write (virtio header + super-packet).
     gro_buf: Vec<u8>,
+    /// Packets for the TUN device behind one the engine refused for backpressure (it first),
+    /// sent in order once it has room; the UDP socket is not read meanwhile.
+    rx_held: VecDeque<Bytes>,
+    /// Packets for the TUN device were queued on the engine in this wake-up.
+    rx_queued: bool,
+    /// Where packets for the TUN device are copied to as `Bytes` for the engine.
+    rx_chunk: BytesMut,
     /// The device was opened with `IFF_VNET_HDR`.
     vnet: bool,
     recv: RecvBatch,
@@ -285,10 +300,11 @@ impl Tunnel {
             offload::enable(tun.as_fd())
                 .map_err(|e| format!("TUNSETOFFLOAD on {} failed: {e}", tun.name))?;
         }
-        let tun_tx = tun
-            .fd
-            .try_clone()
-            .map_err(|e| format!("cannot dup the TUN descriptor: {e}"))?;
+        let mut tun_tx = Some(
+            tun.fd
+                .try_clone()
+                .map_err(|e| format!("cannot dup the TUN descriptor: {e}"))?,
+        );
         let sock = udp::bind(listen)?;
         let (path, recv) = if opts.naive {
             (Path::Naive { sock }, RecvBatch::new(1, RECV_SLOT_BYTES))
@@ -312,11 +328,26 @@ impl Tunnel {
             let id = engine
                 .register_udp(sock)
                 .map_err(|e| format!("cannot register the UDP socket: {e}"))?;
+            let tun_id = if opts.offload {
+                None
+            } else {
+                // The engine puts the descriptor in O_NONBLOCK mode: the flag belongs to the
+                // open file, which our read side shares (already non-blocking).
+                let fd = tun_tx
+                    .take()
+                    .ok_or("the TUN write descriptor is already taken")?;
+                Some(
+                    engine
+                        .register_packet(fd)
+                        .map_err(|e| format!("cannot register the TUN device: {e}"))?,
+                )
+            };
             (
                 Path::Volley {
                     engine: Box::new(engine),
                     id,
                     rx,
+                    tun_id,
                 },
                 RecvBatch::new(RECV_BATCH, RECV_SLOT_BYTES),
             )
@@ -338,6 +369,9 @@ impl Tunnel {
             },
             segs: Vec::new(),
             gro_buf: Vec::new(),
+            rx_held: VecDeque::new(),
+            rx_queued: false,
+            rx_chunk: BytesMut::new(),
             vnet: opts.offload,
             recv,
             tun_down: false,
@@ -389,6 +423,8 @@ impl Tunnel {
         } else {
             self.tun.fd.as_raw_fd()
         };
+        // Likewise the UDP socket while a packet for the TUN device is held.
+        let udp_fd = if self.rx_held.is_empty() { udp_fd } else { -1 };
         let mut fds = [
             pfd(sig.as_raw_fd(), IN),
             pfd(tun_fd, IN),
@@ -408,15 +444,20 @@ impl Tunnel {
         }
         if fds[2].revents != 0 {
             self.recv_udp_batch()?;
+            queued |= std::mem::take(&mut self.rx_queued);
         }
         // Reap after queueing (one submission for the whole wake-up), when the engine's
         // descriptor says completions are waiting, after a backoff timer, and while a packet is
         // held.
         let timer = ready == 0 && timeout_ms >= 0;
-        if queued || fds[3].revents != 0 || timer || !self.held.is_empty() {
+        let holding = !self.held.is_empty() || !self.rx_held.is_empty();
+        if queued || fds[3].revents != 0 || timer || holding {
             self.reap()?;
             if !self.held.is_empty() {
                 self.retry_held()?;
+            }
+            if !self.rx_held.is_empty() {
+                self.retry_rx_held()?;
             }
         }
         Ok(None)
@@ -584,12 +625,90 @@ impl Tunnel {
 
     /// Submits what is queued and collects what completed, never blocking.
     fn reap(&mut self) -> Result<(), String> {
-        if let Path::Volley { engine, id, .. } = &mut self.path {
+        if let Path::Volley {
+            engine, id, tun_id, ..
+        } = &mut self.path
+        {
             match engine.try_flush(*id) {
                 Ok(Some(r)) => self.c.add_report(&r),
                 Ok(None) => {}
                 Err(e) => return Err(format!("the engine failed: {e}")),
             }
+            if let Some(t) = *tun_id {
+                match engine.try_flush(t) {
+                    Ok(Some(r)) => self.add_tun_report(&r),
+                    Ok(None) => {}
+                    Err(e) => return Err(self.tun_engine_error(&e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What the engine's writes to the TUN device came to.
+    fn add_tun_report(&mut self, r: &FlushReport) {
+        self.c.rx_written_packets += r.writes;
+        self.c.rx_written_bytes += r.bytes;
+        let down = r.failed_with(Status::InputOutput);
+        self.c.drop_tun_down += down;
+        self.c.drop_tun_write += r.failed - down;
+        self.note_tun_state(down > 0, r.writes > 0);
+    }
+
+    /// Logs the device going down (`EIO`) and coming back, once per episode.
+    fn note_tun_state(&mut self, refused_down: bool, wrote: bool) {
+        if refused_down && !self.tun_down {
+            self.tun_down = true;
+            eprintln!(
+                "volley tunnel: {} is down: dropping packets from the peer until it is up (counted)",
+                self.tun.name
+            );
+        } else if wrote && !refused_down && self.tun_down {
+            self.tun_down = false;
+            eprintln!("volley tunnel: {} is up again", self.tun.name);
+        }
+    }
+
+    /// The message for an engine error on the TUN device's packet descriptor.
+    fn tun_engine_error(&self, e: &volley::Error) -> String {
+        if e.status() == Some(Status::DeviceGone) {
+            format!(
+                "the TUN device {} was deleted (writing to it: {e}); stopping",
+                self.tun.name
+            )
+        } else {
+            format!("writing to the TUN device {} failed: {e}", self.tun.name)
+        }
+    }
+
+    /// Sends the packets held for the TUN device again, in order, until one is refused again.
+    fn retry_rx_held(&mut self) -> Result<(), String> {
+        let Path::Volley {
+            engine,
+            tun_id: Some(t),
+            ..
+        } = &mut self.path
+        else {
+            return Ok(());
+        };
+        let mut queued = false;
+        while let Some(pkt) = self.rx_held.pop_front() {
+            match engine.send(*t, pkt) {
+                Ok(()) => queued = true,
+                Err(e) if e.is_backpressure() => {
+                    self.rx_held.push_front(e.into_inner());
+                    break;
+                }
+                Err(e) => {
+                    if e.error().status() == Some(Status::DeviceGone) {
+                        return Err(self.tun_engine_error(e.error()));
+                    }
+                    self.c.drop_tun_write += 1;
+                }
+            }
+        }
+        if queued {
+            self.reap()?;
         }
         Ok(())
     }
@@ -656,6 +775,46 @@ impl Tunnel {
                 pkts.push(d.data);
             }
         }
+        if let Path::Volley {
+            engine,
+            tun_id: Some(t),
+            ..
+        } = &mut self.path
+        {
+            // Through the engine: each packet its own `Bytes` (copied out of the receive slot
+            // into a shared 64 KiB buffer), one write each, submitted with the wake-up's other ops.
+            for p in pkts {
+                if self.rx_chunk.capacity() < p.len() {
+                    self.rx_chunk = BytesMut::with_capacity(CHUNK_BYTES.max(p.len()));
+                }
+                self.rx_chunk.extend_from_slice(p);
+                let b = self.rx_chunk.split().freeze();
+                self.c.tun_engine_writes += 1;
+                if !self.rx_held.is_empty() {
+                    self.rx_held.push_back(b);
+                    continue;
+                }
+                match engine.send(*t, b) {
+                    Ok(()) => self.rx_queued = true,
+                    Err(e) if e.is_backpressure() => {
+                        self.c.backpressure_waits += 1;
+                        self.rx_held.push_back(e.into_inner());
+                    }
+                    Err(e) if e.error().status() == Some(Status::DeviceGone) => {
+                        let msg = e.error().to_string();
+                        return Err(format!(
+                            "the TUN device {} was deleted (writing to it: {msg}); stopping",
+                            self.tun.name
+                        ));
+                    }
+                    Err(_) => self.c.drop_tun_write += 1,
+                }
+            }
+            return Ok(());
+        }
+        let Some(tun_tx) = &self.tun_tx else {
+            return Err("no descriptor to write to the TUN device".into());
+        };
         let mut k = 0;
         while k < pkts.len() {
             let run = if self.vnet {
@@ -666,9 +825,9 @@ impl Tunnel {
             let bytes: usize = pkts[k..k + run].iter().map(|p| p.len()).sum();
             let outcome = if run > 1 {
                 offload::gro_build(&pkts[k..k + run], &mut self.gro_buf);
-                tun::write_packet(self.tun_tx.as_fd(), &self.gro_buf)
+                tun::write_packet(tun_tx.as_fd(), &self.gro_buf)
             } else {
-                Self::to_tun(&self.tun_tx, self.vnet, pkts[k])
+                Self::to_tun(tun_tx, self.vnet, pkts[k])
             };
             self.c.tun_writes += 1;
             let run_packets = run as u64;
@@ -701,10 +860,10 @@ impl Tunnel {
         Ok(())
     }
 
-    /// The one place a packet from the peer is written to the TUN device: one `write(2)` (with
+    /// A packet from the peer written to the TUN device directly (`--naive`, and `--offload`'s
+    /// packets that join no run; the engine writes the device otherwise): one `write(2)` (with
     /// `IFF_VNET_HDR`, one `writev` behind an all-zero virtio header: no GSO, and the kernel
-    /// verifies the checksums itself). Coalesced runs (`--offload`) go out in [`Self::deliver`].
-    // TODO(register_packet): through the engine once `Engine::register_packet` lands.
+    /// verifies the checksums itself). Coalesced runs go out in [`Self::deliver`].
     fn to_tun(fd: &OwnedFd, vnet: bool, p: &[u8]) -> io::Result<()> {
         if vnet {
             tun::write_packet_with(fd.as_fd(), &[0; offload::VNET_HDR_LEN], p)
@@ -715,8 +874,33 @@ impl Tunnel {
 
     /// At exit: the final flush (bounded), and whatever could not go counted.
     fn finish(&mut self) {
-        self.c.drop_unsent_at_exit += self.held.len() as u64;
+        let rx_held = self.rx_held.len() as u64;
+        self.c.drop_unsent_at_exit += self.held.len() as u64 + rx_held;
         self.held.clear();
+        self.rx_held.clear();
+        if let Path::Volley {
+            engine,
+            tun_id: Some(t),
+            ..
+        } = &mut self.path
+        {
+            match engine.close(*t) {
+                Ok((r, _fd)) => self.add_tun_report(&r),
+                Err(e) => {
+                    eprintln!("volley tunnel: the final flush of the TUN device failed: {e}");
+                    // Its last report is lost with the error: whatever no report covered did
+                    // not reach the device.
+                    let c = &mut self.c;
+                    let accounted = c.rx_written_packets
+                        + c.drop_foreign
+                        + c.drop_garbage
+                        + c.drop_tun_down
+                        + c.drop_tun_write
+                        + rx_held;
+                    c.drop_unsent_at_exit += c.rx_recv_packets.saturating_sub(accounted);
+                }
+            }
+        }
         if let Path::Volley { engine, id, .. } = &mut self.path {
             // `close` rather than `flush`: it also takes the socket out of the engine (and out of
             // io_uring's registered file table), so the port is free as soon as we exit instead
@@ -752,13 +936,24 @@ impl Tunnel {
             Stop::Fatal(_) => "error".to_string(),
         };
         let per = |n: u64, d: u64| if d == 0 { 0.0 } else { n as f64 / d as f64 };
-        // Send side: the sends proper (the engine's transitions, or one sendto per packet); the
-        // TUN reads are listed apart (one per packet either way, as the kernel hands them out).
-        let tx_send = engine_transitions + c.udp_send_calls;
-        let rx_all = c.recv_calls + c.errqueue_reads + c.tun_writes;
+        // The engine's transitions carry both directions when it also writes the TUN device (one
+        // `io_uring_enter` for the UDP sends and the TUN writes of a wake-up): they are shared
+        // out by the packets each direction handed it. Send side: the sends proper (that share,
+        // or one sendto per packet); the TUN reads are listed apart (one per packet, as the kernel
+        // hands them out, unless --offload).
+        let engine_packets = c.tx_read_packets + c.tun_engine_writes;
+        let rx_engine = if engine_packets == 0 {
+            0
+        } else {
+            let share = u128::from(engine_transitions) * u128::from(c.tun_engine_writes)
+                / u128::from(engine_packets);
+            u64::try_from(share).unwrap_or(engine_transitions)
+        };
+        let tx_send = engine_transitions - rx_engine + c.udp_send_calls;
+        let rx_all = c.recv_calls + c.errqueue_reads + c.tun_writes + rx_engine;
         let packets = c.tx_read_packets + c.rx_recv_packets;
         let mut s = format!("volley tunnel: mode={mode} backend={backend} stop={stop}");
-        let fields: [(&str, u64); 27] = [
+        let fields: [(&str, u64); 28] = [
             ("tx_read_packets", c.tx_read_packets),
             ("tx_read_bytes", c.tx_read_bytes),
             ("tx_sent_packets", c.tx_sent_packets),
@@ -783,6 +978,7 @@ impl Tunnel {
             ("recv_calls", c.recv_calls),
             ("errqueue_reads", c.errqueue_reads),
             ("tun_writes", c.tun_writes),
+            ("tun_engine_writes", c.tun_engine_writes),
             ("polls", c.polls),
             ("tx_send_transitions", tx_send),
             ("rx_transitions", rx_all),

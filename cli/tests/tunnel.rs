@@ -538,6 +538,18 @@ fn transfer(test: &str, n: u8, extra: &[&str], mode: &str, backend: &str) {
             );
         }
     }
+    if mode == "volley" {
+        // The engine writes the TUN device (register_packet): no direct writes.
+        for e in [&ea, &eb] {
+            assert_eq!(e.get("tun_writes"), 0, "{}", e.stderr);
+            assert_eq!(
+                e.get("tun_engine_writes"),
+                e.get("rx_recv_packets"),
+                "{}",
+                e.stderr
+            );
+        }
+    }
     if tight {
         assert!(
             ea.get("backpressure_waits") > 0,
