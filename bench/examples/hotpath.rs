@@ -21,6 +21,10 @@ const SIZE: usize = 64;
 
 fn main() {
     let how = std::env::args().nth(1).unwrap_or_else(|| "writer".into());
+    // `latency`: one message per flush (tcp-latency's shape), through `send` + `flush`.
+    if how == "latency" || how == "latency-write" {
+        return latency(&how);
+    }
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let rx = std::thread::spawn(move || {
@@ -94,5 +98,58 @@ fn run_writer(engine: &mut Engine, id: volley::SocketId, payload: &Bytes) {
             w.write(&b).expect("write");
         }
         w.flush().expect("flush");
+    }
+}
+
+/// One 64-byte message per flush, 20 000 times: `latency` through the engine (`send` +
+/// `flush`), `latency-write` through a plain `write` per message.
+fn latency(how: &str) {
+    const N: usize = 20_000;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let rx = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0usize;
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        total
+    });
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let payload = Bytes::from_static(vec![7u8; SIZE].leak());
+    if how == "latency-write" {
+        run_latency_write(stream, &payload, N);
+    } else {
+        let mut engine = Engine::builder()
+            .backend(Backend::Uring)
+            .write_latency_every(0)
+            .flush_latency_every(0)
+            .build()
+            .expect("engine");
+        let id = engine.register_tcp(stream).expect("register");
+        run_latency(&mut engine, id, &payload, N);
+        drop(engine);
+    }
+    assert_eq!(rx.join().expect("receiver"), N * SIZE, "bytes received");
+    println!("{how}: {N} messages");
+}
+
+#[inline(never)]
+fn run_latency(engine: &mut Engine, id: volley::SocketId, payload: &Bytes, n: usize) {
+    for _ in 0..n {
+        engine.send(id, payload.clone()).expect("send");
+        engine.flush(id).expect("flush");
+    }
+}
+
+#[inline(never)]
+fn run_latency_write(mut stream: TcpStream, payload: &Bytes, n: usize) {
+    for _ in 0..n {
+        stream.write_all(payload).expect("write");
     }
 }

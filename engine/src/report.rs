@@ -15,8 +15,9 @@ pub struct FlushReport {
     pub bytes: u64,
     /// Writes that failed.
     pub failed: u64,
-    /// Failed writes per status, indexed by [`Status::index`].
-    pub failures: [u64; Status::ALL.len()],
+    /// Failed writes per status ([`FlushReport::failed_with`], [`FlushReport::failures_by_status`]);
+    /// allocated only when something failed, so a report stays small to move.
+    failures: Option<Box<[u64; Status::ALL.len()]>>,
     /// The first error among the covered writes.
     pub first_error: Option<Error>,
     /// Peer errors read since the socket's previous flush: ICMP reports (port, host or network
@@ -28,16 +29,35 @@ pub struct FlushReport {
 }
 
 impl FlushReport {
+    /// A report of these counts (`failures` indexed by [`Status::index`]).
+    pub(crate) fn new(
+        writes: u64,
+        bytes: u64,
+        failed: u64,
+        failures: Option<Box<[u64; Status::ALL.len()]>>,
+        first_error: Option<Error>,
+        peer_errors: u64,
+    ) -> FlushReport {
+        FlushReport {
+            writes,
+            bytes,
+            failed,
+            failures,
+            first_error,
+            peer_errors,
+        }
+    }
+
     /// Failed writes with `status`.
     pub fn failed_with(&self, status: Status) -> u64 {
-        self.failures[status.index()]
+        self.failures.as_ref().map_or(0, |f| f[status.index()])
     }
 
     /// `(status, count)` for every status that occurred.
     pub fn failures_by_status(&self) -> impl Iterator<Item = (Status, u64)> + '_ {
         Status::ALL
             .iter()
-            .map(|s| (*s, self.failures[s.index()]))
+            .map(|s| (*s, self.failed_with(*s)))
             .filter(|(_, n)| *n > 0)
     }
 
@@ -51,8 +71,13 @@ impl FlushReport {
         self.bytes += other.bytes;
         self.failed += other.failed;
         self.peer_errors += other.peer_errors;
-        for (a, b) in self.failures.iter_mut().zip(other.failures) {
-            *a += b;
+        if let Some(theirs) = &other.failures {
+            let ours = self
+                .failures
+                .get_or_insert_with(|| Box::new([0; Status::ALL.len()]));
+            for (a, b) in ours.iter_mut().zip(theirs.iter()) {
+                *a += b;
+            }
         }
         if self.first_error.is_none() {
             self.first_error.clone_from(&other.first_error);

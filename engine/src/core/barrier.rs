@@ -21,19 +21,15 @@ impl Acc {
     /// The report so far, leaving the accumulator empty; the per-status array is copied and
     /// cleared only when something failed (the common flush has no failure).
     fn take(&mut self) -> FlushReport {
-        let failures = if self.failed == 0 {
-            [0; Status::ALL.len()]
-        } else {
-            std::mem::take(&mut self.failures)
-        };
-        FlushReport {
-            writes: std::mem::take(&mut self.writes),
-            bytes: std::mem::take(&mut self.bytes),
-            failed: std::mem::take(&mut self.failed),
+        let failures = (self.failed > 0).then(|| Box::new(std::mem::take(&mut self.failures)));
+        FlushReport::new(
+            std::mem::take(&mut self.writes),
+            std::mem::take(&mut self.bytes),
+            std::mem::take(&mut self.failed),
             failures,
-            first_error: self.first_error.take(),
-            peer_errors: std::mem::take(&mut self.peer_errors),
-        }
+            self.first_error.take(),
+            std::mem::take(&mut self.peer_errors),
+        )
     }
 }
 

@@ -57,7 +57,7 @@ impl Counts {
             writes: r.writes,
             bytes: r.bytes,
             failed: r.failed,
-            failures: r.failures,
+            failures: std::array::from_fn(|i| r.failed_with(Status::ALL[i])),
         }
     }
 
