@@ -207,6 +207,40 @@ fn setup_error(e: &io::Error) -> String {
 
 /// Whether the kernel accepts `UDP_SEGMENT` (GSO), asked once on a throwaway socket, as quinn-udp
 /// does: a kernel without UDP GSO rejects `getsockopt(SOL_UDP, UDP_SEGMENT)`.
+/// The running kernel's (major, minor) version, from `uname(2)`'s release ("6.1.0-57-cloud…").
+pub(crate) fn kernel_version() -> Option<(u32, u32)> {
+    // SAFETY: `uname` fills the zeroed struct it is given; its fields are NUL-terminated.
+    let release = unsafe {
+        let mut u: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut u) != 0 {
+            return None;
+        }
+        std::ffi::CStr::from_ptr(u.release.as_ptr())
+            .to_string_lossy()
+            .into_owned()
+    };
+    parse_release(&release)
+}
+
+/// (major, minor) of a kernel release string.
+fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+#[cfg(test)]
+mod release_tests {
+    #[test]
+    fn kernel_releases_parse() {
+        assert_eq!(super::parse_release("6.1.0-57-cloud-amd64"), Some((6, 1)));
+        assert_eq!(super::parse_release("6.18.44-fc-v1045"), Some((6, 18)));
+        assert_eq!(super::parse_release("5.10.0"), Some((5, 10)));
+        assert_eq!(super::parse_release("garbage"), None);
+    }
+}
+
 pub(crate) fn udp_gso() -> bool {
     let Ok(sock) = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None) else {
         return false;

@@ -510,6 +510,19 @@ impl Uring {
 
     /// A sparse file table of `FIXED_FILES_INITIAL` entries (fewer if capped); its size.
     fn register_file_table(&self) -> Result<u32, String> {
+        // Before the 6.13 resource rework, a file removed from the table is put only once every
+        // request submitted before the removal has ended: a send stalled on one peer would keep
+        // every socket closed since open (its peer never sees EOF). Found by the kernel matrix
+        // on 6.1 (docs/kernel-matrix.md).
+        if let Some((major, minor)) = super::probe::kernel_version() {
+            if (major, minor) < (6, 13) {
+                return Err(format!(
+                    "Linux {major}.{minor} < 6.13: a socket removed from the file table stays \
+                     open until every older request ends (a stalled peer would keep closed \
+                     sockets open)"
+                ));
+            }
+        }
         let n = FIXED_FILES_INITIAL.min(Uring::file_table_cap());
         if n == 0 {
             return Err("RLIMIT_NOFILE is 0: no room for a file table".to_string());
