@@ -230,17 +230,6 @@ fn parse_release(release: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-#[cfg(test)]
-mod release_tests {
-    #[test]
-    fn kernel_releases_parse() {
-        assert_eq!(super::parse_release("6.1.0-57-cloud-amd64"), Some((6, 1)));
-        assert_eq!(super::parse_release("6.18.44-fc-v1045"), Some((6, 18)));
-        assert_eq!(super::parse_release("5.10.0"), Some((5, 10)));
-        assert_eq!(super::parse_release("garbage"), None);
-    }
-}
-
 pub(crate) fn udp_gso() -> bool {
     let Ok(sock) = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None) else {
         return false;
@@ -304,4 +293,15 @@ pub(crate) fn unsuitable_socket(fd: std::os::fd::BorrowedFd<'_>, tcp: bool) -> R
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod release_tests {
+    #[test]
+    fn kernel_releases_parse() {
+        assert_eq!(super::parse_release("6.1.0-57-cloud-amd64"), Some((6, 1)));
+        assert_eq!(super::parse_release("6.18.44-fc-v1045"), Some((6, 18)));
+        assert_eq!(super::parse_release("5.10.0"), Some((5, 10)));
+        assert_eq!(super::parse_release("garbage"), None);
+    }
 }
