@@ -31,7 +31,7 @@ fn mixed_with_send_bytes_exact(backend: Backend) {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
     let mut sent = Vec::new();
     let (mut writes, mut reported, mut bytes) = (0u64, 0u64, 0usize);
-    for round in 0..40u64 {
+    for round in 0..20u64 {
         // A few owned buffers first, then a writer, then owned buffers again.
         for i in 0..rng.gen_range(0..4u64) {
             let d = payload(round * 1000 + i, rng.gen_range(1..3000));
@@ -42,8 +42,8 @@ fn mixed_with_send_bytes_exact(backend: Backend) {
         {
             let mut w = e.writer(id).expect("writer");
             for i in 0..rng.gen_range(1..600u64) {
-                let len = match rng.gen_range(0..20) {
-                    0 => rng.gen_range(65 * 1024..200 * 1024),
+                let len = match rng.gen_range(0..60) {
+                    0 => rng.gen_range(65 * 1024..100 * 1024),
                     1..=3 => rng.gen_range(400..700),
                     _ => rng.gen_range(1..100),
                 };
