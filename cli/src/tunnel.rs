@@ -917,12 +917,13 @@ impl Tunnel {
 
     fn summary(&self, stop: &Stop) -> String {
         let c = &self.c;
-        let (backend, engine_transitions) = match &self.path {
+        let (backend, engine_transitions, epoll) = match &self.path {
             Path::Volley { engine, .. } => (
                 engine.backend().to_string(),
                 engine.stats().kernel_transitions,
+                engine.backend() == volley::BackendKind::Epoll,
             ),
-            Path::Naive { .. } => ("none".to_string(), 0),
+            Path::Naive { .. } => ("none".to_string(), 0, false),
         };
         let mode = match self.path {
             Path::Volley { .. } if self.vnet => "volley-offload",
@@ -936,13 +937,17 @@ impl Tunnel {
             Stop::Fatal(_) => "error".to_string(),
         };
         let per = |n: u64, d: u64| if d == 0 { 0.0 } else { n as f64 / d as f64 };
-        // The engine's transitions carry both directions when it also writes the TUN device (one
-        // `io_uring_enter` for the UDP sends and the TUN writes of a wake-up): they are shared
-        // out by the packets each direction handed it. Send side: the sends proper (that share,
-        // or one sendto per packet); the TUN reads are listed apart (one per packet, as the kernel
-        // hands them out, unless --offload).
+        // The engine's transitions carry both directions when it also writes the TUN device. On
+        // epoll each packet write is its own `write(2)`, so the receive side's share is exactly
+        // the packets it handed the engine; on io_uring one `io_uring_enter` carries a wake-up's
+        // UDP sends and TUN writes together, so the transitions are shared out by the packets
+        // each direction handed it. Send side: the sends proper (that share, or one sendto per
+        // packet); the TUN reads are listed apart (one per packet, as the kernel hands them out,
+        // unless --offload).
         let engine_packets = c.tx_read_packets + c.tun_engine_writes;
-        let rx_engine = if engine_packets == 0 {
+        let rx_engine = if epoll {
+            c.tun_engine_writes.min(engine_transitions)
+        } else if engine_packets == 0 {
             0
         } else {
             let share = u128::from(engine_transitions) * u128::from(c.tun_engine_writes)
