@@ -1,7 +1,8 @@
 //! What io_uring this kernel has, printed for `scripts/kernel-matrix` (run with `--nocapture`):
 //! the kernel release, the ring's feature bits (`io_uring_params.features`), the opcodes
 //! `IORING_REGISTER_PROBE` reports, the backend `Backend::Auto` picks (and why, if it fell back),
-//! and which of the engine's io_uring fast paths the kernel takes when all are asked for
+//! the kernel features the engine probes and uses (present, or missing with what it does
+//! instead), and which of the engine's io_uring fast paths the kernel takes when all are asked for
 //! ([`volley::Engine::uring_features`]). Every line starts with `PROBE `.
 //!
 //! It asserts only what must hold everywhere the engine runs on io_uring: if `Auto` picks
@@ -208,6 +209,12 @@ fn report() {
         .backend(Backend::Auto)
         .build()
         .expect("Auto always builds");
+    // The kernel features the engine itself probes and uses (and what it does without them).
+    let f = auto.uring_features();
+    println!("PROBE engine_kernel_features {}", f.kernel.join(","));
+    for (name, without) in &f.kernel_missing {
+        println!("PROBE engine_kernel_missing {name}: {without}");
+    }
     println!(
         "PROBE auto_backend {:?}{}",
         auto.backend(),
