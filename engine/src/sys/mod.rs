@@ -20,6 +20,8 @@ pub(crate) mod msg;
 pub(crate) mod probe;
 #[cfg(feature = "tokio")]
 pub(crate) mod tokio;
+#[cfg(feature = "tls")]
+pub(crate) mod wait;
 pub(crate) mod uring;
 
 use std::net::SocketAddr;
