@@ -20,9 +20,9 @@ pub(crate) mod msg;
 pub(crate) mod probe;
 #[cfg(feature = "tokio")]
 pub(crate) mod tokio;
+pub(crate) mod uring;
 #[cfg(feature = "tls")]
 pub(crate) mod wait;
-pub(crate) mod uring;
 
 use std::net::SocketAddr;
 use std::os::fd::{BorrowedFd, RawFd};

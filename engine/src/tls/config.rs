@@ -36,7 +36,10 @@ fn config_error(detail: String) -> Error {
 /// certificate in it.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
     let what = |e: &dyn std::fmt::Display| {
-        config_error(format!("cannot read certificates from {}: {e}", path.display()))
+        config_error(format!(
+            "cannot read certificates from {}: {e}",
+            path.display()
+        ))
     };
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| what(&e))?
@@ -78,7 +81,9 @@ pub fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, Error> {
     };
     let (added, _ignored) = roots.add_parsable_certificates(certs);
     if added == 0 {
-        return Err(config_error(format!("no usable CA certificate in {source}")));
+        return Err(config_error(format!(
+            "no usable CA certificate in {source}"
+        )));
     }
     Ok(roots)
 }
@@ -129,10 +134,12 @@ pub fn server_config(
         .map_err(|e| config_error(e.to_string()))?;
     let builder = match client_ca {
         Some(ca) => {
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(Some(ca))?), provider())
-                    .build()
-                    .map_err(|e| config_error(format!("client CA {}: {e}", ca.display())))?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(
+                Arc::new(root_store(Some(ca))?),
+                provider(),
+            )
+            .build()
+            .map_err(|e| config_error(format!("client CA {}: {e}", ca.display())))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),

@@ -565,7 +565,10 @@ impl TlsStream {
                 return Err(self.fail(local(
                     self.id,
                     TlsStatus::Timeout,
-                    format!("no close_notify from the peer within {:?}", self.close_timeout),
+                    format!(
+                        "no close_notify from the peer within {:?}",
+                        self.close_timeout
+                    ),
                 )));
             }
             self.read_once()?;
