@@ -522,14 +522,20 @@ impl TlsStream {
     /// `close_notify`, [`TlsStatus::Timeout`]; the stream's error. The socket is closed in
     /// every case.
     pub fn close(mut self, engine: &mut Engine) -> Result<FlushReport, Error> {
-        let r = self.close_inner(engine);
+        let r = self.shutdown(engine);
         let closed = engine.close(self.id);
         let report = r?;
         closed?;
         Ok(report)
     }
 
-    fn close_inner(&mut self, engine: &mut Engine) -> Result<FlushReport, Error> {
+    /// [`TlsStream::close`] without closing the socket: `close_notify` out, the peer's in (or
+    /// its alert), within the close timeout. The session takes no more writes afterwards; its
+    /// counters stay readable.
+    ///
+    /// # Errors
+    /// As [`TlsStream::close`].
+    pub fn shutdown(&mut self, engine: &mut Engine) -> Result<FlushReport, Error> {
         self.check()?;
         self.seal(engine)?;
         self.conn.send_close_notify();
