@@ -30,6 +30,7 @@ mod raw;
 pub mod receiver;
 mod report;
 pub mod scenario;
+pub mod tls;
 mod tokio;
 mod tokio_uring;
 mod volley;
@@ -731,11 +732,17 @@ pub fn run(opts: &BenchOpts) -> Result<(), String> {
     if plan.rounds == 0 {
         return Err("--rounds must be at least 1".into());
     }
-    let scenarios = if opts.scenarios.is_empty() {
+    let mut scenarios = if opts.scenarios.is_empty() {
         ScenarioName::ALL.to_vec()
     } else {
         dedup(&opts.scenarios)
     };
+    // tls-small has its own harness (`tls`), run after the others.
+    let tls_small = scenarios.contains(&ScenarioName::TlsSmall);
+    scenarios.retain(|s| *s != ScenarioName::TlsSmall);
+    if scenarios.is_empty() {
+        return tls::run(opts.quick, opts.rounds, opts.batch);
+    }
     let methods = if opts.methods.is_empty() {
         MethodName::ALL.to_vec()
     } else {
@@ -794,6 +801,9 @@ pub fn run(opts: &BenchOpts) -> Result<(), String> {
         for line in targets {
             say(&line)?;
         }
+    }
+    if tls_small {
+        tls::run(opts.quick, opts.rounds, opts.batch)?;
     }
     Ok(())
 }
