@@ -41,7 +41,7 @@
 //! [`Error::Tls`]: crate::Error::Tls
 //! [`TlsStatus`]: crate::TlsStatus
 
-mod alert;
+pub(crate) mod alert;
 mod config;
 mod stream;
 

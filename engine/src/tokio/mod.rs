@@ -55,6 +55,8 @@
 mod driver;
 mod flush;
 mod tcp;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod udp;
 
 pub use driver::Driver;
