@@ -16,7 +16,16 @@ use volley::{Backend, Error, TlsStatus};
 use volley_tests::tls::{Peer, Pki};
 use volley_tests::*;
 
-per_backend!(tokio_tls_to_s_server, tokio_tls_without_client_certificate);
+per_backend!(
+    tokio_tls_to_s_server,
+    tokio_tls_without_client_certificate,
+    example_tls_echo_server_with_s_client,
+);
+
+/// The example server's code, included as a module: the test runs its `serve`.
+#[expect(dead_code, reason = "the example's `main` runs only as a program")]
+#[path = "../../engine/examples/tls_echo_server.rs"]
+mod tls_echo_server;
 
 fn run<F: Future>(f: F) -> F::Output {
     let rt = ::tokio::runtime::Builder::new_current_thread()
@@ -125,4 +134,79 @@ fn tokio_tls_without_client_certificate(b: Backend) {
         );
     });
     drop(peer.finish());
+}
+
+/// `openssl s_client` with a client certificate against the `tls_echo_server` example (client
+/// certificates required): what s_client sends comes back exact.
+fn example_tls_echo_server_with_s_client(b: Backend) {
+    use std::io::Read;
+    let pki = Pki::new();
+    let config = volley::tls::server_config(
+        &pki.path("server.pem"),
+        &pki.path("server.key"),
+        Some(&pki.path("ca.pem")),
+    )
+    .expect("server config");
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = ::tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || {
+        run(async move {
+            let listener = ::tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            addr_tx
+                .send(listener.local_addr().expect("addr"))
+                .expect("addr");
+            let d = Driver::new(engine(b)).expect("driver");
+            tls_echo_server::serve(listener, d, config, async {
+                let _ = stop_rx.await;
+            })
+            .await
+            .expect("serve");
+        });
+    });
+    let addr = addr_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("server started");
+    let data = payload(0xec, 80_000);
+    let input = std::env::temp_dir().join(format!("volley-tls-echo-{}-{b:?}", std::process::id()));
+    std::fs::write(&input, &data).expect("input");
+    // -quiet ignores EOF on stdin: read exactly the echo from its stdout, then stop it.
+    let mut child = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            "localhost",
+        ])
+        .args(["-verify_return_error", "-quiet", "-CAfile"])
+        .arg(pki.path("ca.pem"))
+        .arg("-cert")
+        .arg(pki.path("client.pem"))
+        .arg("-key")
+        .arg(pki.path("client.key"))
+        .stdin(std::fs::File::open(&input).expect("open input"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("s_client starts");
+    let mut out = child.stdout.take().expect("stdout");
+    let want = data.len();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut got = vec![0u8; want];
+        let r = out.read_exact(&mut got).map(|()| got);
+        let _ = tx.send(r);
+    });
+    let got = rx.recv_timeout(Duration::from_secs(30));
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&input);
+    let _ = stop_tx.send(());
+    server.join().expect("server thread");
+    let got = got
+        .expect("the echo within 30 s")
+        .expect("s_client's stdout");
+    assert_bytes_eq(&got, &data, &format!("{b:?}: echo through tls_echo_server"));
 }
