@@ -439,9 +439,10 @@ fn median(v: &mut [f64]) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-fn quantile(v: &mut [f64], q: f64) -> f64 {
+/// The `num/den` quantile (nearest rank).
+fn quantile(v: &mut [f64], num: usize, den: usize) -> f64 {
     v.sort_by(f64::total_cmp);
-    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+    let i = (v.len().saturating_sub(1) * num).div_ceil(den);
     v.get(i).copied().unwrap_or(0.0)
 }
 
@@ -457,7 +458,7 @@ pub fn run(quick: bool, rounds: Option<usize>, batch: Option<usize>) -> Result<(
     let cfg = certs()?;
     let payload: Arc<Vec<u8>> = Arc::new(
         (0..batch * MSG_BYTES)
-            .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
+            .map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()[3])
             .collect(),
     );
     let mut methods = Vec::new();
@@ -611,7 +612,7 @@ fn handshakes(
                 .join()
                 .map_err(|_| "handshake server panicked".to_string())??;
             let p50 = median(&mut ms);
-            let p90 = quantile(&mut ms, 0.9);
+            let p90 = quantile(&mut ms, 9, 10);
             out(&format!(
                 "{:<34} {:>8.3} {:>8.3}",
                 format!("{who}, {label}"),
