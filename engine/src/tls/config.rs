@@ -13,9 +13,9 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::error::{Error, TlsStatus};
 
-/// The crypto provider of every configuration made here: rustls' `ring` provider (the
-/// `aws-lc-rs` default needs cmake to build, which a fresh Debian 12 machine lacks; see the
-/// README's "TLS").
+/// The crypto provider of every configuration made here: rustls' `ring` provider, which builds
+/// with a C compiler alone and quickly (the `aws-lc-rs` default builds too, but compiles a large
+/// C library; see the README's "TLS").
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
