@@ -623,3 +623,63 @@ fn handshakes(
     }
     Ok(())
 }
+
+/// One tls-small method on its own connection and verifying receiver, for the criterion
+/// harness (`benches/tls.rs`): [`TlsBench::batch`] is one flush of `batch` 64-byte messages.
+pub struct TlsBench {
+    sender: Sender,
+    rx: Receiver,
+    payload: Arc<Vec<u8>>,
+    sent: u64,
+}
+
+impl std::fmt::Debug for TlsBench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsBench")
+            .field("sent", &self.sent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsBench {
+    /// The methods, as `volley bench --scenario tls-small` names them.
+    pub const METHODS: [&'static str; 5] = METHODS;
+
+    /// Certificates, a receiver, and `method`'s sender connected to it (handshake done).
+    ///
+    /// # Errors
+    /// Setup failures, as text.
+    pub fn new(method: &str, batch: usize) -> Result<TlsBench, String> {
+        let cfg = certs()?;
+        let payload: Arc<Vec<u8>> = Arc::new(
+            (0..batch * MSG_BYTES)
+                .map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()[3])
+                .collect(),
+        );
+        let (sender, rx) = setup(method, &cfg, &payload)?;
+        Ok(TlsBench {
+            sender,
+            rx,
+            payload,
+            sent: 0,
+        })
+    }
+
+    /// Sends one batch and flushes.
+    ///
+    /// # Errors
+    /// The sender's error, as text.
+    pub fn batch(&mut self) -> Result<(), String> {
+        self.sender.batch(&self.payload)?;
+        self.sent += self.payload.len() as u64;
+        Ok(())
+    }
+
+    /// Waits until the receiver decrypted and checked everything sent so far.
+    ///
+    /// # Errors
+    /// A receiver that failed, or did not get it all within 60 s.
+    pub fn verify(&mut self) -> Result<(), String> {
+        self.rx.wait_for(self.sent)
+    }
+}

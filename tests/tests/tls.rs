@@ -107,6 +107,8 @@ fn coalesces_1024_small_writes_into_4_records(b: Backend) {
     let mut tls = connect(&mut e, &peer, client_config(&pki, true)).expect("handshake");
     let data = payload(64, 1024 * 64);
     let before = *tls.stats();
+    assert_eq!(before.data_records, 0, "{b:?}: the handshake is not data");
+    assert!(before.records > 0 && before.handshake > std::time::Duration::ZERO);
     let sends_before = e.stats().writes_sent;
     for m in data.chunks(64) {
         tls.send(&mut e, m).expect("send");

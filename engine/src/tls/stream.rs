@@ -129,6 +129,8 @@ impl Handshake {
         s.push(engine)?;
         s.flush_engine(engine)?;
         s.stats.handshake = start.elapsed();
+        // That flight left after `is_handshaking` turned false: not application data.
+        s.stats.data_records = 0;
         Ok(s)
     }
 }
