@@ -188,24 +188,37 @@ fn server_from_another_ca_is_unknown_ca(b: Backend) {
     );
 }
 
-/// An alert that arrives after the handshake fails the next flush (not only `close`): flushes
-/// go on until one fails, bounded, and it names the alert.
+/// An alert that arrives after the handshake fails the next flush (not only `close` or a
+/// read): one-byte writes are flushed until one fails — bounded in time — and that flush names
+/// the alert; the session is then poisoned, and a read says the same.
 fn peer_alert_fails_a_later_flush(b: Backend) {
     let pki = Pki::new();
     let peer = Peer::s_server(&pki, false, &["-Verify", "1"]);
     let mut e = builder(b).build().expect("engine");
     let mut tls = connect(&mut e, &peer, client_config(&pki, false)).expect("TLS 1.3 handshake");
-    // Wait for the alert the way an application would: a read.
-    tls.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut buf = [0u8; 64];
-    let read = tls.read(&mut buf);
-    let (status, ..) = tls_status(read, &format!("{b:?}: read"));
-    assert_eq!(status, TlsStatus::CertificateRequired);
-    // The session is poisoned: flushes fail with the same error, at once.
-    tls.send(&mut e, b"x").expect_err("send after the alert");
-    let (status, from_peer, msg) = tls_status(tls.flush(&mut e), &format!("{b:?}: flush"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut flushes = 0u32;
+    let failed = loop {
+        let r = tls.send(&mut e, b"x").and_then(|()| tls.flush(&mut e));
+        match r {
+            Ok(_) => flushes += 1,
+            Err(err) => break err,
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{b:?}: {flushes} flushes succeeded, no alert within 10 s"
+        );
+    };
+    let (status, from_peer, msg) = tls_status(Err::<(), _>(failed), &format!("{b:?}: flush"));
     assert_eq!(status, TlsStatus::CertificateRequired, "{b:?}: {msg}");
-    assert!(from_peer);
+    assert!(from_peer, "{b:?}: {msg}");
+    // Poisoned: sends, flushes and reads fail the same way, at once.
+    tls.send(&mut e, b"x").expect_err("send after the alert");
+    let (status, ..) = tls_status(tls.flush(&mut e), &format!("{b:?}: flush again"));
+    assert_eq!(status, TlsStatus::CertificateRequired);
+    let mut buf = [0u8; 64];
+    let (status, ..) = tls_status(tls.read(&mut buf), &format!("{b:?}: read"));
+    assert_eq!(status, TlsStatus::CertificateRequired);
     drop(peer.finish());
 }
 
