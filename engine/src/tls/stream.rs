@@ -282,6 +282,7 @@ impl TlsStream {
     /// # Errors
     /// As [`TlsStream::send`].
     pub fn seal(&mut self, engine: &mut Engine) -> Result<(), Error> {
+        let hint = sealed_len(self.plain.len());
         if !self.plain.is_empty() {
             let n = self.plain.len();
             // The buffer limit is off: rustls takes it all, in records of ≤ 16 KiB.
@@ -294,15 +295,21 @@ impl TlsStream {
             self.plain.clear();
             self.stats.plaintext_bytes += n as u64;
         }
-        self.push(engine)
+        self.push_sized(engine, hint)
     }
 
     /// Takes what rustls has to send, as one buffer, and queues it on the engine.
     fn push(&mut self, engine: &mut Engine) -> Result<(), Error> {
+        self.push_sized(engine, 0)
+    }
+
+    /// [`TlsStream::push`] into a buffer of `hint` bytes to start with (no regrowth while
+    /// collecting a flush's records).
+    fn push_sized(&mut self, engine: &mut Engine, hint: usize) -> Result<(), Error> {
         if !self.conn.wants_write() {
             return Ok(());
         }
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(hint);
         while self.conn.wants_write() {
             self.conn
                 .write_tls(&mut out)
@@ -592,6 +599,16 @@ impl Read for FdRead<'_> {
         let n = buf.len().min(READ_BYTES);
         wait::recv(self.0, &mut buf[..n])
     }
+}
+
+/// Room for the records of `plain` plaintext bytes: per 16 KiB record a 5-byte header and up to
+/// 64 bytes of content type, padding and tag, plus slack for a key update or alert queued
+/// ahead of them.
+fn sealed_len(plain: usize) -> usize {
+    if plain == 0 {
+        return 0;
+    }
+    plain + (plain / (16 * 1024) + 1) * 69 + 256
 }
 
 /// TLS records in `buf`, a run of whole records (5-byte header: type, version, length).
