@@ -215,3 +215,31 @@ fn s_client_to_volley_sink() {
     let _ = std::fs::remove_file(&out);
     assert_bytes_eq(&got, &input, "sink file");
 }
+
+/// `--server-name` is the name checked in the server's certificate: a name it was not issued
+/// for fails the handshake, named; the right one works with an IP address in the URL.
+#[test]
+fn send_tls_server_name() {
+    let pki = Pki::new();
+    for (name, ok) in [("wrong.example", false), ("localhost", true)] {
+        let peer = Peer::s_server(&pki, false, &[]);
+        let mut c = Command::new(env!("CARGO_BIN_EXE_volley"));
+        c.arg("send")
+            .arg(format!("tls://127.0.0.1:{}", peer.addr.port()))
+            .arg("--ca")
+            .arg(pki.path("ca.pem"))
+            .args(["--server-name", name]);
+        let input = payload(5, 5000);
+        let o = run(c, input.clone());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.success(), ok, "--server-name {name}: {err}");
+        if ok {
+            assert_bytes_eq(&peer.finish().stdout, &input, name);
+        } else {
+            assert!(
+                err.contains("bad certificate") && err.contains("wrong.example"),
+                "{err}"
+            );
+        }
+    }
+}
