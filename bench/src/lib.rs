@@ -31,6 +31,7 @@ pub mod receiver;
 mod report;
 pub mod scenario;
 mod threads;
+pub mod tls;
 mod tokio;
 mod tokio_uring;
 mod volley;
@@ -818,11 +819,17 @@ pub fn run(opts: &BenchOpts) -> Result<(), String> {
     if threads.contains(&0) {
         return Err("--threads must be at least 1".into());
     }
-    let scenarios = if opts.scenarios.is_empty() {
+    let mut scenarios = if opts.scenarios.is_empty() {
         ScenarioName::ALL.to_vec()
     } else {
         dedup(&opts.scenarios)
     };
+    // tls-small has its own harness (`tls`), run after the others.
+    let tls_small = scenarios.contains(&ScenarioName::TlsSmall);
+    scenarios.retain(|s| *s != ScenarioName::TlsSmall);
+    if scenarios.is_empty() {
+        return tls::run(opts.quick, opts.rounds, opts.batch);
+    }
     let methods = if opts.methods.is_empty() {
         MethodName::ALL.to_vec()
     } else {
@@ -890,6 +897,9 @@ pub fn run(opts: &BenchOpts) -> Result<(), String> {
         for line in targets {
             say(&line)?;
         }
+    }
+    if tls_small {
+        tls::run(opts.quick, opts.rounds, opts.batch)?;
     }
     Ok(())
 }

@@ -30,6 +30,10 @@ pub enum ScenarioName {
     UdpRelay,
     /// 172-byte datagrams on one connected UDP socket, one per flush (per-message latency).
     UdpLatency,
+    /// 64-byte messages over TLS, 1024 per flush, to a decrypting, verifying receiver: volley's
+    /// TLS stream against rustls on a `TcpStream` and on 64 KiB `BufWriter`s, plus handshake
+    /// times. Its own harness (`volley_bench::tls`); not in the default set.
+    TlsSmall,
 }
 
 impl ScenarioName {
@@ -56,6 +60,7 @@ impl ScenarioName {
             ScenarioName::UdpFanout => "udp-fanout",
             ScenarioName::UdpRelay => "udp-relay",
             ScenarioName::UdpLatency => "udp-latency",
+            ScenarioName::TlsSmall => "tls-small",
         }
     }
 }
@@ -108,7 +113,8 @@ impl Spec {
             udp_gro: false,
         };
         match name {
-            ScenarioName::TcpSmall => Spec {
+            // tls-small runs in its own harness (`crate::tls`); the spec is tcp-small's.
+            ScenarioName::TcpSmall | ScenarioName::TlsSmall => Spec {
                 per_peer: batch.unwrap_or(1024),
                 ..base
             },

@@ -1,4 +1,5 @@
-//! `tcp://HOST:PORT` and `udp://HOST:PORT` endpoints for `volley send` and `volley sink`.
+//! `tcp://HOST:PORT`, `tls://HOST:PORT` and `udp://HOST:PORT` endpoints for `volley send` and
+//! `volley sink`.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -10,6 +11,8 @@ pub enum Proto {
     Tcp,
     /// `udp://`
     Udp,
+    /// `tls://`: TLS over TCP.
+    Tls,
 }
 
 impl fmt::Display for Proto {
@@ -17,6 +20,7 @@ impl fmt::Display for Proto {
         f.write_str(match self {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
+            Proto::Tls => "tls",
         })
     }
 }
@@ -28,6 +32,8 @@ pub struct Endpoint {
     pub proto: Proto,
     /// Resolved addresses, in resolver order (never empty).
     pub addrs: Vec<SocketAddr>,
+    /// The host as written (the TLS server name unless `--server-name` says otherwise).
+    pub host: String,
 }
 
 /// Parses `tcp://HOST:PORT` or `udp://HOST:PORT`. `HOST` is a name, an IPv4 address or a
@@ -37,15 +43,16 @@ pub struct Endpoint {
 /// A message naming the URL and what is wrong with it: unknown scheme, missing host or port,
 /// a port that is not a number, or a host that does not resolve.
 pub fn parse(url: &str, default_port: Option<u16>) -> Result<Endpoint, String> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| format!("{url:?}: expected tcp://HOST:PORT or udp://HOST:PORT"))?;
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+        format!("{url:?}: expected tcp://HOST:PORT, tls://HOST:PORT or udp://HOST:PORT")
+    })?;
     let proto = match scheme.to_ascii_lowercase().as_str() {
         "tcp" => Proto::Tcp,
         "udp" => Proto::Udp,
+        "tls" => Proto::Tls,
         other => {
             return Err(format!(
-                "{url:?}: unknown scheme {other:?} (expected tcp:// or udp://)"
+                "{url:?}: unknown scheme {other:?} (expected tcp://, tls:// or udp://)"
             ))
         }
     };
@@ -72,7 +79,11 @@ pub fn parse(url: &str, default_port: Option<u16>) -> Result<Endpoint, String> {
     if addrs.is_empty() {
         return Err(format!("{url:?}: host {host:?} resolved to no address"));
     }
-    Ok(Endpoint { proto, addrs })
+    Ok(Endpoint {
+        proto,
+        addrs,
+        host: host.to_owned(),
+    })
 }
 
 /// Splits `host:port`, `[v6]:port`, `host` or `[v6]`.
@@ -112,6 +123,8 @@ mod tests {
         assert_eq!(e.proto, Proto::Udp);
         assert_eq!(e.addrs[0], "[::1]:53".parse().unwrap());
         assert!(parse("udp://localhost:53", None).is_ok());
+        let e = parse("tls://localhost:8443", None).unwrap();
+        assert_eq!((e.proto, e.host.as_str()), (Proto::Tls, "localhost"));
         assert_eq!(
             parse("tcp://127.0.0.1", Some(0)).unwrap().addrs[0].port(),
             0

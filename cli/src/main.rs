@@ -5,6 +5,7 @@
 mod addr;
 mod send;
 mod sink;
+mod tls;
 mod tunnel;
 
 use std::path::PathBuf;
@@ -45,7 +46,7 @@ impl From<BackendArg> for volley::Backend {
 enum Cmd {
     /// Read stdin (or --input), cut it into messages, send them through the engine.
     Send {
-        /// tcp://HOST:PORT or udp://HOST:PORT
+        /// tcp://HOST:PORT, tls://HOST:PORT or udp://HOST:PORT
         url: String,
         /// Bytes per message (the last one may be shorter); for UDP, bytes per datagram.
         #[arg(long, default_value_t = 1024)]
@@ -59,10 +60,13 @@ enum Cmd {
         /// Read this file instead of stdin.
         #[arg(long)]
         input: Option<PathBuf>,
+        #[command(flatten)]
+        tls: tls::SendTlsArgs,
     },
     /// Receive and count: TCP connections (bytes each) or UDP datagrams (count and sizes).
     Sink {
-        /// tcp://BIND[:PORT] or udp://BIND[:PORT] (no port or 0: any free port, printed)
+        /// tcp://BIND[:PORT], tls://BIND[:PORT] (with --cert, --key) or udp://BIND[:PORT] (no
+        /// port or 0: any free port, printed)
         url: String,
         /// Write what arrives to this file.
         #[arg(long)]
@@ -73,6 +77,8 @@ enum Cmd {
         /// Exit after this many idle seconds (UDP default 2; TCP: waiting for a connection).
         #[arg(long)]
         idle_timeout: Option<f64>,
+        #[command(flatten)]
+        tls: tls::SinkTlsArgs,
     },
     /// Compare send methods side by side (interleaved rounds, medians).
     Bench {
@@ -149,6 +155,7 @@ fn main() -> ExitCode {
             batch,
             backend,
             input,
+            tls,
         } => {
             return send::run(&send::SendOpts {
                 url,
@@ -156,6 +163,7 @@ fn main() -> ExitCode {
                 batch,
                 backend: backend.map(Into::into),
                 input,
+                tls,
             })
         }
         Cmd::Sink {
@@ -163,11 +171,13 @@ fn main() -> ExitCode {
             out,
             count,
             idle_timeout,
+            tls,
         } => sink::run(&sink::SinkOpts {
             url,
             out,
             count,
             idle_timeout,
+            tls,
         }),
         Cmd::Bench {
             quick,

@@ -1,4 +1,5 @@
-//! `volley send`: stdin (or a file) cut into messages, queued on one socket, flushed per batch.
+//! `volley send`: stdin (or a file) cut into messages, queued on one socket (or a TLS session
+//! over it), flushed per batch.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -6,9 +7,11 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::ExitCode;
 
 use bytes::{Bytes, BytesMut};
+use volley::tls::TlsStream;
 use volley::{Backend, Engine, Error, FlushReport, SocketId, Status};
 
 use crate::addr::{self, Proto};
+use crate::tls::SendTlsArgs;
 
 /// Options of `volley send`.
 #[derive(Debug)]
@@ -23,6 +26,15 @@ pub struct SendOpts {
     pub backend: Option<Backend>,
     /// Read this file instead of stdin.
     pub input: Option<std::path::PathBuf>,
+    /// `tls://`: CA, client certificate, server name.
+    pub tls: SendTlsArgs,
+}
+
+/// What `volley send` writes to: the engine's socket, or a TLS session over it.
+#[derive(Debug)]
+enum Conn {
+    Plain(SocketId),
+    Tls(Box<TlsStream>),
 }
 
 /// What was sent, for the summary line and the exit status.
@@ -33,6 +45,8 @@ struct Totals {
     accepted_bytes: u64,
     failures: [u64; Status::ALL.len()],
     failed: u64,
+    /// tls://: records, wire bytes, handshake time, for the summary.
+    tls: Option<String>,
 }
 
 impl Totals {
@@ -73,12 +87,12 @@ pub fn run(opts: &SendOpts) -> ExitCode {
 /// Sends, returning the outcome and (once the engine ran) the summary line.
 fn run_inner(opts: &SendOpts) -> (Result<(), String>, Option<String>) {
     match setup(opts) {
-        Ok((mut engine, id, proto, mut input)) => {
+        Ok((mut engine, mut conn, proto, mut input)) => {
             let mut totals = Totals::default();
-            let result = pump(&mut engine, id, &mut *input, opts, &mut totals);
+            let result = pump(&mut engine, &mut conn, &mut *input, opts, &mut totals);
             // Close (flush) even after an error, so a UDP run still reports what it did send.
             let closed = match result {
-                Ok(()) => engine.close(id).map(|(r, _fd)| totals.add(&r)),
+                Ok(()) => close(&mut engine, conn, &mut totals),
                 Err(e) => Err(e),
             };
             let line = summary(&engine, &totals);
@@ -88,7 +102,7 @@ fn run_inner(opts: &SendOpts) -> (Result<(), String>, Option<String>) {
     }
 }
 
-type Setup = (Engine, SocketId, Proto, Box<dyn Read>);
+type Setup = (Engine, Conn, Proto, Box<dyn Read>);
 
 fn setup(opts: &SendOpts) -> Result<Setup, String> {
     if opts.size == 0 {
@@ -112,21 +126,38 @@ fn setup(opts: &SendOpts) -> Result<Setup, String> {
     let mut engine = builder
         .build()
         .map_err(|e| format!("cannot start the engine: {e}"))?;
-    let id = match ep.proto {
-        Proto::Tcp => {
+    let conn = match ep.proto {
+        Proto::Tcp | Proto::Tls => {
+            // Before connecting: a bad certificate file is the user's to fix, not the peer's.
+            let config = match ep.proto {
+                Proto::Tls => Some(opts.tls.config()?),
+                _ => None,
+            };
             let stream = connect_tcp(&ep.addrs)?;
-            engine
+            let id = engine
                 .register_tcp(stream)
-                .map_err(|e| format!("cannot register the socket: {e}"))?
+                .map_err(|e| format!("cannot register the socket: {e}"))?;
+            match config {
+                Some(config) => {
+                    let name = opts.tls.server_name.as_deref().unwrap_or(&ep.host);
+                    let tls = TlsStream::client(config, name)
+                        .and_then(|h| h.complete(&mut engine, id))
+                        .map_err(|e| format!("TLS handshake with {} failed: {e}", opts.url))?;
+                    Conn::Tls(Box::new(tls))
+                }
+                None => Conn::Plain(id),
+            }
         }
         Proto::Udp => {
             let sock = connect_udp(&ep.addrs)?;
-            engine
-                .register_udp(sock)
-                .map_err(|e| format!("cannot register the socket: {e}"))?
+            Conn::Plain(
+                engine
+                    .register_udp(sock)
+                    .map_err(|e| format!("cannot register the socket: {e}"))?,
+            )
         }
     };
-    Ok((engine, id, ep.proto, input))
+    Ok((engine, conn, ep.proto, input))
 }
 
 fn verdict(
@@ -137,10 +168,12 @@ fn verdict(
 ) -> Result<(), String> {
     match (proto, closed) {
         (_, Err(e)) => Err(format!("send to {} failed: {e}", opts.url)),
-        (Proto::Tcp, Ok(())) if totals.accepted_bytes != totals.bytes_in => Err(format!(
-            "only {} of {} bytes were accepted by the kernel",
-            totals.accepted_bytes, totals.bytes_in
-        )),
+        (Proto::Tcp | Proto::Tls, Ok(())) if totals.accepted_bytes != totals.bytes_in => {
+            Err(format!(
+                "only {} of {} bytes were accepted by the kernel",
+                totals.accepted_bytes, totals.bytes_in
+            ))
+        }
         (Proto::Udp, Ok(())) if totals.failed > 0 => Err(format!(
             "{} of {} datagrams failed ({})",
             totals.failed,
@@ -183,8 +216,18 @@ fn connect_udp(addrs: &[SocketAddr]) -> Result<UdpSocket, String> {
     Err(last.unwrap_or_else(|| "no address to send to".into()))
 }
 
-/// Sends with backpressure handling: a full queue is flushed, then the send retried.
-fn send(engine: &mut Engine, id: SocketId, msg: Bytes, totals: &mut Totals) -> Result<(), Error> {
+/// Sends with backpressure handling: a full queue is flushed, then the send retried. TLS
+/// queues plaintext (the session bounds it).
+fn send(
+    engine: &mut Engine,
+    conn: &mut Conn,
+    msg: Bytes,
+    totals: &mut Totals,
+) -> Result<(), Error> {
+    let id = match conn {
+        Conn::Plain(id) => *id,
+        Conn::Tls(tls) => return tls.send(engine, &msg),
+    };
     match engine.send(id, msg) {
         Err(e) if e.is_backpressure() => {
             totals.add(&engine.flush(id)?);
@@ -195,9 +238,52 @@ fn send(engine: &mut Engine, id: SocketId, msg: Bytes, totals: &mut Totals) -> R
     }
 }
 
+/// The flush barrier; for TLS the accepted bytes are the plaintext flushed so far.
+fn flush(engine: &mut Engine, conn: &mut Conn, totals: &mut Totals) -> Result<(), Error> {
+    match conn {
+        Conn::Plain(id) => totals.add(&engine.flush(*id)?),
+        Conn::Tls(tls) => {
+            tls.flush(engine)?;
+            totals.accepted_bytes = tls.stats().plaintext_bytes;
+        }
+    }
+    Ok(())
+}
+
+/// Flushes and closes. TLS: `close_notify`, then the peer's `close_notify` must come back (an
+/// alert instead — a TLS 1.3 server refusing the client certificate after the handshake —
+/// means it discarded everything): only then are the bytes counted as accepted.
+fn close(engine: &mut Engine, conn: Conn, totals: &mut Totals) -> Result<(), Error> {
+    match conn {
+        Conn::Plain(id) => engine.close(id).map(|(r, _fd)| totals.add(&r)),
+        Conn::Tls(mut tls) => {
+            let plain = tls.stats().plaintext_bytes + tls.queued_plaintext() as u64;
+            let shut = tls.shutdown(engine);
+            let st = *tls.stats();
+            let version = tls
+                .connection()
+                .protocol_version()
+                .map_or_else(|| "TLS".to_owned(), |v| format!("{v:?}"));
+            totals.tls = Some(format!(
+                "{version} ({} records, {} wire bytes, handshake {:.1} ms)",
+                st.records,
+                st.wire_bytes,
+                st.handshake.as_secs_f64() * 1e3
+            ));
+            let id = tls.id();
+            drop(tls);
+            let closed = engine.close(id).map(|_| ());
+            shut?;
+            closed?;
+            totals.accepted_bytes = plain;
+            Ok(())
+        }
+    }
+}
+
 fn pump(
     engine: &mut Engine,
-    id: SocketId,
+    conn: &mut Conn,
     input: &mut dyn Read,
     opts: &SendOpts,
     totals: &mut Totals,
@@ -239,10 +325,10 @@ fn pump(
         let msg = buf.split_to(take).freeze();
         totals.messages += 1;
         totals.bytes_in += msg.len() as u64;
-        send(engine, id, msg, totals)?;
+        send(engine, conn, msg, totals)?;
         since_flush += 1;
         if since_flush == opts.batch {
-            totals.add(&engine.flush(id)?);
+            flush(engine, conn, totals)?;
             since_flush = 0;
         }
     }
@@ -261,8 +347,12 @@ fn summary(engine: &Engine, t: &Totals) -> String {
     } else {
         String::new()
     };
+    let tls = t
+        .tls
+        .as_ref()
+        .map_or_else(String::new, |v| format!(" over {v}"));
     format!(
-        "volley send: backend {backend}, {} messages, {} bytes ({} accepted){failed}, {} kernel transitions, flush p50 {:.1} µs p99 {:.1} µs",
+        "volley send: backend {backend}{tls}, {} messages, {} bytes ({} accepted){failed}, {} kernel transitions, flush p50 {:.1} µs p99 {:.1} µs",
         t.messages,
         t.bytes_in,
         t.accepted_bytes,

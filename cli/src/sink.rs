@@ -3,9 +3,14 @@
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use volley::tls::{rustls, TlsStream};
+use volley::Engine;
+
 use crate::addr::{self, Proto};
+use crate::tls::SinkTlsArgs;
 
 /// Options of `volley sink`.
 #[derive(Debug)]
@@ -19,6 +24,14 @@ pub struct SinkOpts {
     /// Exit after this long without traffic. UDP default 2 s; TCP only when given (the wait
     /// for the next connection).
     pub idle_timeout: Option<f64>,
+    /// `tls://`: certificate, key, client CA.
+    pub tls: SinkTlsArgs,
+}
+
+/// A TLS sink's server side: the configuration, and the engine that sends its handshakes.
+struct TlsServer {
+    config: Arc<rustls::ServerConfig>,
+    engine: Engine,
 }
 
 /// Runs `volley sink`.
@@ -45,7 +58,15 @@ pub fn run(opts: &SinkOpts) -> Result<(), String> {
         None => None,
     };
     let r = match ep.proto {
-        Proto::Tcp => tcp(&ep.addrs, opts.count, idle, out.as_mut()),
+        Proto::Tcp => tcp(&ep.addrs, opts.count, idle, out.as_mut(), None),
+        Proto::Tls => {
+            let config = opts.tls.config()?;
+            let engine = Engine::builder()
+                .build()
+                .map_err(|e| format!("cannot start the engine: {e}"))?;
+            let mut server = TlsServer { config, engine };
+            tcp(&ep.addrs, opts.count, idle, out.as_mut(), Some(&mut server))
+        }
         Proto::Udp => udp(
             &ep.addrs,
             opts.count,
@@ -71,10 +92,16 @@ fn tcp(
     count: Option<u64>,
     idle: Option<Duration>,
     mut out: Option<&mut BufWriter<File>>,
+    mut tls: Option<&mut TlsServer>,
 ) -> Result<(), String> {
     let listener =
         TcpListener::bind(addrs).map_err(|e| format!("cannot bind TCP {addrs:?}: {e}"))?;
-    announce(Proto::Tcp, listener.local_addr())?;
+    let proto = if tls.is_some() {
+        Proto::Tls
+    } else {
+        Proto::Tcp
+    };
+    announce(proto, listener.local_addr())?;
     if idle.is_some() {
         listener
             .set_nonblocking(true)
@@ -92,7 +119,10 @@ fn tcp(
             return Ok(());
         };
         connections += 1;
-        let (n, end) = drain(stream, out.as_deref_mut())?;
+        let (n, end) = match tls.as_deref_mut() {
+            Some(server) => drain_tls(stream, server, out.as_deref_mut())?,
+            None => drain(stream, out.as_deref_mut())?,
+        };
         total += n;
         let _ = volley_bench::say(&match end {
             None => format!("connection {connections} from {peer}: {n} bytes"),
@@ -128,11 +158,56 @@ fn accept(
     }
 }
 
+/// Runs the server handshake, reads the session until the client's `close_notify` and answers
+/// with ours; returns the plaintext byte count and what ended the connection if not that (a
+/// refused client certificate, an alert, a close without `close_notify`).
+fn drain_tls(
+    s: TcpStream,
+    server: &mut TlsServer,
+    mut out: Option<&mut BufWriter<File>>,
+) -> Result<(u64, Option<String>), String> {
+    let engine = &mut server.engine;
+    let id = engine
+        .register_tcp(s)
+        .map_err(|e| format!("cannot register the connection: {e}"))?;
+    let handshake =
+        TlsStream::server(Arc::clone(&server.config)).and_then(|h| h.complete(engine, id));
+    let mut tls = match handshake {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = engine.abort(id);
+            return Ok((0, Some(format!("TLS handshake failed: {e}"))));
+        }
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n = 0u64;
+    loop {
+        match tls.read(&mut buf) {
+            Ok(0) => {
+                let closed = tls.close(engine);
+                return Ok((n, closed.err().map(|e| e.to_string())));
+            }
+            Ok(k) => {
+                n += k as u64;
+                if let Some(o) = out.as_deref_mut() {
+                    o.write_all(&buf[..k])
+                        .map_err(|e| format!("cannot write the output file: {e}"))?;
+                }
+            }
+            Err(e) => {
+                drop(tls);
+                let _ = engine.abort(id);
+                return Ok((n, Some(e.to_string())));
+            }
+        }
+    }
+}
+
 /// Reads a connection to EOF; returns the byte count and the error that ended it, if any.
 fn drain(
     mut s: TcpStream,
     mut out: Option<&mut BufWriter<File>>,
-) -> Result<(u64, Option<io::Error>), String> {
+) -> Result<(u64, Option<String>), String> {
     let mut buf = vec![0u8; 256 * 1024];
     let mut n = 0u64;
     loop {
@@ -146,7 +221,7 @@ fn drain(
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Ok((n, Some(e))),
+            Err(e) => return Ok((n, Some(e.to_string()))),
         }
     }
 }

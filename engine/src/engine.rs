@@ -1076,6 +1076,21 @@ impl Engine {
         self.core.pending_writes()
     }
 
+    /// The descriptor of a registered socket, to read from it (the engine only writes; TLS
+    /// reads its peer's records this way). Its blocking mode is the backend's: blocking on
+    /// io_uring, `O_NONBLOCK` on epoll.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSocket`].
+    pub fn socket_fd(&self, id: SocketId) -> Result<BorrowedFd<'_>, Error> {
+        self.core.sock(id)?;
+        self.fds
+            .get(id.index as usize)
+            .and_then(Option::as_ref)
+            .map(AsFd::as_fd)
+            .ok_or(Error::UnknownSocket(id))
+    }
+
     /// Whether GSO is still on for this UDP socket (it turns off after EIO/EINVAL).
     ///
     /// # Errors

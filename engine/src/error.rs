@@ -188,6 +188,55 @@ impl fmt::Display for Limit {
     }
 }
 
+/// What went wrong in a TLS session (feature `tls`), in the words of TLS: the alert the peer
+/// sent, or what this side found wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TlsStatus {
+    /// A certificate is malformed, expired, for another name, or was rejected by the peer
+    /// (alerts `bad_certificate`, `unsupported_certificate`, `certificate_expired`, …).
+    BadCertificate,
+    /// The certificate chain does not lead to a trusted CA (alert `unknown_ca`).
+    UnknownCa,
+    /// The two sides could not agree on the handshake (alert `handshake_failure`, no common
+    /// version or cipher suite).
+    HandshakeFailure,
+    /// The server requires a client certificate and none was given (alert
+    /// `certificate_required`; TLS 1.2 servers send `handshake_failure` instead).
+    CertificateRequired,
+    /// The handshake (or the wait for the peer's `close_notify`) did not finish in time.
+    Timeout,
+    /// The peer closed the connection without `close_notify`, possibly mid-record: what it
+    /// sent may be truncated.
+    Truncated,
+    /// Any other protocol error or alert (decode error, bad record MAC, unexpected message…).
+    Protocol,
+    /// A certificate, key or CA file could not be read or used.
+    Config,
+}
+
+impl TlsStatus {
+    /// A short human name, e.g. "unknown CA".
+    pub fn describe(self) -> &'static str {
+        match self {
+            TlsStatus::BadCertificate => "bad certificate",
+            TlsStatus::UnknownCa => "unknown CA (certificate not signed by a trusted authority)",
+            TlsStatus::HandshakeFailure => "handshake failure",
+            TlsStatus::CertificateRequired => "certificate required",
+            TlsStatus::Timeout => "timed out",
+            TlsStatus::Truncated => "connection closed without close_notify",
+            TlsStatus::Protocol => "protocol error",
+            TlsStatus::Config => "bad TLS configuration",
+        }
+    }
+}
+
+impl fmt::Display for TlsStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
 /// Everything that can go wrong in volley.
 ///
 /// Converts into [`io::Error`] with a kind that says what to do: misuse of the API
@@ -297,6 +346,18 @@ pub enum Error {
         /// The raw errno.
         errno: i32,
     },
+    /// A TLS session failed (feature `tls`): a certificate was refused, an alert arrived, the
+    /// handshake timed out, the peer closed mid-record. The session is unusable afterwards.
+    Tls {
+        /// The engine socket of the session, when there is one (not for configuration errors).
+        socket: Option<SocketId>,
+        /// What went wrong, in TLS terms.
+        status: TlsStatus,
+        /// Whether the peer said so (it sent an alert) rather than this side finding it.
+        from_peer: bool,
+        /// The details (rustls' message, the file name).
+        detail: String,
+    },
 }
 
 /// Peer errors about one destination since the last
@@ -350,6 +411,14 @@ impl Error {
     /// ([`Error::Peer`]), not a failed send.
     pub fn is_peer_error(&self) -> bool {
         matches!(self, Error::Peer { .. })
+    }
+
+    /// The TLS status, for [`Error::Tls`].
+    pub fn tls_status(&self) -> Option<TlsStatus> {
+        match self {
+            Error::Tls { status, .. } => Some(*status),
+            _ => None,
+        }
     }
 
     /// Whether the error is backpressure (retry after a flush).
@@ -480,6 +549,14 @@ impl fmt::Display for Error {
             Error::Io { what, errno } => {
                 write!(f, "{what} failed: {} (errno {errno})", strerror(*errno))
             }
+            Error::Tls { socket, status, from_peer, detail } => {
+                f.write_str("TLS")?;
+                if let Some(s) = socket {
+                    write!(f, " on {s}")?;
+                }
+                let who = if *from_peer { "the peer refused: " } else { "" };
+                write!(f, ": {who}{status} ({detail})")
+            }
         }
     }
 }
@@ -499,6 +576,12 @@ impl From<Error> for io::Error {
             | Error::UnknownSocket(_) => io::ErrorKind::InvalidInput,
             Error::UringUnavailable { .. } => io::ErrorKind::Unsupported,
             Error::Socket { errno: 0, .. } => io::ErrorKind::Other,
+            Error::Tls { status, .. } => match status {
+                TlsStatus::Timeout => io::ErrorKind::TimedOut,
+                TlsStatus::Truncated => io::ErrorKind::UnexpectedEof,
+                TlsStatus::Config => io::ErrorKind::InvalidInput,
+                _ => io::ErrorKind::InvalidData,
+            },
             Error::Socket { errno, .. } | Error::Peer { errno, .. } | Error::Io { errno, .. } => {
                 io::Error::from_raw_os_error(*errno).kind()
             }

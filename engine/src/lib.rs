@@ -69,9 +69,14 @@ pub mod sim;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 
+/// TLS over the engine with rustls (feature `tls`): writes queue plaintext, a flush encrypts it
+/// into as few records as possible and hands the ciphertext to the engine as one batch.
+#[cfg(feature = "tls")]
+pub mod tls;
+
 pub use bytes::Bytes;
 pub use engine::{Backend, BackendKind, Engine, EngineBuilder};
-pub use error::{Error, Limit, RegisterError, SendError, Status, Unreachable};
+pub use error::{Error, Limit, RegisterError, SendError, Status, TlsStatus, Unreachable};
 pub use report::{FlushAllReport, FlushReport};
 pub use stats::Stats;
 pub use sys::uring::UringFeatures;

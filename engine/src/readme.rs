@@ -91,3 +91,31 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # TLS
+//! ```no_run
+//! # #[cfg(feature = "tls")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # use std::net::TcpStream;
+//! # use std::path::Path;
+//! # use std::time::Duration;
+//! # let mut engine = volley::Engine::builder().build()?;
+//! # let messages: Vec<&[u8]> = Vec::new();
+//! use volley::tls::{self, TlsStream};
+//!
+//! let config = tls::client_config(
+//!     Some(Path::new("ca.pem")),                                   // None: the system roots
+//!     Some((Path::new("client.pem"), Path::new("client.key"))),  // a client certificate (PEM)
+//! )?;
+//! let id = engine.register_tcp(TcpStream::connect("127.0.0.1:8443")?)?;
+//! let mut tls = TlsStream::client(config, "localhost")?   // the name checked in the certificate
+//!     .timeout(Duration::from_secs(5))                   // the handshake's; default 10 s
+//!     .complete(&mut engine, id)?;
+//! for m in messages { tls.send(&mut engine, m)?; }       // plaintext, queued
+//! tls.flush(&mut engine)?;                               // sealed into full records, one batch, the barrier
+//! tls.close(&mut engine)?;                               // close_notify, then the peer's
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "tls"))]
+//! # fn main() {}
+//! ```

@@ -8,6 +8,8 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use volley::{Backend, Engine};
 
+pub mod tls;
+
 /// Both backends, for tests that must hold on each.
 pub const BACKENDS: [Backend; 2] = [Backend::Uring, Backend::Epoll];
 

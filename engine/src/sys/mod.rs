@@ -24,6 +24,8 @@ pub(crate) mod probe;
 #[cfg(feature = "tokio")]
 pub(crate) mod tokio;
 pub(crate) mod uring;
+#[cfg(feature = "tls")]
+pub(crate) mod wait;
 
 use std::net::SocketAddr;
 use std::os::fd::{BorrowedFd, RawFd};

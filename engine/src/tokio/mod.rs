@@ -56,6 +56,8 @@
 mod driver;
 mod flush;
 mod tcp;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod udp;
 
 pub use driver::Driver;
