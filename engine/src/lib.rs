@@ -62,7 +62,7 @@ pub mod sim;
 pub mod tokio;
 
 pub use bytes::Bytes;
-pub use engine::{Backend, BackendKind, Engine, EngineBuilder};
+pub use engine::{Backend, BackendKind, Engine, EngineBuilder, DEFAULT_ZEROCOPY_THRESHOLD};
 pub use error::{Error, Limit, SendError, Status, Unreachable};
 pub use report::{FlushAllReport, FlushReport};
 pub use stats::Stats;

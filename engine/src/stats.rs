@@ -42,6 +42,16 @@ pub struct Stats {
     /// ICMP message) about an earlier datagram. On epoll a `sendmmsg` that stops at such an
     /// error after a partial count swallows it, so that resend is not counted here.
     pub stale_error_resends: u64,
+    /// Zero-copy stream sends (`SEND_ZC`/`SENDMSG_ZC`) whose first completion came.
+    pub zc_sends: u64,
+    /// Zero-copy notifications received (each releases one op's buffers).
+    pub zc_notifications: u64,
+    /// Notifications that reported the kernel copied the data anyway (`ZC_COPIED`, e.g. on
+    /// loopback): the socket then goes back to copying sends.
+    pub zc_copied: u64,
+    /// Zero-copy sends refused (`EOPNOTSUPP`, `EINVAL`, `ENOMEM`) and sent again by copying;
+    /// the socket then stays on copying sends.
+    pub zc_fallbacks: u64,
     /// Latency of writes, queued → terminal, in nanoseconds: a 1-in-N systematic sample (see
     /// `EngineBuilder::write_latency_every`, default N = 16).
     pub write_latency_ns: Histogram<u64>,
@@ -71,6 +81,10 @@ impl Default for Stats {
             gso_fallbacks: 0,
             peer_errors: 0,
             stale_error_resends: 0,
+            zc_sends: 0,
+            zc_notifications: 0,
+            zc_copied: 0,
+            zc_fallbacks: 0,
             write_latency_ns: histogram(),
             flush_latency_ns: histogram(),
         }
