@@ -1008,6 +1008,13 @@ impl Engine {
             .ok_or(Error::UnknownSocket(id))
     }
 
+    /// Zero-copy sends whose result was applied and whose notification has not come: the
+    /// engine still owns their buffers (the kernel may read them). Their op slots count against
+    /// the in-flight caps; `close`, `abort` and dropping the engine wait for them.
+    pub fn zerocopy_pending(&self) -> usize {
+        self.core.notifs_pending()
+    }
+
     /// Counters and histograms.
     pub fn stats(&self) -> &Stats {
         &self.core.stats
@@ -1057,8 +1064,13 @@ impl Engine {
     /// the driver (tests and fuzz targets).
     pub fn with_sim(cfg: Config, kernel: crate::sim::kernel::SimKernel) -> Engine {
         let flush_timeout = None;
+        let mut cfg = cfg.clamped();
+        if kernel.handle().mode() == crate::sim::kernel::Mode::Epoll {
+            // As `build` does: epoll has no zero-copy send.
+            cfg.zerocopy_threshold = None;
+        }
         Engine::assemble(
-            cfg.clamped(),
+            cfg,
             AnyDriver::Sim(Box::new(kernel)),
             BackendKind::Uring,
             None,
