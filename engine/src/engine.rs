@@ -145,6 +145,15 @@ impl EngineBuilder {
         self
     }
 
+    /// Whether a socket goes back to copying sends once a notification reports that the
+    /// kernel copied anyway. Default true; false keeps sending zero-copy (counted in
+    /// `Stats::zc_copied`), which only serves to measure what zero-copy costs where the kernel
+    /// copies (`bench/examples/zerocopy.rs`).
+    pub fn zerocopy_adaptive(mut self, on: bool) -> Self {
+        self.cfg.zerocopy_adaptive = on;
+        self
+    }
+
     /// The zero-copy threshold asked for: the setter, else `VOLLEY_ZEROCOPY`, else the default.
     fn zerocopy_wanted(&self) -> Result<Option<usize>, Error> {
         if let Some(z) = self.zerocopy {

@@ -29,10 +29,13 @@ use bytes::Bytes;
 use volley::{Backend, Engine, SocketId};
 use volley_tests::{assert_bytes_eq, payload, TcpSink};
 
-fn zc_engine(threshold: usize) -> Engine {
+/// An io_uring engine with zero-copy from `threshold` bytes; `adaptive` false keeps zero-copy
+/// on where the kernel reports it copied (veth and loopback here), so that every op tests it.
+fn zc_engine(threshold: usize, adaptive: bool) -> Engine {
     let e = Engine::builder()
         .backend(Backend::Uring)
         .zerocopy_threshold(Some(threshold))
+        .zerocopy_adaptive(adaptive)
         .build()
         .expect("io_uring engine");
     assert!(
@@ -78,7 +81,7 @@ fn send_chunks(e: &mut Engine, s: SocketId, data: &Bytes, chunk: usize) {
 /// Loopback: every notification says "copied"; the socket goes back to copying, bytes exact.
 #[test]
 fn loopback_reports_copied_and_socket_goes_back_to_copying() {
-    let mut e = zc_engine(16 << 10);
+    let mut e = zc_engine(16 << 10, true);
     let sink = TcpSink::start();
     let s = e.register_tcp(sink.connect()).unwrap();
     let data = Bytes::from(payload(1, 32 << 20).to_vec());
@@ -87,9 +90,9 @@ fn loopback_reports_copied_and_socket_goes_back_to_copying() {
     let first = e.stats().clone();
     assert!(first.zc_sends >= 1, "no zero-copy send: {first:?}");
     assert_eq!(first.zc_notifications, first.zc_sends);
-    assert_eq!(
-        first.zc_copied, first.zc_notifications,
-        "loopback: every notification reports the kernel copied"
+    assert!(
+        first.zc_copied >= 1,
+        "loopback: the kernel reports it copied: {first:?}"
     );
     // From now on the socket copies: 28 MiB more, no zero-copy send.
     send_chunks(&mut e, s, &data.slice(4 << 20..), 256 << 10);
@@ -126,7 +129,7 @@ fn epoll_ignores_the_threshold() {
 /// has no `SOCK_SUPPORT_ZC`), the same bytes go again by copying and the socket stays copying.
 #[test]
 fn socket_without_zerocopy_falls_back_to_copying() {
-    let mut e = zc_engine(4096);
+    let mut e = zc_engine(4096, true);
     let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
     let reader = std::thread::spawn(move || {
         let mut got = Vec::new();
@@ -322,10 +325,10 @@ fn read_all(mut s: TcpStream) -> std::thread::JoinHandle<Vec<u8>> {
     })
 }
 
-/// A TCP stream of 256 KiB buffers over veth, zero-copy: byte-exact. Delivery to a socket in
-/// the other namespace is still local delivery, which the kernel copies (`msg_zerocopy.rst`:
-/// "all packets generated with MSG_ZEROCOPY that are looped to a local socket will incur a
-/// deferred copy"): the notification reports it, and the socket goes back to copying.
+/// A TCP stream of 256 KiB buffers over veth, every op zero-copy (not adaptive): byte-exact.
+/// Delivery to a socket in the other namespace is still local delivery, which the kernel copies
+/// (`msg_zerocopy.rst`: "all packets generated with MSG_ZEROCOPY that are looped to a local
+/// socket will incur a deferred copy"), and the notifications report it.
 #[test]
 fn veth_stream_of_large_buffers_is_exact() {
     let Some(ns) = netns_or_skip("veth_stream_of_large_buffers_is_exact", 1) else {
@@ -333,7 +336,7 @@ fn veth_stream_of_large_buffers_is_exact() {
     };
     let (client, server) = ns.tcp();
     let reader = read_all(server);
-    let mut e = zc_engine(16 << 10);
+    let mut e = zc_engine(16 << 10, false);
     let s = e.register_tcp(client).unwrap();
     let data = Bytes::from(payload(4, 64 << 20).to_vec());
     send_chunks(&mut e, s, &data, 256 << 10);
@@ -343,15 +346,12 @@ fn veth_stream_of_large_buffers_is_exact() {
         "veth: zc sends {} notifications {} copied {} fallbacks {}",
         st.zc_sends, st.zc_notifications, st.zc_copied, st.zc_fallbacks
     );
-    assert!(st.zc_sends >= 1, "no zero-copy send: {st:?}");
+    assert!(st.zc_sends >= 16, "every op zero-copy: {st:?}");
     assert_eq!(
         st.zc_sends, st.zc_notifications,
         "a notification per zero-copy send"
     );
-    assert_eq!(
-        st.zc_copied, st.zc_notifications,
-        "veth to a local socket: copied"
-    );
+    assert!(st.zc_copied >= 1, "veth to a local socket: copied: {st:?}");
     assert_eq!(st.writes_failed, 0);
     let (_, fd) = e.close(s).unwrap();
     drop(fd);
@@ -450,7 +450,7 @@ fn send_pool_through_slow_link(
     socket2::SockRef::from(&client)
         .set_send_buffer_size(8 << 20)
         .unwrap();
-    let mut e = zc_engine(16 << 10);
+    let mut e = zc_engine(16 << 10, false);
     let s = e.register_tcp(client).unwrap();
     for off in (0..pool.len).step_by(chunk) {
         e.send(s, pool.take(off, chunk.min(pool.len - off)))

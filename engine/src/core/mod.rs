@@ -74,6 +74,9 @@ pub struct Config {
     /// Stream ops of at least this many bytes go zero-copy (`IORING_OP_SEND_ZC`/`SENDMSG_ZC`)
     /// where the driver supports it; `None`: never.
     pub zerocopy_threshold: Option<usize>,
+    /// A socket goes back to copying sends when a notification reports the kernel copied
+    /// (false only to measure zero-copy where the kernel copies anyway).
+    pub zerocopy_adaptive: bool,
 }
 
 impl Config {
@@ -124,6 +127,7 @@ impl Default for Config {
             nobufs_retries: 4,
             recverr: true,
             zerocopy_threshold: None,
+            zerocopy_adaptive: true,
         }
     }
 }
@@ -197,6 +201,11 @@ pub(crate) struct Sock {
     dests: u8,
     /// Stream ops may go zero-copy (until the kernel reports it copied, or refuses ZC).
     pub zerocopy: bool,
+    /// A notification of this socket said the kernel did not copy: zero-copy pays here. Until
+    /// then one zero-copy op at a time probes (the ops behind it copy), so a socket where the
+    /// kernel copies anyway (loopback, veth to a local socket) pays for one op, not for every
+    /// op sent before the first notification comes back.
+    pub zc_confirmed: bool,
     /// Zero-copy ops of this socket whose result was applied and whose notification has not
     /// come (counted in `in_flight` too: their op slots stay occupied).
     pub zc_notifs: usize,
@@ -236,7 +245,7 @@ pub(crate) const ZC_COPIED: u32 = 1 << 31;
 /// bytes are sent again: `EOPNOTSUPP` (a protocol or socket without zero-copy), `EINVAL` (a
 /// kernel that does not know a flag, e.g. `IORING_SEND_ZC_REPORT_USAGE` before 6.2), `ENOMEM`
 /// (pinning pages beyond `RLIMIT_MEMLOCK`/`optmem_max`).
-const ZC_FALLBACK_ERRNOS: [i32; 3] = [libc::EOPNOTSUPP, libc::EINVAL, libc::ENOMEM];
+pub(crate) const ZC_FALLBACK_ERRNOS: [i32; 3] = [libc::EOPNOTSUPP, libc::EINVAL, libc::ENOMEM];
 
 pub(crate) fn is_retry(errno: i32) -> bool {
     // 512 is ERESTARTSYS, which io_uring may surface unchanged on some kernels (FAILURES.md item 6).
@@ -475,6 +484,7 @@ impl Core {
             };
             let fd = s.fd;
             let zerocopy = s.zerocopy
+                && (s.zc_confirmed || s.zc_notifs == 0 || !cfg.zerocopy_adaptive)
                 && matches!((cfg.zerocopy_threshold, shape),
                     (Some(t), OpShape::Stream { bytes, .. }) if bytes >= t);
             s.in_flight += 1;
@@ -649,7 +659,11 @@ impl Core {
             // `IORING_NOTIF_USAGE_ZC_COPIED` (Linux 6.2, io_uring/notif.c).
             if res as u32 & ZC_COPIED != 0 {
                 self.stats.zc_copied += 1;
-                s.zerocopy = false;
+                if self.cfg.zerocopy_adaptive {
+                    s.zerocopy = false;
+                }
+            } else {
+                s.zc_confirmed = true;
             }
         }
         if self.finish_op(idx) {

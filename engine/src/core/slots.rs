@@ -60,6 +60,7 @@ impl Core {
             peer_errors: Vec::new(),
             unreachable: None,
             zerocopy: true,
+            zc_confirmed: false,
             zc_notifs: 0,
             // A stream or a connected UDP socket takes no destination; an unconnected one any
             // address until `set_family` says which (the simulated kernel never does).

@@ -97,13 +97,16 @@ enum Res {
     Refused,
 }
 
-/// One combination: 6 writes of 8 KiB (each flushed, so each is its own ZC op) while the script
-/// makes the 3rd op's result `res`; another stream on the same engine sends copying writes in
-/// between (ops to reorder against).
+/// One combination: 6 writes of 8 KiB (each flushed, so each is its own ZC op: no probing,
+/// `zerocopy_adaptive` off) while the script makes the 3rd op's result `res`; another stream on
+/// the same engine sends copying writes in between (ops to reorder against).
 fn combination(res: Res, more: ZcMore, delay: u8, reorder: bool) {
     let ctx = format!("{res:?} F_MORE {more:?} delay {delay} reorder {reorder}");
     let (mut e, k) = zc_sim(
-        zc_cfg(),
+        SimConfig {
+            zerocopy_adaptive: false,
+            ..zc_cfg()
+        },
         ZcModel {
             more,
             notif_delay: delay,
@@ -219,6 +222,8 @@ fn threshold_routing_is_deterministic() {
         for (i, &n) in sizes.iter().enumerate() {
             e.send(s, payload(i as u64, n)).unwrap();
             e.flush(s).unwrap();
+            // No op waits behind a probe's notification (`one_probe_until_confirmed`).
+            drain_notifs(&mut e);
         }
         drain_notifs(&mut e);
         let zc: Vec<(usize, bool)> = k
@@ -428,4 +433,97 @@ fn stale_notifications_are_ignored() {
     drain_notifs(&mut e);
     assert_eq!(k.peer(s).received.len(), 2 * 8192);
     assert_eq!(e.stats().zc_notifications, 2);
+}
+
+/// Adaptive zero-copy probes: until a notification of the socket says the kernel did not copy,
+/// one zero-copy op at a time (ops behind it copy); once confirmed, every op at the threshold
+/// goes zero-copy; a copied report ends zero-copy on the socket. So a socket where the kernel
+/// copies anyway pays for one zero-copy op.
+#[test]
+fn one_probe_until_confirmed() {
+    for copied in [false, true] {
+        let (mut e, k) = zc_sim(
+            zc_cfg(),
+            ZcModel {
+                notif_delay: 3,
+                copied,
+                ..ZcModel::default()
+            },
+        );
+        let s = k.register(&mut e, Kind::Stream);
+        for i in 0..12 {
+            e.send(s, payload(i, 8192)).unwrap();
+            e.flush(s).unwrap();
+        }
+        drain_notifs(&mut e);
+        let ops = k.peer(s).ops;
+        let first = ops[0].notified_at;
+        assert!(ops[0].zerocopy && first > 0);
+        for o in &ops[1..] {
+            if o.issued_at < first {
+                assert!(
+                    !o.zerocopy,
+                    "copied {copied}: a second ZC op behind the probe"
+                );
+            } else {
+                assert_eq!(
+                    o.zerocopy, !copied,
+                    "copied {copied}: after the probe's report"
+                );
+            }
+        }
+        assert!(ops.iter().any(|o| o.issued_at < first && !o.zerocopy));
+        assert_eq!(e.stats().zc_copied, u64::from(copied));
+        assert_eq!(k.peer(s).received.len(), 12 * 8192);
+    }
+}
+
+/// Random traces (the generator of `core/tests.rs`) with zero-copy on and a random zero-copy
+/// model: the model checks of `sim::checks` hold after every step, and the kernel's own checks
+/// (memory held until each notification, no socket deregistered with one pending) never fire.
+const SEED: u64 = 2024;
+
+#[test]
+fn random_traces_with_zerocopy_keep_every_invariant() {
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::tests::{random_cfg, random_step};
+    use crate::sim::{Cancel, Runner, Setup, Step};
+
+    // Seed 1414 hits a trace-model failure that is not zero-copy's: the same trace with zero-copy
+    // off fails the same way on the base commit (`shutdown(SHUT_WR) before every accepted byte
+    // reached the peer`, round 1); reported, not fixed here.
+    let mut rng = SmallRng::seed_from_u64(SEED);
+    for round in 0..120 {
+        let cfg = SimConfig {
+            zerocopy_threshold: Some(rng.gen_range(1..20_000)),
+            zerocopy_adaptive: rng.gen(),
+            ..random_cfg(&mut rng, true)
+        };
+        let setup = Setup {
+            cfg,
+            mode: Mode::Uring,
+            seed: round,
+            latency: rng.gen_range(0..3),
+            reorder: rng.gen(),
+            cancel: [Cancel::Cancels, Cancel::Races, Cancel::Ignored][rng.gen_range(0..3)],
+            ..Setup::default()
+        };
+        let mut r = Runner::new(setup);
+        r.kernel().set_zerocopy(ZcModel {
+            more: [ZcMore::Always, ZcMore::OkOnly, ZcMore::Never][rng.gen_range(0..3)],
+            copied: rng.gen_range(0..4) == 0,
+            notif_delay: rng.gen_range(0..6),
+            refuse: [None, None, None, Some(libc::EOPNOTSUPP), Some(libc::ENOMEM)]
+                [rng.gen_range(0..5)],
+        });
+        for _ in 0..200 {
+            r.step(random_step(&mut rng, false));
+        }
+        if rng.gen_range(0..4) == 0 {
+            r.step(Step::Drop);
+        }
+        r.finish();
+    }
 }
