@@ -84,7 +84,7 @@ fn data() -> Bytes {
     let total = 64 << 20;
     Bytes::from(
         (0..total)
-            .map(|i| (i * 7 + i / 4099) as u8)
+            .map(|i: u32| (i.wrapping_mul(7) + i / 4099).to_le_bytes()[0])
             .collect::<Vec<u8>>(),
     )
 }

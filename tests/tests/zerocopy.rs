@@ -459,7 +459,7 @@ fn send_pool_through_slow_link(
     // The barrier: every write's result is in (the kernel took every byte into the write
     // queue); most of it has not left through the qdisc yet.
     let r = e.flush(s).unwrap();
-    assert_eq!(r.bytes as usize, pool.len);
+    assert_eq!(r.bytes, pool.len as u64);
     (e, s, server)
 }
 
