@@ -8,6 +8,8 @@
 //! $Z sink 127.0.0.1:7000 &                 # loopback
 //! $Z send 127.0.0.1:7000 [ROUNDS]
 //! scripts/zerocopy-bench                   # the same over a veth pair between namespaces
+//! $Z bulk 127.0.0.1:7000 [ROUNDS]         # only the tcp-bulk comparison (default 31 rounds)
+//! ZCDBG=1 $Z dbg 127.0.0.1:7000           # one 1 KiB round each, copy and adaptive, with stats
 //! ```
 //!
 //! `send` measures, for op sizes 1 KiB … 256 KiB (one buffer per op, one flush per op, 64 MiB
@@ -71,6 +73,17 @@ fn round(
     e.flush(s).unwrap();
     let secs = start.elapsed().as_secs_f64();
     let st = e.stats().clone();
+    if std::env::var_os("ZCDBG").is_some() {
+        eprintln!(
+            "{m:?} {size}: transitions {} batches {} sqes {} zc {} notifs {} pending {}",
+            st.kernel_transitions,
+            st.batches,
+            st.sqes,
+            st.zc_sends,
+            st.zc_notifications,
+            e.zerocopy_pending()
+        );
+    }
     drop(e);
     (data.len() as f64 / secs / 1e6, st.zc_sends, st.zc_copied)
 }
@@ -178,6 +191,13 @@ fn main() {
             args.get(2).map_or("127.0.0.1:7000", String::as_str),
             args.get(3).and_then(|r| r.parse().ok()).unwrap_or(5),
         ),
+        Some("dbg") => {
+            let data = data();
+            for m in [Method::Copy, Method::Adaptive] {
+                let r = round(&args[2], m, 1, &data, 1024, 1);
+                println!("{m:?} {:.0} MB/s", r.0);
+            }
+        }
         Some("bulk") => bulk(
             args.get(2).map_or("127.0.0.1:7000", String::as_str),
             args.get(3).and_then(|r| r.parse().ok()).unwrap_or(31),
