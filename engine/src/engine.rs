@@ -87,7 +87,16 @@ pub struct EngineBuilder {
     /// io_uring fast-path switches set by the `uring_*` setters, in call order (they win over
     /// `VOLLEY_URING`).
     uring: Vec<(&'static str, bool)>,
+    /// `zerocopy_threshold` as set (`None`: `VOLLEY_ZEROCOPY`, else the default).
+    zerocopy: Option<Option<usize>>,
 }
+
+/// The default zero-copy threshold: off. Measured (docs/bench/zerocopy.md): on loopback, and on a
+/// veth pair into another namespace (still local delivery), the kernel copies anyway and says so,
+/// and zero-copy was 0.3–0.8× of a copying send from 1 KiB to 256 KiB: no crossover.
+/// Real NICs with scatter-gather DMA are where published figures put the crossover near 3–8 KiB:
+/// set it there with [`EngineBuilder::zerocopy_threshold`] after measuring.
+pub const DEFAULT_ZEROCOPY_THRESHOLD: Option<usize> = None;
 
 impl Default for EngineBuilder {
     fn default() -> Self {
@@ -100,6 +109,7 @@ impl Default for EngineBuilder {
             write_latency: 16,
             flush_latency: 16,
             uring: Vec::new(),
+            zerocopy: None,
         }
     }
 }
@@ -115,6 +125,49 @@ impl EngineBuilder {
     pub fn backend(mut self, b: Backend) -> Self {
         self.backend = Some(b);
         self
+    }
+
+    /// Zero-copy stream sends (`IORING_OP_SEND_ZC`/`SENDMSG_ZC`, Linux 6.0/6.1) for ops of at
+    /// least this many bytes; `None`: never. Default: `VOLLEY_ZEROCOPY` (`off`, or a byte count)
+    /// if set, else [`DEFAULT_ZEROCOPY_THRESHOLD`] (off; see `docs/bench/zerocopy.md`).
+    ///
+    /// io_uring only (epoll has no zero-copy send), and only where the kernel has both opcodes
+    /// ([`Engine::uring_features`] names `send_zc` as enabled, or refused with why). A zero-copy
+    /// op's buffers stay owned by the engine until the kernel's notification, after its result
+    /// was applied (a flush may return before it: the engine still owns them). A socket whose
+    /// notification reports that the kernel copied anyway (loopback), or whose zero-copy send
+    /// fails with `EOPNOTSUPP`/`EINVAL`/`ENOMEM` (the bytes are then sent again by copying),
+    /// goes back to copying sends for good (`Stats::zc_copied`, `Stats::zc_fallbacks`). Each
+    /// zero-copy op takes two completion-queue entries, so the in-flight cap is then at most
+    /// half the completion queue.
+    pub fn zerocopy_threshold(mut self, bytes: Option<usize>) -> Self {
+        self.zerocopy = Some(bytes);
+        self
+    }
+
+    /// Whether a socket goes back to copying sends once a notification reports that the
+    /// kernel copied anyway. Default true; false keeps sending zero-copy (counted in
+    /// `Stats::zc_copied`), which only serves to measure what zero-copy costs where the kernel
+    /// copies (`bench/examples/zerocopy.rs`).
+    pub fn zerocopy_adaptive(mut self, on: bool) -> Self {
+        self.cfg.zerocopy_adaptive = on;
+        self
+    }
+
+    /// The zero-copy threshold asked for: the setter, else `VOLLEY_ZEROCOPY`, else the default.
+    fn zerocopy_wanted(&self) -> Result<Option<usize>, Error> {
+        if let Some(z) = self.zerocopy {
+            return Ok(z);
+        }
+        match std::env::var("VOLLEY_ZEROCOPY") {
+            Ok(v) => match v.trim() {
+                "off" | "" => Ok(None),
+                n => n.parse().map(Some).map_err(|_| Error::UringUnavailable {
+                    reason: format!("VOLLEY_ZEROCOPY={v}: expected `off` or a byte count"),
+                }),
+            },
+            Err(_) => Ok(DEFAULT_ZEROCOPY_THRESHOLD),
+        }
     }
 
     /// io_uring submission queue entries (the completion queue gets twice as many). Default 1024.
@@ -327,6 +380,7 @@ impl EngineBuilder {
             None => Backend::from_env()?,
         };
         let fast = self.uring_fast_paths()?;
+        let zerocopy = self.zerocopy_wanted()?;
         let base = Instant::now();
         let mut cfg = self.cfg.clamped();
         let gso_wanted = self.gso.unwrap_or_else(|| {
@@ -336,6 +390,8 @@ impl EngineBuilder {
         });
         let gso_supported = sys::probe::udp_gso();
         cfg.gso = gso_wanted && gso_supported;
+        // Epoll has no zero-copy send; the io_uring arm sets it where the kernel has it.
+        cfg.zerocopy_threshold = None;
         let (driver, kind, reason) = match requested {
             Backend::Epoll => (
                 AnyDriver::Epoll(sys::epoll::Epoll::new(base)?),
@@ -343,11 +399,23 @@ impl EngineBuilder {
                 None,
             ),
             Backend::Uring | Backend::Auto => match sys::probe::uring(self.ring_entries, &fast) {
-                Ok((ring, features)) => {
+                Ok((ring, mut features)) => {
                     // The in-flight cap stays within the CQ; beyond it, each socket's one reserved
                     // op may exceed it, which IORING_FEAT_NODROP (5.5) absorbs.
                     let cq = ring.params().cq_entries() as usize;
                     cfg.max_in_flight_ops = cfg.max_in_flight_ops.min(cq);
+                    if zerocopy.is_some() && features.is_enabled(sys::probe::SEND_ZC) {
+                        // Two CQEs per zero-copy op (result, notification); an op counts in
+                        // flight until its notification.
+                        cfg.zerocopy_threshold = zerocopy;
+                        cfg.max_in_flight_ops = cfg.max_in_flight_ops.min(cq / 2).max(1);
+                    } else {
+                        cfg.zerocopy_threshold = None;
+                        features.enabled.retain(|n| *n != sys::probe::SEND_ZC);
+                        if zerocopy.is_none() {
+                            features.refused.retain(|(n, _)| *n != sys::probe::SEND_ZC);
+                        }
+                    }
                     let u = sys::uring::Uring::new(ring, base, fast, features);
                     (AnyDriver::Uring(Box::new(u)), BackendKind::Uring, None)
                 }
@@ -1048,6 +1116,13 @@ impl Engine {
             .ok_or(Error::UnknownSocket(id))
     }
 
+    /// Zero-copy sends whose result was applied and whose notification has not come: the
+    /// engine still owns their buffers (the kernel may read them). Their op slots count against
+    /// the in-flight caps; `close`, `abort` and dropping the engine wait for them.
+    pub fn zerocopy_pending(&self) -> usize {
+        self.core.notifs_pending()
+    }
+
     /// Counters and histograms.
     pub fn stats(&self) -> &Stats {
         &self.core.stats
@@ -1112,8 +1187,13 @@ impl Engine {
     /// the driver (tests and fuzz targets).
     pub fn with_sim(cfg: Config, kernel: crate::sim::kernel::SimKernel) -> Engine {
         let flush_timeout = None;
+        let mut cfg = cfg.clamped();
+        if kernel.handle().mode() == crate::sim::kernel::Mode::Epoll {
+            // As `build` does: epoll has no zero-copy send.
+            cfg.zerocopy_threshold = None;
+        }
         Engine::assemble(
-            cfg.clamped(),
+            cfg,
             AnyDriver::Sim(Box::new(kernel)),
             BackendKind::Uring,
             None,

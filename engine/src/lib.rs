@@ -75,7 +75,7 @@ pub mod tokio;
 pub mod tls;
 
 pub use bytes::Bytes;
-pub use engine::{Backend, BackendKind, Engine, EngineBuilder};
+pub use engine::{Backend, BackendKind, Engine, EngineBuilder, DEFAULT_ZEROCOPY_THRESHOLD};
 pub use error::{Error, Limit, RegisterError, SendError, Status, TlsStatus, Unreachable};
 pub use report::{FlushAllReport, FlushReport};
 pub use stats::Stats;

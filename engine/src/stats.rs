@@ -47,6 +47,16 @@ pub struct Stats {
     /// with no room left); every op then in flight was cancelled, and each whose completion was
     /// lost failed with `Status::CompletionLost`.
     pub completion_losses: u64,
+    /// Zero-copy stream sends (`SEND_ZC`/`SENDMSG_ZC`) whose first completion came.
+    pub zc_sends: u64,
+    /// Zero-copy notifications received (each releases one op's buffers).
+    pub zc_notifications: u64,
+    /// Notifications that reported the kernel copied the data anyway (`ZC_COPIED`, e.g. on
+    /// loopback): the socket then goes back to copying sends.
+    pub zc_copied: u64,
+    /// Zero-copy sends refused (`EOPNOTSUPP`, `EINVAL`, `ENOMEM`) and sent again by copying;
+    /// the socket then stays on copying sends.
+    pub zc_fallbacks: u64,
     /// Latency of writes, queued → terminal, in nanoseconds: a 1-in-N systematic sample (see
     /// `EngineBuilder::write_latency_every`, default N = 16).
     pub write_latency_ns: Histogram<u64>,
@@ -77,6 +87,10 @@ impl Default for Stats {
             peer_errors: 0,
             stale_error_resends: 0,
             completion_losses: 0,
+            zc_sends: 0,
+            zc_notifications: 0,
+            zc_copied: 0,
+            zc_fallbacks: 0,
             write_latency_ns: histogram(),
             flush_latency_ns: histogram(),
         }

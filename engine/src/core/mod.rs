@@ -76,6 +76,12 @@ pub struct Config {
     /// Enable `IP_RECVERR`/`IPV6_RECVERR` on UDP sockets (qdisc drops surface as ENOBUFS; ICMP
     /// errors are read from the error queue and attributed to their destination).
     pub recverr: bool,
+    /// Stream ops of at least this many bytes go zero-copy (`IORING_OP_SEND_ZC`/`SENDMSG_ZC`)
+    /// where the driver supports it; `None`: never.
+    pub zerocopy_threshold: Option<usize>,
+    /// A socket goes back to copying sends when a notification reports the kernel copied
+    /// (false only to measure zero-copy where the kernel copies anyway).
+    pub zerocopy_adaptive: bool,
 }
 
 impl Config {
@@ -125,6 +131,8 @@ impl Default for Config {
             gso_max_bytes: crate::plan::UDP_MAX_PAYLOAD,
             nobufs_retries: 4,
             recverr: true,
+            zerocopy_threshold: None,
+            zerocopy_adaptive: true,
         }
     }
 }
@@ -203,6 +211,16 @@ pub(crate) struct Sock {
     unreachable: Option<Box<Unreachables>>,
     /// Which destinations `send` takes (`DEST_*` bits): read by the hot path's one test.
     dests: u8,
+    /// Stream ops may go zero-copy (until the kernel reports it copied, or refuses ZC).
+    pub zerocopy: bool,
+    /// A notification of this socket said the kernel did not copy: zero-copy pays here. Until
+    /// then one zero-copy op at a time probes (the ops behind it copy), so a socket where the
+    /// kernel copies anyway (loopback, veth to a local socket) pays for one op, not for every
+    /// op sent before the first notification comes back.
+    pub zc_confirmed: bool,
+    /// Zero-copy ops of this socket whose result was applied and whose notification has not
+    /// come (counted in `in_flight` too: their op slots stay occupied).
+    pub zc_notifs: usize,
 }
 
 /// The sans-IO engine state.
@@ -235,6 +253,16 @@ pub(crate) struct Core {
     scratch: Vec<(usize, u64)>,
     pub stats: Stats,
 }
+
+/// `IORING_NOTIF_USAGE_ZC_COPIED` (include/uapi/linux/io_uring.h, Linux 6.2): in a
+/// notification's `res`, the kernel copied (some of) the data after all.
+pub(crate) const ZC_COPIED: u32 = 1 << 31;
+
+/// Errors of a zero-copy send after which the socket falls back to copying sends and the same
+/// bytes are sent again: `EOPNOTSUPP` (a protocol or socket without zero-copy), `EINVAL` (a
+/// kernel that does not know a flag, e.g. `IORING_SEND_ZC_REPORT_USAGE` before 6.2), `ENOMEM`
+/// (pinning pages beyond `RLIMIT_MEMLOCK`/`optmem_max`).
+pub(crate) const ZC_FALLBACK_ERRNOS: [i32; 3] = [libc::EOPNOTSUPP, libc::EINVAL, libc::ENOMEM];
 
 impl Core {
     pub fn new(cfg: Config) -> Core {
@@ -349,7 +377,8 @@ impl Core {
             return false;
         }
         match &s.queue {
-            Queue::Stream(q) => s.in_flight == 0 && q.has_unsent(),
+            // One send in flight; ops waiting only for their ZC notification do not count.
+            Queue::Stream(q) => s.in_flight == s.zc_notifs && q.has_unsent(),
             Queue::Dgram(q) => q.has_queued(),
             // One chain of packets in flight at a time: all planned in one round, so the
             // driver issues them in order as one linked chain; the next waits for it to end.
@@ -510,9 +539,17 @@ impl Core {
             if s.in_flight == 0 {
                 s.chain = self.round;
             }
+            let zerocopy = s.zerocopy
+                && (s.zc_confirmed || s.zc_notifs == 0 || !cfg.zerocopy_adaptive)
+                && matches!((cfg.zerocopy_threshold, shape),
+                    (Some(t), OpShape::Stream { bytes, .. }) if bytes >= t);
             s.in_flight += 1;
             self.in_flight += 1;
-            let token = self.alloc_op(OpInfo { sock: idx, shape });
+            let token = self.alloc_op(OpInfo {
+                sock: idx,
+                shape,
+                zerocopy,
+            });
             // Datagram sockets may have more groups to go; streams wait for this one.
             self.wake(idx);
             return Some(Planned {
@@ -521,6 +558,7 @@ impl Core {
                 fd,
                 shape,
                 dest,
+                zerocopy,
             });
         }
     }
@@ -573,7 +611,9 @@ impl Core {
     /// Applies what a driver reported.
     pub fn apply(&mut self, ev: Event, clock: &mut Clock<'_>) {
         match ev {
-            Event::Done { token, res } => self.complete(token, res, clock),
+            Event::Done { token, res } => self.complete(token, res, false, clock),
+            Event::DoneMore { token, res } => self.complete(token, res, true, clock),
+            Event::Notif { token, res } => self.notified(token, res),
             Event::NotIssued { token } => {
                 if let Some(sock) = self.requeue(token) {
                     self.cancel_if_closing(sock, clock);
@@ -614,16 +654,104 @@ impl Core {
     }
 
     /// Applies a kernel result: `res >= 0` is bytes sent, `res < 0` is `-errno`. Stale and
-    /// unknown tokens change nothing.
-    fn complete(&mut self, t: Token, res: i32, clock: &mut Clock<'_>) {
-        let Some(info) = self.take_op(t) else {
+    /// unknown tokens change nothing. `more`: a zero-copy op's first completion with
+    /// `F_MORE` — the result is applied now, but the op's slot and buffers stay until its
+    /// notification, whatever `res` says (the kernel may still read them).
+    fn complete(&mut self, t: Token, res: i32, more: bool, clock: &mut Clock<'_>) {
+        let info = if more {
+            match self.take_op_until_notif(t) {
+                Some(info) => info,
+                // Not a zero-copy op in flight: a stale or corrupt report; apply it as a plain
+                // completion (which ignores it unless the op is in flight).
+                None => match self.take_op(t) {
+                    Some(info) => {
+                        self.finish_op(info.sock);
+                        return self.applied(info, res, clock);
+                    }
+                    None => return,
+                },
+            }
+        } else {
+            let Some(info) = self.take_op(t) else {
+                return;
+            };
+            if !self.finish_op(info.sock) {
+                // The socket is gone (cannot happen while ops are in flight); the op is consumed.
+                return;
+            }
+            info
+        };
+        if more {
+            self.hold_for_notif(t, &info);
+        }
+        self.applied(info, res, clock);
+    }
+
+    /// A zero-copy op's first completion with `F_MORE`: the op's buffers are kept (cloned
+    /// references, so the queue may move on) until its notification.
+    fn hold_for_notif(&mut self, t: Token, info: &OpInfo) {
+        let Some(s) = self.socks[info.sock as usize].sock.as_mut() else {
             return;
         };
-        if !self.finish_op(info.sock) {
-            // The socket is gone (cannot happen while ops are in flight); the op is consumed.
-            return;
+        s.zc_notifs += 1;
+        let mut held = Vec::new();
+        if let (Queue::Stream(q), OpShape::Stream { .. }) = (&s.queue, info.shape) {
+            q.hold_planned(&mut held);
         }
+        if let Some(h) = self.notif_held_mut(t) {
+            *h = held;
+        }
+    }
+
+    /// A zero-copy op's notification: the kernel no longer reads its memory, so the buffers
+    /// it held are released (here, exactly once) and its slot counts no longer against the
+    /// in-flight caps. Bit 31 of `res` means the kernel copied the data anyway: the socket
+    /// goes back to copying sends. Never an error.
+    fn notified(&mut self, t: Token, res: i32) {
+        let Some(wait) = self.take_notif(t) else {
+            return;
+        };
+        let idx = wait.sock;
+        drop(wait.held);
+        self.stats.zc_notifications += 1;
+        if let Some(s) = self.socks[idx as usize].sock.as_mut() {
+            s.zc_notifs -= 1;
+            // `IORING_NOTIF_USAGE_ZC_COPIED` (Linux 6.2, io_uring/notif.c).
+            if res as u32 & ZC_COPIED != 0 {
+                self.stats.zc_copied += 1;
+                if self.cfg.zerocopy_adaptive {
+                    s.zerocopy = false;
+                }
+            } else {
+                s.zc_confirmed = true;
+            }
+        }
+        if self.finish_op(idx) {
+            self.wake(idx);
+        }
+    }
+
+    /// Applies the result of an op whose slot was taken (`finish_op` already run, or deferred
+    /// to the notification).
+    fn applied(&mut self, info: OpInfo, res: i32, clock: &mut Clock<'_>) {
         let idx = info.sock;
+        if info.zerocopy {
+            self.stats.zc_sends += 1;
+            if res < 0 && ZC_FALLBACK_ERRNOS.contains(&res.wrapping_neg()) {
+                // The protocol, the device or the kernel refuses zero-copy (or memlock is
+                // exhausted): nothing was sent; the same bytes go again by a copying send.
+                self.stats.zc_fallbacks += 1;
+                if let Some(s) = self.socks[idx as usize].sock.as_mut() {
+                    s.zerocopy = false;
+                    if let Queue::Stream(q) = &mut s.queue {
+                        q.unplan();
+                    }
+                }
+                self.wake(idx);
+                self.cancel_if_closing(idx, clock);
+                return;
+            }
+        }
         let again = match info.shape {
             OpShape::Stream { entries, bytes } => {
                 self.complete_stream(idx, entries, bytes, res, clock)
@@ -764,6 +892,11 @@ impl Core {
     /// Forgets the memory of every write still in flight, so it is never freed while the kernel may
     /// read it (used when a drain on shutdown fails).
     pub fn leak_in_flight(&mut self) {
+        for op in &mut self.ops {
+            if let Some(w) = op.notif.take() {
+                std::mem::forget(w.held);
+            }
+        }
         for slot in &mut self.socks {
             if let Some(s) = slot.sock.as_mut() {
                 if s.in_flight > 0 {
@@ -777,3 +910,5 @@ impl Core {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod zc_tests;

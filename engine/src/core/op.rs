@@ -91,13 +91,25 @@ pub(crate) struct Planned {
     pub shape: OpShape,
     /// Destination for unconnected datagram sockets.
     pub dest: Option<SocketAddr>,
+    /// Send it zero-copy (`IORING_OP_SEND_ZC`/`SENDMSG_ZC`): the core keeps the op's buffers
+    /// until its notification ([`Event::Notif`]).
+    pub zerocopy: bool,
 }
 
 /// What a driver reports: plain data the core interprets. Drivers decide nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Event {
-    /// The kernel finished an op: `res >= 0` bytes sent, `res < 0` is `-errno`.
+    /// The kernel finished an op: `res >= 0` bytes sent, `res < 0` is `-errno`. For a
+    /// zero-copy op, the first completion without `IORING_CQE_F_MORE`: no notification follows.
     Done { token: Token, res: i32 },
+    /// A zero-copy op's first completion with `IORING_CQE_F_MORE`: its result (as for `Done`),
+    /// and a notification ([`Event::Notif`]) will follow — the kernel may read the op's memory
+    /// until then, whatever `res` says.
+    DoneMore { token: Token, res: i32 },
+    /// A zero-copy op's notification (`IORING_CQE_F_NOTIF`): the kernel is done with its
+    /// memory. `res` is never an error: with `IORING_SEND_ZC_REPORT_USAGE`, bit 31
+    /// (`IORING_NOTIF_USAGE_ZC_COPIED`) says the kernel copied the data anyway.
+    Notif { token: Token, res: i32 },
     /// The driver did not hand the op to the kernel (SQ full, or behind a `sendmmsg` entry that
     /// failed): nothing of it was sent.
     NotIssued { token: Token },

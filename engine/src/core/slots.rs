@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
+use bytes::Bytes;
+
 use super::{Acc, Core, OpShape, Queue, Sock, Token, DEST_NONE, DEST_V4, DEST_V4_MAPPED, DEST_V6};
 use crate::error::Error;
 use crate::SocketId;
@@ -18,12 +20,22 @@ pub(super) struct SockSlot {
 pub(super) struct OpInfo {
     pub(super) sock: u32,
     pub(super) shape: OpShape,
+    pub(super) zerocopy: bool,
+}
+
+/// A zero-copy op whose result was applied and whose notification has not come: the slot stays
+/// occupied (same generation) and holds the op's buffers, which the kernel may still read.
+#[derive(Debug)]
+pub(super) struct NotifWait {
+    pub(super) sock: u32,
+    pub(super) held: Vec<Bytes>,
 }
 
 #[derive(Debug)]
 pub(super) struct OpSlot {
     pub(super) gen: u32,
     pub(super) op: Option<OpInfo>,
+    pub(super) notif: Option<NotifWait>,
 }
 
 impl Core {
@@ -50,6 +62,9 @@ impl Core {
             errqueue: false,
             peer_errors: Vec::new(),
             unreachable: None,
+            zerocopy: true,
+            zc_confirmed: false,
+            zc_notifs: 0,
             // A stream or a connected UDP socket takes no destination; an unconnected one any
             // address until `set_family` says which (the simulated kernel never does).
             dests: match (&queue, peer) {
@@ -112,6 +127,7 @@ impl Core {
             self.ops.push(OpSlot {
                 gen: 0,
                 op: Some(info),
+                notif: None,
             });
             Token::op(i, 0)
         }
@@ -131,6 +147,69 @@ impl Core {
         Some(info)
     }
 
+    /// A zero-copy op's first completion with `F_MORE`: takes its info but keeps the slot (and
+    /// its generation) until the notification, holding `held`.
+    pub(super) fn take_op_until_notif(&mut self, t: Token) -> Option<OpInfo> {
+        let slot = self.ops.get_mut(t.slot())?;
+        if slot.gen != t.gen() || !slot.op.is_some_and(|o| o.zerocopy) {
+            return None;
+        }
+        let info = slot.op.take()?;
+        slot.notif = Some(NotifWait {
+            sock: info.sock,
+            held: Vec::new(),
+        });
+        Some(info)
+    }
+
+    /// The notification of a zero-copy op: frees its slot; returns its socket and the buffers
+    /// it held (dropped by the caller: released exactly here, exactly once).
+    pub(super) fn take_notif(&mut self, t: Token) -> Option<NotifWait> {
+        let i = t.slot();
+        let slot = self.ops.get_mut(i)?;
+        if slot.gen != t.gen() {
+            return None;
+        }
+        let wait = slot.notif.take()?;
+        slot.gen = slot.gen.wrapping_add(1);
+        self.free_ops
+            .push(u32::try_from(i).expect("op slots come from u32 indices"));
+        Some(wait)
+    }
+
+    /// The buffers held for the notification of op `t`, if it waits for one.
+    pub(super) fn notif_held_mut(&mut self, t: Token) -> Option<&mut Vec<Bytes>> {
+        let slot = self.ops.get_mut(t.slot())?;
+        if slot.gen != t.gen() {
+            return None;
+        }
+        slot.notif.as_mut().map(|w| &mut w.held)
+    }
+
+    /// Whether op `t` waits for its notification and holds a buffer covering every range
+    /// (address, length) given: what the simulated kernel checks until it notifies.
+    #[cfg(any(test, fuzzing, feature = "sim"))]
+    pub fn zc_holds(&self, t: Token, ranges: &[(usize, usize)]) -> bool {
+        let Some(w) = self
+            .ops
+            .get(t.slot())
+            .filter(|s| s.gen == t.gen())
+            .and_then(|s| s.notif.as_ref())
+        else {
+            return false;
+        };
+        ranges.iter().all(|&(at, len)| {
+            w.held.iter().any(|b| {
+                let start = b.as_ptr() as usize;
+                at >= start && at + len <= start + b.len()
+            })
+        })
+    }
+
+    /// Zero-copy ops waiting for their notification.
+    pub fn notifs_pending(&self) -> usize {
+        self.ops.iter().filter(|s| s.notif.is_some()).count()
+    }
     /// Tokens of the ops in flight on socket `sock` (every socket with `None`): what a cancel
     /// targets, op by op (not by file, which a `dup`ed descriptor would share).
     pub fn in_flight_tokens(&self, sock: Option<u32>) -> Vec<Token> {

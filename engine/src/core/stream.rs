@@ -196,6 +196,15 @@ impl StreamQueue {
         })
     }
 
+    /// Clones the references to the buffers of the op in flight (a zero-copy op keeps them
+    /// until its notification, whatever the queue does meanwhile).
+    pub fn hold_planned(&self, out: &mut Vec<Bytes>) {
+        let Some(entries) = self.planned else {
+            return;
+        };
+        out.extend(self.q.iter().take(entries).map(|e| e.data.clone()));
+    }
+
     pub fn unplan(&mut self) {
         self.planned = None;
     }

@@ -1408,7 +1408,7 @@ fn a_sent_datagram_is_released_even_behind_one_in_flight() {
 
 // ---- random traces -------------------------------------------------------------------------
 
-fn random_step(rng: &mut SmallRng, diff: bool) -> Step {
+pub(super) fn random_step(rng: &mut SmallRng, diff: bool) -> Step {
     let sock = rng.gen_range(0..8);
     let port = rng.gen_range(0..4);
     let len = [0u16, 1, 7, 100, 1200, 1500, 3000][rng.gen_range(0..7)];
@@ -1460,7 +1460,7 @@ fn random_step(rng: &mut SmallRng, diff: bool) -> Step {
     }
 }
 
-fn random_cfg(rng: &mut SmallRng, limits: bool) -> SimConfig {
+pub(super) fn random_cfg(rng: &mut SmallRng, limits: bool) -> SimConfig {
     let base = SimConfig {
         max_in_flight_ops: rng.gen_range(1..8),
         max_in_flight_per_socket: rng.gen_range(1..4),

@@ -33,9 +33,14 @@ use crate::Engine;
 
 const MS: u64 = 1_000_000;
 
-/// The status a stream's kernel log says it is poisoned with: its first fatal result.
+/// The status a stream's kernel log says it is poisoned with: its first fatal result (a
+/// zero-copy op's `EOPNOTSUPP`/`EINVAL`/`ENOMEM` is not fatal: the bytes go again, copying).
 pub fn kernel_poison(log: &PeerLog) -> Option<Status> {
     log.ops.iter().find_map(|op| match op.res {
+        // A zero-copy send refused for zero-copy's sake is sent again by copying.
+        Some(r) if op.zerocopy && crate::core::ZC_FALLBACK_ERRNOS.contains(&r.wrapping_neg()) => {
+            None
+        }
         Some(r) if r < 0 && !is_retry(r.wrapping_neg()) => {
             Some(Status::from_errno(r.wrapping_neg()))
         }

@@ -45,6 +45,16 @@
 //! change; `cancel` only names ops in flight (and epoll never cancels); a socket is deregistered
 //! with nothing in flight; the engine never spins on `enter` with nothing able to happen.
 //!
+//! Zero-copy ops ([`Planned::zerocopy`], io_uring mode only) follow [`ZcModel`]: the first
+//! completion carries the result and, as the model says, `F_MORE` ([`Event::DoneMore`]) or not
+//! ([`Event::Done`]: no notification ever comes); with `F_MORE` the op stays in flight until its
+//! notification ([`Event::Notif`], with the "copied" bit if the model says so), which comes a
+//! random number of enters later (up to `notif_delay`) and, with reordering on, shuffled among
+//! other completions. Until it comes the kernel may read the op's memory, so at every `issue`
+//! it checks that the core still holds a buffer covering each of the op's iovecs (the address
+//! ranges recorded at issue); [`SimHandle::zc_pending_ranges`] lets a test's buffer owner check
+//! the same when it is released.
+//!
 //! It records, per registration ([`PeerLog`]): the stream bytes the peer received, in order;
 //! each datagram delivered with its sequence number and destination; every op with its shape,
 //! times and result; the most ops in flight at once; watches, error-queue reads and shutdowns.
@@ -150,6 +160,47 @@ pub struct OpRecord {
     pub not_issued: bool,
     /// Reported `Stopped` (epoll: a partial `sendmmsg` count).
     pub stopped: bool,
+    /// Sent zero-copy.
+    pub zerocopy: bool,
+    /// Its first completion carried `F_MORE` (a notification follows).
+    pub more: bool,
+    /// Order when its notification was reported (0: none yet, or none due).
+    pub notified_at: u64,
+}
+
+/// Which zero-copy first completions carry `F_MORE` (a notification follows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZcMore {
+    /// Every one, errors included (the kernel allocated the notification before failing).
+    Always,
+    /// Successes only: an error ends the op with no notification (liburing#1462).
+    OkOnly,
+    /// None (an op that failed before its notification was set up).
+    Never,
+}
+
+/// How the simulated kernel completes zero-copy ops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZcModel {
+    /// Which first completions carry `F_MORE`.
+    pub more: ZcMore,
+    /// Notifications report `IORING_NOTIF_USAGE_ZC_COPIED`.
+    pub copied: bool,
+    /// A notification comes up to this many enters after its op's first completion.
+    pub notif_delay: u8,
+    /// Every zero-copy send fails with this errno (e.g. `EOPNOTSUPP`), sending nothing.
+    pub refuse: Option<i32>,
+}
+
+impl Default for ZcModel {
+    fn default() -> Self {
+        ZcModel {
+            more: ZcMore::Always,
+            copied: false,
+            notif_delay: 0,
+            refuse: None,
+        }
+    }
 }
 
 /// A datagram the peer received.
@@ -221,6 +272,9 @@ enum Fl {
     Done(i32),
     /// Cancelled after it finished: decided at the next `enter`, stall or not.
     Raced,
+    /// A zero-copy op whose first completion was reported with `F_MORE`: its notification
+    /// comes after `due` more enters.
+    Notif { due: u8 },
 }
 
 #[derive(Debug)]
@@ -233,6 +287,9 @@ struct Flight {
     st: Fl,
     /// The `issue` call that handed it over.
     issue: u64,
+    /// Zero-copy ops: (address, length) of each iovec, which the core must keep alive until
+    /// the notification.
+    ranges: Vec<(usize, usize)>,
 }
 
 /// The kernel's state, shared by the driver and its handles.
@@ -279,6 +336,7 @@ pub(crate) struct State {
     pub(crate) leaked: Option<usize>,
     /// Releases `Idle::Release` made.
     pub(crate) idle_releases: u32,
+    zc: ZcModel,
 }
 
 const ICMP_PORT_UNREACH: i32 = libc::ECONNREFUSED;
@@ -327,6 +385,7 @@ impl State {
             max_extras: 0,
             leaked: None,
             idle_releases: 0,
+            zc: ZcModel::default(),
         }
     }
 
@@ -404,6 +463,9 @@ impl State {
             done_at: 0,
             not_issued: false,
             stopped: false,
+            zerocopy: p.zerocopy,
+            more: false,
+            notified_at: 0,
         });
         peer.log.ops.len() - 1
     }
@@ -445,7 +507,11 @@ impl State {
                     "sim kernel: a stream op on datagram socket {}",
                     p.sock
                 );
-                let others = self.flights.iter().filter(|f| f.reg == reg).count()
+                let others = self
+                    .flights
+                    .iter()
+                    .filter(|f| f.reg == reg && !matches!(f.st, Fl::Notif { .. }))
+                    .count()
                     + batch.iter().filter(|b| b.sock == p.sock).count();
                 assert_eq!(
                     others, 1,
@@ -588,7 +654,9 @@ impl State {
             } => (first_seq, count, segment_size, bytes),
             OpShape::Packet { seq, bytes, .. } => (seq, 1, None, bytes),
         };
-        let verdict = if let (true, Some(e)) = (stream, peer.reset) {
+        let verdict = if let (true, Some(e)) = (p.zerocopy, self.zc.refuse) {
+            Verdict::Errno(e)
+        } else if let (true, Some(e)) = (stream, peer.reset) {
             Verdict::Errno(e)
         } else if stream && peer.shut_wr {
             Verdict::Errno(libc::EPIPE)
@@ -706,8 +774,30 @@ impl State {
         let mut i = 0;
         while i < self.flights.len() {
             let st = self.flights[i].st;
+            if let Fl::Notif { due } = st {
+                if due > 0 && !force {
+                    self.flights[i].st = Fl::Notif { due: due - 1 };
+                    i += 1;
+                    continue;
+                }
+                let f = self.flights.remove(i);
+                let at = self.tick();
+                self.peers[f.reg].log.ops[f.op].notified_at = at;
+                let res = if self.zc.copied {
+                    // IORING_NOTIF_USAGE_ZC_COPIED: bit 31, a negative `i32`.
+                    i32::MIN
+                } else {
+                    0
+                };
+                out.push(Event::Notif {
+                    token: f.p.token,
+                    res,
+                });
+                continue;
+            }
             let res = match st {
                 Fl::Sq | Fl::Held => None,
+                Fl::Notif { .. } => unreachable!("handled above"),
                 Fl::Done(res) => Some(res),
                 Fl::Kernel { due } if due > 0 && !force => {
                     self.flights[i].st = Fl::Kernel { due: due - 1 };
@@ -738,6 +828,19 @@ impl State {
                 }
             };
             match res {
+                Some(res) if self.flights[i].p.zerocopy && self.zc_more(res) => {
+                    let f = &self.flights[i];
+                    let (reg, op, token) = (f.reg, f.op, f.p.token);
+                    self.finish(reg, op, token, res);
+                    self.peers[reg].log.ops[op].more = true;
+                    let delay = u64::from(self.zc.notif_delay);
+                    let due = if delay > 0 { self.roll(delay + 1) } else { 0 };
+                    self.flights[i].st = Fl::Notif {
+                        due: u8::try_from(due).unwrap_or(u8::MAX),
+                    };
+                    out.push(Event::DoneMore { token, res });
+                    i += 1;
+                }
                 Some(res) => {
                     let f = self.flights.remove(i);
                     self.finish(f.reg, f.op, f.p.token, res);
@@ -748,6 +851,15 @@ impl State {
                 }
                 None => i += 1,
             }
+        }
+    }
+
+    /// Whether a zero-copy op's first completion with `res` carries `F_MORE`.
+    fn zc_more(&self, res: i32) -> bool {
+        match self.zc.more {
+            ZcMore::Always => true,
+            ZcMore::OkOnly => res >= 0,
+            ZcMore::Never => false,
         }
     }
 
@@ -945,8 +1057,13 @@ impl State {
     }
 
     fn issue_uring(&mut self, core: &Core, ops: &[Planned], out: &mut Vec<Event>) {
-        // The bytes of every op still in flight are what they were when it was issued.
-        for f in &self.flights {
+        // The bytes of every op still in flight are what they were when it was issued (an op
+        // waiting only for its notification left the queue: `check_zc_held` checks it).
+        for f in self
+            .flights
+            .iter()
+            .filter(|f| !matches!(f.st, Fl::Notif { .. }))
+        {
             let mut now = Vec::new();
             core.for_each_slice(&f.p, |s| now.push(s.to_vec()));
             assert!(
@@ -956,6 +1073,7 @@ impl State {
                 f.p.sock
             );
         }
+        self.check_zc_held(core);
         let refuse = self.refuse_push.take();
         let taken = refuse.map_or(ops.len(), |n| n.min(ops.len()));
         self.measure(&ops[..taken]);
@@ -969,6 +1087,10 @@ impl State {
             }
             let (reg, snapshot, seqs) = self.admit(core, p, &ops[i..taken]);
             let op = self.record_op(reg, p, &snapshot, &seqs);
+            let mut ranges = Vec::new();
+            if p.zerocopy {
+                core.for_each_slice(p, |s| ranges.push((s.as_ptr() as usize, s.len())));
+            }
             self.flights.push(Flight {
                 p: *p,
                 reg,
@@ -977,8 +1099,32 @@ impl State {
                 seqs,
                 st: Fl::Sq,
                 issue: self.issues,
+                ranges,
             });
         }
+    }
+
+    /// Every zero-copy op waiting for its notification still has its memory held by the core.
+    fn check_zc_held(&self, core: &Core) {
+        for f in &self.flights {
+            if matches!(f.st, Fl::Notif { .. }) {
+                assert!(
+                    core.zc_holds(f.p.token, &f.ranges),
+                    "sim kernel: zero-copy op {:#x} on socket {}: its memory was released \
+                     before its notification",
+                    f.p.token.0,
+                    f.p.sock
+                );
+            }
+        }
+    }
+
+    /// Address ranges zero-copy ops have in flight or waiting for their notification.
+    fn zc_ranges(&self) -> Vec<(usize, usize)> {
+        self.flights
+            .iter()
+            .flat_map(|f| f.ranges.iter().copied())
+            .collect()
     }
 
     fn issue_epoll(&mut self, core: &Core, ops: &[Planned], out: &mut Vec<Event>) {
@@ -1302,6 +1448,23 @@ impl SimHandle {
         });
     }
 
+    /// Queues a zero-copy notification for `token` (late, duplicate or made-up) for the next
+    /// enter.
+    pub fn inject_notif(&self, token: u64, res: i32) {
+        self.st().injected.push(Event::Notif {
+            token: Token(token),
+            res,
+        });
+    }
+
+    /// Queues a zero-copy first completion with `F_MORE` for `token` for the next enter.
+    pub fn inject_done_more(&self, token: u64, res: i32) {
+        self.st().injected.push(Event::DoneMore {
+            token: Token(token),
+            res,
+        });
+    }
+
     /// Queues an event for an op that is not in flight, chosen by `pick`: the token of a
     /// finished op or a made-up one, as a completion with any result, a `NotIssued` or a
     /// `Stopped`; or a writability event for a socket index nobody has. Returns the token.
@@ -1366,6 +1529,27 @@ impl SimHandle {
     /// Most ops in flight at once beyond each socket's first.
     pub fn max_extras(&self) -> usize {
         self.st().max_extras
+    }
+
+    /// How zero-copy ops complete from now on.
+    pub fn set_zerocopy(&self, zc: ZcModel) {
+        self.st().zc = zc;
+    }
+
+    /// Address ranges (address, length) of the iovecs of zero-copy ops in flight or waiting
+    /// for their notification: memory the kernel may still read. A buffer released while it
+    /// overlaps one of them was released too early.
+    pub fn zc_pending_ranges(&self) -> Vec<(usize, usize)> {
+        self.st().zc_ranges()
+    }
+
+    /// Zero-copy ops waiting for their notification.
+    pub fn notifs_pending(&self) -> usize {
+        self.st()
+            .flights
+            .iter()
+            .filter(|f| matches!(f.st, Fl::Notif { .. }))
+            .count()
     }
 
     /// `Some(n)` once the engine leaked its `n` ops in flight.
@@ -1529,6 +1713,8 @@ impl Driver for SimKernel {
             let cancel = st.cancel;
             let f = &mut st.flights[i];
             f.st = match (cancel, f.st) {
+                // The send ended; only its notification is due: nothing to cancel.
+                (_, s @ Fl::Notif { .. }) => s,
                 (Cancel::Ignored, s) => s,
                 (Cancel::Races, s @ Fl::Done(_)) => s,
                 (Cancel::Races, _) => Fl::Raced,

@@ -20,7 +20,9 @@ pub mod model;
 pub mod trace;
 
 pub use behaviour::{AllOk, Behaviour, Fate, FnBehaviour, OpView, Replay, Script, Verdict, ERRNOS};
-pub use kernel::{Cancel, Delivered, Idle, Kind, Mode, OpRecord, PeerLog, SimHandle, SimKernel};
+pub use kernel::{
+    Cancel, Delivered, Idle, Kind, Mode, OpRecord, PeerLog, SimHandle, SimKernel, ZcModel, ZcMore,
+};
 pub use model::{dest, payload, Counts, Model};
 pub use trace::{Observed, Outcome, Refusal, Runner, Setup, Step};
 

@@ -767,7 +767,13 @@ impl Runner {
                         "socket {i}: a peer error the kernel never reported: {e}"
                     );
                 }
-                Outcome::PeerErrors(errs.iter().map(Error::status).collect())
+                // Each report must be one the kernel made (checked above). How many a given
+                // call returns is not compared across completion models: they read the error
+                // queue at different moments (io_uring in the submission, behind the sends;
+                // epoll after its `sendmmsg`), as the real backends do, so a report can land in
+                // an earlier or a later call (tests/tests/engine_loop.rs does not compare them
+                // either).
+                Outcome::PeerErrors(Vec::new())
             }
             Err(e) => status_of(&e),
         };

@@ -175,8 +175,25 @@ pub(crate) fn uring(entries: u32, want: &FastPaths) -> Result<(IoUring, UringFea
         probe.is_supported(opcode::Send::CODE),
         "IORING_OP_SEND (5.6) missing: single buffers go as IORING_OP_SENDMSG",
     );
+    // Zero-copy sends, per opcode: without both the engine never sends zero-copy.
+    match [
+        (opcode::SendZc::CODE, "IORING_OP_SEND_ZC (Linux 6.0)"),
+        (opcode::SendMsgZc::CODE, "IORING_OP_SENDMSG_ZC (Linux 6.1)"),
+    ]
+    .into_iter()
+    .find(|(code, _)| !probe.is_supported(*code))
+    {
+        None => features.enabled.push(SEND_ZC),
+        Some((_, name)) => features
+            .refused
+            .push((SEND_ZC, format!("the kernel does not support {name}"))),
+    }
     Ok((ring, features))
 }
+
+/// The name of zero-copy sends in [`UringFeatures`] (`enabled` when in effect, `refused` with
+/// why when a threshold asked for them and the kernel lacks an opcode).
+pub(crate) const SEND_ZC: &str = "send_zc";
 
 fn setup_error(e: &io::Error) -> String {
     match e.raw_os_error() {

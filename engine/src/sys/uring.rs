@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use io_uring::{opcode, squeue, types, IoUring};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::msg::{ErrqMem, MsgMem};
 use super::{nanos_since, Driver, FdKind, Tally, Wait};
@@ -31,6 +31,11 @@ const IORING_ENTER_REGISTERED_RING: u32 = 1 << 4;
 /// `io_uring_register` opcodes for the ring table (Linux 5.18).
 const IORING_REGISTER_RING_FDS: libc::c_uint = 20;
 const IORING_UNREGISTER_RING_FDS: libc::c_uint = 21;
+
+/// `IORING_SEND_ZC_REPORT_USAGE` (Linux 6.2, commit e307e6698165): the notification's `res`
+/// says whether the kernel copied the data after all (`IORING_NOTIF_USAGE_ZC_COPIED`). A
+/// kernel without it fails the send with `EINVAL`, which the core answers with a copying send.
+const IORING_SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
 
 /// Entries of the registered file table at first; it doubles (while nothing is in flight) to
 /// take sockets with higher indices.
@@ -719,6 +724,9 @@ impl Uring {
             .single_buffer()
             .filter(|_| self.op_send)
             .and_then(|(ptr, len)| Some((ptr, u32::try_from(len).ok()?)));
+        if p.zerocopy {
+            return zerocopy_sqe(p, m, single, fixed);
+        }
         match (single, fixed) {
             (Some((ptr, len)), None) => opcode::Send::new(types::Fd(p.fd), ptr, len)
                 .flags(flags)
@@ -773,16 +781,58 @@ impl Uring {
                 }
                 continue;
             }
+            let flags = cqe.flags();
+            if cqueue::more(flags) {
+                // A zero-copy op's result; its notification follows, and until then the kernel
+                // may read the op's memory: `m` stays in `self.mem`, the op counts in flight.
+                out.push(Event::DoneMore {
+                    token,
+                    res: cqe.result(),
+                });
+                continue;
+            }
             Uring::take_mem(&mut self.mem, &mut self.pool, &mut self.in_kernel, token);
-            out.push(Event::Done {
-                token,
-                res: cqe.result(),
+            let res = cqe.result();
+            out.push(if cqueue::notif(flags) {
+                Event::Notif { token, res }
+            } else {
+                Event::Done { token, res }
             });
         }
         if self.in_kernel == 0 {
             self.completions_lost = false;
         }
     }
+}
+
+/// The zero-copy SQE of a planned stream op (`IORING_OP_SEND_ZC` for one buffer, Linux 6.0;
+/// `IORING_OP_SENDMSG_ZC` for an iovec array, 6.1), with `IORING_SEND_ZC_REPORT_USAGE`.
+fn zerocopy_sqe(
+    p: &Planned,
+    m: &MsgMem,
+    single: Option<(*const u8, u32)>,
+    fixed: Option<u32>,
+) -> squeue::Entry {
+    let flags = libc::MSG_NOSIGNAL;
+    match (single, fixed) {
+        (Some((ptr, len)), None) => opcode::SendZc::new(types::Fd(p.fd), ptr, len)
+            .flags(flags)
+            .zc_flags(IORING_SEND_ZC_REPORT_USAGE)
+            .build(),
+        (Some((ptr, len)), Some(i)) => opcode::SendZc::new(types::Fixed(i), ptr, len)
+            .flags(flags)
+            .zc_flags(IORING_SEND_ZC_REPORT_USAGE)
+            .build(),
+        (None, None) => opcode::SendMsgZc::new(types::Fd(p.fd), &m.msg)
+            .flags(flags as u32)
+            .ioprio(IORING_SEND_ZC_REPORT_USAGE)
+            .build(),
+        (None, Some(i)) => opcode::SendMsgZc::new(types::Fixed(i), &m.msg)
+            .flags(flags as u32)
+            .ioprio(IORING_SEND_ZC_REPORT_USAGE)
+            .build(),
+    }
+    .user_data(p.token.0)
 }
 
 impl Driver for Uring {
@@ -828,7 +878,11 @@ impl Driver for Uring {
         out: &mut Vec<Event>,
     ) -> Result<(), Error> {
         if let [p] = ops {
-            if self.in_kernel == 0 && self.pushed == 0 && self.direct(payload, p, out) {
+            if self.in_kernel == 0
+                && self.pushed == 0
+                && !p.zerocopy
+                && self.direct(payload, p, out)
+            {
                 return Ok(());
             }
         }
