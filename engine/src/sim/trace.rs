@@ -629,7 +629,10 @@ impl Runner {
                         s.error = rep.first_error.as_ref().and_then(Error::status);
                     }
                     let stream = s.is_stream();
-                    let ok = rep.first_error.is_none() || !stream;
+                    // A stream that failed before (its error reported by an earlier flush, or
+                    // cancelled by an `abort` that timed out) reports no error again, but its
+                    // peer holds only a prefix: not "resolved without the stream's error".
+                    let ok = (rep.first_error.is_none() && s.error.is_none()) || !stream;
                     checks::check_resolved(&mut self.model, i, target, ok, &self.k);
                     let error = rep.first_error.as_ref().and_then(Error::status);
                     per.push((Counts::of(rep), error.filter(|_| stream)));
