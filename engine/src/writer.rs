@@ -3,7 +3,7 @@
 
 use std::io;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::core::Room;
 use crate::{Engine, Error, FlushReport, SocketId};
@@ -32,7 +32,7 @@ pub struct StreamWriter<'a> {
     /// What the queue limits allowed when the current chunk was started.
     room: Room,
     /// The writes not yet handed to the engine, and where each ends.
-    chunk: Vec<u8>,
+    chunk: BytesMut,
     ends: Vec<u32>,
     /// The chunk may grow to this length: its capacity, or less where a byte limit is nearer.
     fill_to: usize,
@@ -53,11 +53,12 @@ impl Engine {
         // the u32 end offsets cannot saturate.
         let chunk_bytes = self.core.cfg.coalesce_max_bytes;
         let ends = self.core.spare_ends(id.index);
+        let chunk = self.core.take_stage(id.index);
         Ok(StreamWriter {
             engine: self,
             id,
             room,
-            chunk: Vec::new(),
+            chunk,
             ends,
             fill_to: 0,
             max_writes: 0,
@@ -121,7 +122,7 @@ impl StreamWriter<'_> {
         }
         self.room.bytes -= self.chunk.len();
         self.room.writes -= self.ends.len();
-        let data = Bytes::from(std::mem::take(&mut self.chunk));
+        let data = self.chunk.split().freeze();
         let ends = std::mem::take(&mut self.ends);
         self.ends = self.engine.core.push_chunk(self.id.index, data, ends);
         self.fill_to = 0;
@@ -149,10 +150,10 @@ impl StreamWriter<'_> {
             drop(spare);
             return Ok(());
         }
-        if self.chunk.capacity() < self.chunk_bytes {
-            self.chunk = Vec::with_capacity(self.chunk_bytes);
+        if self.chunk.capacity() < len {
+            self.chunk = BytesMut::with_capacity(self.chunk_bytes);
         }
-        self.fill_to = self.chunk_bytes.min(self.room.bytes);
+        self.fill_to = self.chunk.capacity().min(self.room.bytes);
         self.max_writes = self.room.writes;
         self.chunk.extend_from_slice(data);
         // `len` ≤ `fill_to` ≤ `coalesce_max_bytes` ≤ u32::MAX (`Config::clamped`).
@@ -182,6 +183,8 @@ impl Drop for StreamWriter<'_> {
         self.hand_off();
         let ends = std::mem::take(&mut self.ends);
         self.engine.core.return_ends(self.id.index, ends);
+        let stage = std::mem::take(&mut self.chunk);
+        self.engine.core.return_stage(self.id.index, stage);
     }
 }
 

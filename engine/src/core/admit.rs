@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::{Config, Core, Queue, Sock, SockSlot};
 use crate::error::{Error, Limit, SendError};
@@ -205,6 +205,36 @@ impl Core {
                 ..
             }) => q.spare_ends(),
             _ => Vec::new(),
+        }
+    }
+
+    /// The staging memory of stream `idx` for a writer ([`StreamQueue::take_stage`]).
+    pub fn take_stage(&mut self, idx: u32) -> BytesMut {
+        match self.socks.get_mut(idx as usize) {
+            Some(SockSlot {
+                sock:
+                    Some(Sock {
+                        queue: Queue::Stream(q),
+                        ..
+                    }),
+                ..
+            }) => q.take_stage(),
+            _ => BytesMut::new(),
+        }
+    }
+
+    /// Takes back a writer's staging memory when it closes.
+    pub fn return_stage(&mut self, idx: u32, stage: BytesMut) {
+        if let Some(SockSlot {
+            sock:
+                Some(Sock {
+                    queue: Queue::Stream(q),
+                    ..
+                }),
+            ..
+        }) = self.socks.get_mut(idx as usize)
+        {
+            q.return_stage(stage);
         }
     }
 

@@ -107,6 +107,23 @@ impl StreamQueue {
         self.spare_ends.pop().unwrap_or_default()
     }
 
+    /// The open staging chunk's memory for a [`crate::StreamWriter`], after sealing what it
+    /// holds (writes staged by `send` keep their place in the queue): the writer fills the rest
+    /// of the same 64 KiB buffer instead of allocating one. Given back by
+    /// [`StreamQueue::return_stage`]; a writer that is leaked just takes it along.
+    pub fn take_stage(&mut self) -> BytesMut {
+        self.seal();
+        std::mem::take(&mut self.tail)
+    }
+
+    /// Takes back a writer's staging memory (what it did not fill), if nothing was staged
+    /// meanwhile.
+    pub fn return_stage(&mut self, stage: BytesMut) {
+        if self.tail_ends.is_empty() && self.tail.capacity() == 0 {
+            self.tail = stage;
+        }
+    }
+
     /// An empty end-offset vector, with capacity if one is spare (a writer's first chunk).
     pub fn spare_ends(&mut self) -> Vec<u32> {
         self.spare_ends.pop().unwrap_or_default()
