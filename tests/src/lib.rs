@@ -574,3 +574,156 @@ pub fn refuse_gso(sock: &UdpSocket) {
 pub fn accept_no_check6(sock: &UdpSocket) {
     setsockopt_int(sock, libc::SOL_UDP, libc::UDP_NO_CHECK6_RX, 1);
 }
+
+/// Running system tools (iproute2, ethtool, tc) from tests that build network namespaces.
+pub mod tools {
+    use std::path::PathBuf;
+    use std::process::Command;
+    use std::time::Duration;
+
+    /// `name` on `PATH` or in the usual sbin/bin folders (root's tools are often not on a test's
+    /// `PATH`).
+    pub fn find_tool(name: &str) -> Option<PathBuf> {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    }
+
+    /// Runs `tool args…`; an error names the command, its status and its stderr.
+    ///
+    /// # Errors
+    /// The tool is missing, cannot start, or exits non-zero.
+    pub fn run(tool: &str, args: &[&str]) -> Result<(), String> {
+        let exe = find_tool(tool).ok_or_else(|| format!("`{tool}` is not installed"))?;
+        let out = Command::new(&exe)
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "`{tool} {}` failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// Waits (up to 10 s) until `dev` in namespace `ns` is `state UP` with its qdisc attached.
+    ///
+    /// # Errors
+    /// `ip` is missing, or the device did not come up in time.
+    pub fn wait_oper_up(ns: &str, dev: &str) -> Result<(), String> {
+        let ip = find_tool("ip").ok_or("`ip` (iproute2) is not installed")?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = Command::new(&ip)
+                .args(["-n", ns, "-o", "link", "show", "dev", dev])
+                .output()
+                .map_err(|e| format!("cannot run ip: {e}"))?;
+            let line = String::from_utf8_lossy(&out.stdout);
+            // linkwatch sets the operstate just before it swaps the noop qdisc for the real one.
+            if line.contains("state UP") && !line.contains("qdisc noop") {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "{dev} in {ns} did not come up: {}",
+                    String::from_utf8_lossy(&out.stdout).trim()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A buffer pool whose release overwrites what it released (`SCRIBBLE`): a buffer the engine
+/// released while the kernel could still read it shows up at the peer as `SCRIBBLE` bytes
+/// (`tests/ownership.rs`, `tests/zerocopy.rs`).
+pub mod scribble {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    /// What a released buffer is overwritten with.
+    pub const SCRIBBLE: u8 = 0xA5;
+
+    /// A region the test owns; the engine gets slices of it.
+    #[derive(Debug)]
+    pub struct Pool {
+        ptr: *mut u8,
+        /// The region's length.
+        pub len: usize,
+        /// Keeps the allocation; never touched through the `Vec` after construction.
+        _mem: Vec<u8>,
+        /// Buffers released so far.
+        pub released: AtomicUsize,
+    }
+
+    // SAFETY: the pool is a plain byte region; slices are disjoint and each is written only by its
+    // owner's `Drop` (once no `Bytes` refers to it) or by the control test on purpose.
+    unsafe impl Send for Pool {}
+    // SAFETY: as above.
+    unsafe impl Sync for Pool {}
+
+    impl Pool {
+        pub fn new(data: &[u8]) -> Arc<Pool> {
+            let mut mem = data.to_vec();
+            let ptr = mem.as_mut_ptr();
+            Arc::new(Pool {
+                ptr,
+                len: mem.len(),
+                _mem: mem,
+                released: AtomicUsize::new(0),
+            })
+        }
+
+        /// `len` bytes at `off` as an engine buffer whose release scribbles on them.
+        pub fn take(self: &Arc<Pool>, off: usize, len: usize) -> Bytes {
+            assert!(off + len <= self.len);
+            Bytes::from_owner(Slot {
+                pool: Arc::clone(self),
+                off,
+                len,
+            })
+        }
+
+        /// Overwrites `len` bytes at `off` (what a release does; the control calls it early).
+        pub fn scribble(&self, off: usize, len: usize) {
+            assert!(off + len <= self.len);
+            // SAFETY: in bounds of the live allocation; volatile so it is not elided. Nothing in
+            // Rust reads this range meanwhile (its Bytes is gone, or the control owns the race).
+            unsafe {
+                for i in 0..len {
+                    std::ptr::write_volatile(self.ptr.add(off + i), SCRIBBLE);
+                }
+            }
+        }
+    }
+
+    #[derive(Debug)]
+    struct Slot {
+        pool: Arc<Pool>,
+        off: usize,
+        len: usize,
+    }
+
+    impl AsRef<[u8]> for Slot {
+        fn as_ref(&self) -> &[u8] {
+            // SAFETY: in bounds; written only by this slot's own Drop (or the control, on purpose).
+            unsafe { std::slice::from_raw_parts(self.pool.ptr.add(self.off), self.len) }
+        }
+    }
+
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            self.pool.scribble(self.off, self.len);
+            self.pool.released.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}

@@ -21,87 +21,15 @@
 //!   asserts the peer *does* receive scribble bytes: the detection works.
 
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use volley::Backend;
+use volley_tests::scribble::{Pool, SCRIBBLE};
 use volley_tests::*;
-
-/// What a released buffer is overwritten with.
-const SCRIBBLE: u8 = 0xA5;
-
-/// A region the test owns; the engine gets slices of it.
-struct Pool {
-    ptr: *mut u8,
-    len: usize,
-    /// Keeps the allocation; never touched through the `Vec` after construction.
-    _mem: Vec<u8>,
-    released: AtomicUsize,
-}
-
-// SAFETY: the pool is a plain byte region; slices are disjoint and each is written only by its
-// owner's `Drop` (once no `Bytes` refers to it) or by the control test on purpose.
-unsafe impl Send for Pool {}
-// SAFETY: as above.
-unsafe impl Sync for Pool {}
-
-impl Pool {
-    fn new(data: &[u8]) -> Arc<Pool> {
-        let mut mem = data.to_vec();
-        let ptr = mem.as_mut_ptr();
-        Arc::new(Pool {
-            ptr,
-            len: mem.len(),
-            _mem: mem,
-            released: AtomicUsize::new(0),
-        })
-    }
-
-    /// `len` bytes at `off` as an engine buffer whose release scribbles on them.
-    fn take(self: &Arc<Pool>, off: usize, len: usize) -> Bytes {
-        assert!(off + len <= self.len);
-        Bytes::from_owner(Slot {
-            pool: Arc::clone(self),
-            off,
-            len,
-        })
-    }
-
-    /// Overwrites `len` bytes at `off` (what a release does; the control calls it early).
-    fn scribble(&self, off: usize, len: usize) {
-        assert!(off + len <= self.len);
-        // SAFETY: in bounds of the live allocation; volatile so it is not elided. Nothing in
-        // Rust reads this range meanwhile (its Bytes is gone, or the control owns the race).
-        unsafe {
-            for i in 0..len {
-                std::ptr::write_volatile(self.ptr.add(off + i), SCRIBBLE);
-            }
-        }
-    }
-}
-
-struct Slot {
-    pool: Arc<Pool>,
-    off: usize,
-    len: usize,
-}
-
-impl AsRef<[u8]> for Slot {
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: in bounds; written only by this slot's own Drop (or the control, on purpose).
-        unsafe { std::slice::from_raw_parts(self.pool.ptr.add(self.off), self.len) }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.pool.scribble(self.off, self.len);
-        self.pool.released.fetch_add(1, Ordering::SeqCst);
-    }
-}
 
 /// Sends `data` on `id`, flushing on backpressure and sending the same buffer again.
 fn send_all(e: &mut volley::Engine, id: volley::SocketId, data: Bytes, ctx: &str) {

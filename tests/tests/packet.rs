@@ -24,13 +24,12 @@
 use std::fs::File;
 use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use volley::{Backend, BackendKind, Bytes, Engine, Error, FlushReport, SocketId, Status};
+use volley_tests::tools::find_tool;
 use volley_tests::*;
 
 const IDLE: Duration = Duration::from_millis(1500);
@@ -54,30 +53,8 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
 fn ip(args: &[&str]) -> Result<(), String> {
-    let exe = find_tool("ip").ok_or("`ip` (iproute2) is not installed")?;
-    let out = Command::new(&exe)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`ip {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    volley_tests::tools::run("ip", args)
 }
 
 /// A namespace with a TUN device `vltun0` (10.77.0.1/24, up) and a UDP socket bound on

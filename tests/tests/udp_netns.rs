@@ -21,11 +21,10 @@
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use volley::{Bytes, Status};
+use volley_tests::tools::{find_tool, run, wait_oper_up};
 use volley_tests::*;
 
 const IDLE: Duration = Duration::from_millis(1500);
@@ -37,56 +36,6 @@ struct NetnsPair {
     a: String,
     b: String,
     subnet: u8,
-}
-
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-fn run(tool: &str, args: &[&str]) -> Result<(), String> {
-    let exe = find_tool(tool).ok_or_else(|| format!("`{tool}` is not installed"))?;
-    let out = Command::new(&exe)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{tool} {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// Waits (up to 10 s) until `dev` in namespace `ns` is `state UP` with its qdisc attached.
-fn wait_oper_up(ns: &str, dev: &str) -> Result<(), String> {
-    let ip = find_tool("ip").ok_or("`ip` (iproute2) is not installed")?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = Command::new(&ip)
-            .args(["-n", ns, "-o", "link", "show", "dev", dev])
-            .output()
-            .map_err(|e| format!("cannot run ip: {e}"))?;
-        let line = String::from_utf8_lossy(&out.stdout);
-        // linkwatch sets the operstate just before it swaps the noop qdisc for the real one.
-        if line.contains("state UP") && !line.contains("qdisc noop") {
-            return Ok(());
-        }
-        if std::time::Instant::now() >= deadline {
-            return Err(format!(
-                "{dev} in {ns} did not come up: {}",
-                String::from_utf8_lossy(&out.stdout).trim()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 impl NetnsPair {
