@@ -613,6 +613,26 @@ pub mod tools {
         }
     }
 
+    /// Runs `f` on a thread that joined network namespace `ns` (`/run/netns/NS`, as `ip netns`
+    /// makes it): sockets and descriptors it creates belong there.
+    ///
+    /// # Panics
+    /// If the namespace cannot be opened or joined, or `f` panics.
+    pub fn within_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        use std::os::fd::AsRawFd;
+        let path = format!("/run/netns/{ns}");
+        std::thread::spawn(move || {
+            let nsf = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // SAFETY: setns on a namespace fd we hold open; it changes only this thread's
+            // network namespace, and the thread ends after `f`.
+            let rc = unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("netns thread")
+    }
+
     /// Waits (up to 10 s) until `dev` in namespace `ns` is `state UP` with its qdisc attached.
     ///
     /// # Errors

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use volley::{Backend, BackendKind, Bytes, Engine, Error, FlushReport, SocketId, Status};
-use volley_tests::tools::find_tool;
+use volley_tests::tools::{find_tool, within_netns};
 use volley_tests::*;
 
 const IDLE: Duration = Duration::from_millis(1500);
@@ -69,17 +69,7 @@ struct Tun {
 impl Tun {
     /// Runs `f` on a thread that joined the namespace (descriptors it makes belong there).
     fn within<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.ns);
-        std::thread::spawn(move || {
-            let nsf = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            // SAFETY: setns on a namespace fd we hold open; it changes only this thread's
-            // network namespace, and the thread ends after `f`.
-            let rc = unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("netns thread")
+        within_netns(&self.ns, f)
     }
 
     fn create() -> Result<Tun, String> {

@@ -18,13 +18,11 @@
 //! (a socket stays in the namespace it was made in), so the test itself runs in the host namespace
 //! and its traffic never leaves the pair.
 
-use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use volley::{Bytes, Status};
-use volley_tests::tools::{find_tool, run, wait_oper_up};
+use volley_tests::tools::{find_tool, run, wait_oper_up, within_netns};
 use volley_tests::*;
 
 const IDLE: Duration = Duration::from_millis(1500);
@@ -112,17 +110,7 @@ impl NetnsPair {
 
     /// Runs `f` on a thread that joined namespace `ns` (sockets it makes live there).
     fn within<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{ns}");
-        std::thread::spawn(move || {
-            let nsf = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            // SAFETY: setns on a namespace fd we hold open; it changes only this thread's network
-            // namespace, and the thread ends after `f`.
-            let rc = unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("netns thread")
+        within_netns(ns, f)
     }
 
     /// A datagram sink bound in `b`.

@@ -15,7 +15,6 @@
 //! - A socket without zero-copy (a UNIX-domain stream registered as a stream): the send fails
 //!   with `EOPNOTSUPP`, the same bytes go again by copying (`Stats::zc_fallbacks`).
 
-use std::fs::File;
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -26,7 +25,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use volley::{Backend, Engine, SocketId};
 use volley_tests::scribble::{Pool, SCRIBBLE};
-use volley_tests::tools::{find_tool, run, wait_oper_up};
+use volley_tests::tools::{find_tool, run, wait_oper_up, within_netns};
 use volley_tests::{assert_bytes_eq, payload, TcpSink};
 
 /// An io_uring engine with zero-copy from `threshold` bytes; `adaptive` false keeps zero-copy
@@ -187,17 +186,7 @@ impl NetnsPair {
 
     /// Runs `f` on a thread that joined namespace `ns` (sockets it makes live there).
     fn within<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{ns}");
-        std::thread::spawn(move || {
-            let nsf = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            // SAFETY: setns on a namespace fd we hold open; it changes only this thread's
-            // network namespace, and the thread ends after `f`.
-            let rc = unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("netns thread")
+        within_netns(ns, f)
     }
 
     /// A listener in `b`, and a stream from `a` connected to it, with the accepted end.
