@@ -220,3 +220,31 @@ pub(crate) fn until(
             .saturating_duration_since(std::time::Instant::now())
     })
 }
+
+/// `recv(fd, buf, MSG_DONTWAIT)`: bytes read (0 at EOF), or `WouldBlock`; `EINTR` retried.
+/// The readers of the tokio adapters and of TLS sessions (sockets the engine writes to, in
+/// whatever mode the backend put them).
+#[cfg(any(feature = "tokio", feature = "tls"))]
+pub(crate) fn recv_dontwait(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes and exclusively borrowed for
+        // the call; `fd` is borrowed, so open, for the call.
+        let n = unsafe {
+            libc::recv(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        match usize::try_from(n) {
+            Ok(n) => return Ok(n),
+            Err(_) => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}

@@ -27,20 +27,7 @@ pub(crate) fn register_readable(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(|e| e.into_parts().1)
 }
 
-/// `recv(fd, buf, MSG_DONTWAIT)`: bytes read (0 at EOF), or `WouldBlock`.
-pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes and exclusively borrowed for the
-    // call; `fd` is a descriptor borrowed (so open) for the call.
-    let n = unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT,
-        )
-    };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
-}
+pub(crate) use super::recv_dontwait as recv;
 
 /// `recv(fd, MSG_DONTWAIT)` into the unfilled part of `buf`, which it then marks filled
 /// (nothing at EOF), or `WouldBlock`. The unfilled part is not zeroed first: on a 64 KiB read

@@ -40,27 +40,4 @@ pub(crate) fn readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Res
     }
 }
 
-/// `recv(fd, buf, MSG_DONTWAIT)`: bytes read (0 at EOF), or `WouldBlock`.
-pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes and exclusively borrowed for
-        // the call; `fd` is borrowed, so open, for the call.
-        let n = unsafe {
-            libc::recv(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        match usize::try_from(n) {
-            Ok(n) => return Ok(n),
-            Err(_) => {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-        }
-    }
-}
+pub(crate) use super::recv_dontwait as recv;
