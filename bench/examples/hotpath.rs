@@ -25,32 +25,12 @@ fn main() {
     if how == "latency" || how == "latency-write" {
         return latency(&how);
     }
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let rx = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().expect("accept");
-        let mut buf = vec![0u8; 1 << 20];
-        let mut total = 0usize;
-        while let Ok(n) = s.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            total += n;
-        }
-        total
-    });
-    let stream = TcpStream::connect(addr).expect("connect");
-    stream.set_nodelay(true).expect("nodelay");
+    let (stream, rx) = connected();
     let payload = Bytes::from_static(vec![7u8; SIZE * PER_FLUSH].leak());
     match how.as_str() {
         "bufwriter" => run_bufwriter(stream, &payload),
         "send" | "writer" => {
-            let mut engine = Engine::builder()
-                .backend(Backend::Uring)
-                .write_latency_every(0)
-                .flush_latency_every(0)
-                .build()
-                .expect("engine");
+            let mut engine = engine();
             let id = engine.register_tcp(stream).expect("register");
             if how == "send" {
                 run_send(&mut engine, id, &payload);
@@ -105,32 +85,12 @@ fn run_writer(engine: &mut Engine, id: volley::SocketId, payload: &Bytes) {
 /// `flush`), `latency-write` through a plain `write` per message.
 fn latency(how: &str) {
     const N: usize = 20_000;
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let rx = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().expect("accept");
-        let mut buf = vec![0u8; 1 << 16];
-        let mut total = 0usize;
-        while let Ok(n) = s.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            total += n;
-        }
-        total
-    });
-    let stream = TcpStream::connect(addr).expect("connect");
-    stream.set_nodelay(true).expect("nodelay");
+    let (stream, rx) = connected();
     let payload = Bytes::from_static(vec![7u8; SIZE].leak());
     if how == "latency-write" {
         run_latency_write(stream, &payload, N);
     } else {
-        let mut engine = Engine::builder()
-            .backend(Backend::Uring)
-            .write_latency_every(0)
-            .flush_latency_every(0)
-            .build()
-            .expect("engine");
+        let mut engine = engine();
         let id = engine.register_tcp(stream).expect("register");
         run_latency(&mut engine, id, &payload, N);
         drop(engine);
@@ -152,4 +112,36 @@ fn run_latency_write(mut stream: TcpStream, payload: &Bytes, n: usize) {
     for _ in 0..n {
         stream.write_all(payload).expect("write");
     }
+}
+
+/// A `TCP_NODELAY` stream to a loopback receiver thread that reads to EOF and returns the
+/// bytes it got.
+fn connected() -> (TcpStream, std::thread::JoinHandle<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let rx = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0usize;
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        total
+    });
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    (stream, rx)
+}
+
+/// An io_uring engine with no latency sampling (the loops time nothing themselves).
+fn engine() -> Engine {
+    Engine::builder()
+        .backend(Backend::Uring)
+        .write_latency_every(0)
+        .flush_latency_every(0)
+        .build()
+        .expect("engine")
 }
