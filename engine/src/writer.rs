@@ -142,12 +142,13 @@ impl StreamWriter<'_> {
         if len > self.chunk_bytes {
             self.room.bytes -= len;
             self.room.writes -= 1;
-            let spare = self.engine.core.push_chunk(
-                self.id.index,
-                Bytes::copy_from_slice(data),
-                Vec::new(),
-            );
-            drop(spare);
+            // One write of its own (no end offsets: the writer's emptied vector goes along and a
+            // spare comes back, instead of a spare being taken and dropped).
+            let ends = std::mem::take(&mut self.ends);
+            self.ends =
+                self.engine
+                    .core
+                    .push_chunk(self.id.index, Bytes::copy_from_slice(data), ends);
             return Ok(());
         }
         if self.chunk.capacity() < len {
