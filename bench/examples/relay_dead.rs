@@ -2,7 +2,8 @@
 //! frames, each to 8 destinations in turn through one unconnected socket, 16 frames per flush,
 //! 20 000 frames; once with all 8 destinations open and once with one closed (ICMP port
 //! unreachable for every datagram sent to it). Prints kernel transitions per flush, stale-error
-//! resends, peer errors, and the flush latency p50/p99 on both backends.
+//! resends, peer errors, and the flush latency p50/p99 on both backends, and on epoll with
+//! `sample_peer_errors(true)` (`Epoll+s`).
 //!
 //! ```sh
 //! cargo run --release -p volley-bench --example relay_dead
@@ -23,17 +24,21 @@ fn main() {
         "{:<7} {:<10} {:>10} {:>9} {:>12} {:>12} {:>11} {:>11}",
         "backend", "dead", "flushes", "trans", "trans/flush", "stale", "peer errs", "p50/p99 µs"
     );
-    for backend in [Backend::Uring, Backend::Epoll] {
+    for (backend, sampled) in [
+        (Backend::Uring, false),
+        (Backend::Epoll, false),
+        (Backend::Epoll, true),
+    ] {
         let mut base = 0.0;
         for dead in [false, true] {
-            let (flushes, trans, stale, peer, p50, p99) = run(backend, dead);
+            let (flushes, trans, stale, peer, p50, p99) = run(backend, sampled, dead);
             let per = trans as f64 / flushes as f64;
             if !dead {
                 base = per;
             }
             println!(
                 "{:<7} {:<10} {:>10} {:>9} {:>12.2} {:>12} {:>11} {:>5.1}/{:<5.1}{}",
-                format!("{backend:?}"),
+                format!("{backend:?}{}", if sampled { "+s" } else { "" }),
                 if dead { "1 of 8" } else { "none" },
                 flushes,
                 trans,
@@ -53,7 +58,7 @@ fn main() {
 }
 
 /// One relay run: (flushes, transitions, stale resends, peer errors, flush p50 µs, p99 µs).
-fn run(backend: Backend, dead: bool) -> (usize, u64, u64, u64, f64, f64) {
+fn run(backend: Backend, sampled: bool, dead: bool) -> (usize, u64, u64, u64, f64, f64) {
     let mut receivers = Vec::new();
     let mut dests: Vec<SocketAddr> = Vec::new();
     for i in 0..DESTS {
@@ -68,6 +73,7 @@ fn run(backend: Backend, dead: bool) -> (usize, u64, u64, u64, f64, f64) {
     }
     let mut e = Engine::builder()
         .backend(backend)
+        .sample_peer_errors(sampled)
         .write_latency_every(0)
         .flush_latency_every(0)
         .build()

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 
 use super::class::{classify, Class, OpKind};
-use super::{Clock, Config, Core, OpShape, Queue};
+use super::{live_mut, Clock, Config, Core, OpShape, Queue};
 use crate::error::Error;
 use crate::plan::{gso_can_lead, gso_join, Join};
 
@@ -125,10 +125,21 @@ pub(crate) struct DgramQueue {
     /// behind the sends) while it had suspects: they count for [`Core::errqueue_read`] as
     /// the reports of the read it waits for.
     suspect_reports: usize,
+    /// Peer-error sampling (`Config::peer_error_sampling`): error-queue reads in a row behind
+    /// noisy groups that found reports.
+    errq_streak: u8,
+    /// Peer-error sampling: `IP_RECVERR` is off since this pass (the socket is *quiet*).
+    quiet_since: Option<u32>,
 }
 
 /// How many grouping passes a destination stays noisy after its last ICMP report.
 const NOISY_PASSES: u32 = 64;
+
+/// Peer-error sampling: reads in a row that found ICMP reports before the socket goes quiet.
+const QUIET_AFTER: u8 = 2;
+
+/// Peer-error sampling: grouping passes a quiet socket stays quiet.
+pub(crate) const QUIET_PASSES: u32 = 64;
 
 impl DgramQueue {
     pub fn new(gso: bool) -> DgramQueue {
@@ -278,8 +289,11 @@ impl DgramQueue {
     #[cold]
     fn noisy_last(&mut self) {
         let passes = self.passes;
-        self.noisy
-            .retain(|_, p| passes.wrapping_sub(*p) < NOISY_PASSES);
+        if self.quiet_since.is_none() {
+            // (Quiet, no reports can come: the destinations stay noisy until it ends.)
+            self.noisy
+                .retain(|_, p| passes.wrapping_sub(*p) < NOISY_PASSES);
+        }
         if self.ahead.iter().any(|g| self.is_noisy(g.dest)) {
             let ahead = std::mem::take(&mut self.ahead);
             let (mut quiet, noisy): (VecDeque<Group>, VecDeque<Group>) =
@@ -287,6 +301,48 @@ impl DgramQueue {
             quiet.extend(noisy);
             self.ahead = quiet;
         }
+    }
+
+    /// Peer-error sampling: notes a read of the error queue behind noisy groups that found
+    /// `reports` entries; true when the socket should now go quiet (`IP_RECVERR` off):
+    /// [`QUIET_AFTER`] reads in a row found some. Each such read costs a transition of its own
+    /// on epoll, for a report the caller has most likely seen already.
+    pub fn note_errq_read(&mut self, reports: usize) -> bool {
+        if reports == 0 {
+            self.errq_streak = 0;
+            return false;
+        }
+        self.errq_streak = self.errq_streak.saturating_add(1);
+        self.errq_streak >= QUIET_AFTER
+    }
+
+    /// `IP_RECVERR` goes off: no error-queue reads, no pending errors from ICMP (an unconnected
+    /// socket gets none without it), noisy destinations kept as they are.
+    pub fn go_quiet(&mut self) {
+        self.quiet_since = Some(self.passes);
+        self.errq_streak = 0;
+    }
+
+    /// `IP_RECVERR` goes back on: the noisy destinations count as just reported, so their
+    /// groups go last again and the error queue is read behind them.
+    pub fn go_loud(&mut self) {
+        self.quiet_since = None;
+        self.errq_streak = 0;
+        let passes = self.passes;
+        for p in self.noisy.values_mut() {
+            *p = passes;
+        }
+    }
+
+    /// `IP_RECVERR` is off for sampling.
+    pub fn quiet(&self) -> bool {
+        self.quiet_since.is_some()
+    }
+
+    /// The socket has been quiet for [`QUIET_PASSES`] passes.
+    pub fn quiet_over(&self) -> bool {
+        self.quiet_since
+            .is_some_and(|p| self.passes.wrapping_sub(p) >= QUIET_PASSES)
     }
 
     /// Notes an ICMP error about `dest` (see `noisy`), read from the error queue: a report for
@@ -315,7 +371,7 @@ impl DgramQueue {
             self.group_pass(cfg);
         }
         let g = self.ahead.pop_front()?;
-        if !self.noisy.is_empty() && self.is_noisy(g.dest) {
+        if !self.noisy.is_empty() && self.quiet_since.is_none() && self.is_noisy(g.dest) {
             self.errq_after += 1;
         }
         for &seq in &g.seqs {
@@ -396,10 +452,18 @@ impl DgramQueue {
     /// ahead of it, round after round.
     fn stale_resend(&mut self, seq: u64) -> bool {
         const STALE_RESENDS: u8 = 32;
+        // Quiet (`IP_RECVERR` off for sampling, unconnected): a pending error can only be one
+        // that arrived just before it went off, which one failed send consumes; a second
+        // failure is the datagram's own.
+        let bound = if self.quiet_since.is_some() {
+            1
+        } else {
+            STALE_RESENDS
+        };
         let i = self.index(seq);
         let d = &mut self.q[i];
         d.stale += 1;
-        d.stale <= STALE_RESENDS
+        d.stale <= bound
     }
 
     /// Marks the datagrams of a group refused with EIO/EINVAL: their lone sends decide.
@@ -511,11 +575,7 @@ impl Core {
     /// errno was the datagram's own (a synchronous route error): it fails, once.
     pub fn errqueue_read(&mut self, idx: u32, reports: usize, now_ns: u64) {
         let id = self.id_of(idx);
-        let Some(s) = self
-            .socks
-            .get_mut(idx as usize)
-            .and_then(|s| s.sock.as_mut())
-        else {
+        let Some(s) = live_mut(&mut self.socks, idx) else {
             return;
         };
         let peer = s.peer;
@@ -584,7 +644,10 @@ impl Core {
         let peer = s.peer;
         // Whether an ICMP message can have left a pending error (`sk_err`) for a send to pick
         // up: on a connected socket, or with IP_RECVERR (`__udp4_lib_err`, `__udp6_lib_err`).
-        let pending_possible = s.recverr || peer.is_some();
+        // A quiet socket (peer-error sampling turned IP_RECVERR off) may still hold one that
+        // arrived just before.
+        let pending_possible =
+            s.recverr || peer.is_some() || matches!(&s.queue, Queue::Dgram(q) if q.quiet());
         let recverr = s.recverr;
         let Queue::Dgram(q) = &mut s.queue else {
             return false;

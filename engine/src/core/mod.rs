@@ -38,6 +38,7 @@ pub(crate) use class::{is_icmp_errno, is_retry};
 pub(crate) use dgram::DgramQueue;
 pub(crate) use op::{Event, OpShape, Planned, Token};
 use peer::Unreachables;
+use slots::live_mut;
 use slots::{OpInfo, OpSlot, SockSlot};
 pub(crate) use stream::StreamQueue;
 
@@ -76,6 +77,10 @@ pub struct Config {
     /// Enable `IP_RECVERR`/`IPV6_RECVERR` on UDP sockets (qdisc drops surface as ENOBUFS; ICMP
     /// errors are read from the error queue and attributed to their destination).
     pub recverr: bool,
+    /// Peer errors are sampled where reading the error queue costs a transition of its own
+    /// (epoll): an unconnected socket whose reads behind its noisy destinations keep finding
+    /// ICMP reports turns `IP_RECVERR` off for a while (see `DgramQueue::note_errq_read`).
+    pub peer_error_sampling: bool,
     /// Stream ops of at least this many bytes go zero-copy (`IORING_OP_SEND_ZC`/`SENDMSG_ZC`)
     /// where the driver supports it; `None`: never.
     pub zerocopy_threshold: Option<usize>,
@@ -131,6 +136,7 @@ impl Default for Config {
             gso_max_bytes: crate::plan::UDP_MAX_PAYLOAD,
             nobufs_retries: 4,
             recverr: true,
+            peer_error_sampling: false,
             zerocopy_threshold: None,
             zerocopy_adaptive: true,
         }
@@ -247,6 +253,9 @@ pub(crate) struct Core {
     /// Datagram sockets whose error queue should be read once the ops planned so far have
     /// gone out (groups to noisy destinations: see [`Core::take_errq_after`]).
     errq_after: Vec<u32>,
+    /// Sockets whose `IP_RECVERR` must be switched to what their `recverr` now says (peer-error
+    /// sampling: see [`Core::take_recverr_toggle`]).
+    recverr_toggles: Vec<u32>,
     /// The current planning round ([`Core::begin_round`]).
     round: u64,
     /// Reused list of (length, queued time) of writes that just ended.
@@ -281,6 +290,7 @@ impl Core {
             watch: Vec::new(),
             capped: Vec::new(),
             errq_after: Vec::new(),
+            recverr_toggles: Vec::new(),
             round: 0,
             scratch: Vec::new(),
             stats: Stats::default(),
@@ -325,11 +335,7 @@ impl Core {
     }
 
     pub fn set_writable(&mut self, idx: u32, writable: bool) {
-        if let Some(s) = self
-            .socks
-            .get_mut(idx as usize)
-            .and_then(|s| s.sock.as_mut())
-        {
+        if let Some(s) = live_mut(&mut self.socks, idx) {
             s.writable = writable;
             if writable {
                 s.watching = false;
@@ -506,15 +512,24 @@ impl Core {
                     Some(shape) => (shape, None),
                     None => continue,
                 },
-                Queue::Dgram(q) => match q.plan(cfg) {
-                    Some(p) => {
-                        if q.errq_after() == 1 {
-                            self.errq_after.push(idx);
-                        }
-                        p
+                Queue::Dgram(q) => {
+                    if q.quiet_over() {
+                        // Peer-error sampling: the quiet period is over; IP_RECVERR goes back
+                        // on before this op is issued.
+                        q.go_loud();
+                        s.recverr = true;
+                        self.recverr_toggles.push(idx);
                     }
-                    None => continue,
-                },
+                    match q.plan(cfg) {
+                        Some(p) => {
+                            if q.errq_after() == 1 {
+                                self.errq_after.push(idx);
+                            }
+                            p
+                        }
+                        None => continue,
+                    }
+                }
                 Queue::Packet(q) => match q.plan(cfg) {
                     Some((
                         OpShape::Dgram {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
-use super::Core;
+use super::{live_mut, Core};
 use crate::error::{Error, Status, Unreachable};
 use crate::SocketId;
 
@@ -38,11 +38,7 @@ pub(crate) const PEER_ERRORS_KEPT: usize = 4096;
 impl Core {
     /// Asks the backend to read the socket's error queue (only where `IP_RECVERR` is on).
     pub fn want_errqueue(&mut self, idx: u32) {
-        if let Some(s) = self
-            .socks
-            .get_mut(idx as usize)
-            .and_then(|s| s.sock.as_mut())
-        {
+        if let Some(s) = live_mut(&mut self.socks, idx) {
             if s.recverr && !s.errqueue {
                 s.errqueue = true;
                 self.errqueue.push(idx);
@@ -53,11 +49,7 @@ impl Core {
     /// The next socket whose error queue should be read: (index, fd).
     pub fn take_errqueue(&mut self) -> Option<(u32, RawFd)> {
         while let Some(idx) = self.errqueue.pop() {
-            if let Some(s) = self
-                .socks
-                .get_mut(idx as usize)
-                .and_then(|s| s.sock.as_mut())
-            {
+            if let Some(s) = live_mut(&mut self.socks, idx) {
                 s.errqueue = false;
                 return Some((idx, s.fd));
             }
@@ -71,11 +63,7 @@ impl Core {
     pub fn peer_error(&mut self, idx: u32, dest: Option<SocketAddr>, errno: i32) {
         let id = self.id_of(idx);
         self.stats.peer_errors += 1;
-        let Some(s) = self
-            .socks
-            .get_mut(idx as usize)
-            .and_then(|s| s.sock.as_mut())
-        else {
+        let Some(s) = live_mut(&mut self.socks, idx) else {
             return;
         };
         s.acc.peer_errors += 1;
@@ -114,11 +102,7 @@ impl Core {
     /// before it can fail another destination's send).
     pub fn take_errq_after(&mut self) -> Option<(u32, RawFd, usize)> {
         while let Some(idx) = self.errq_after.pop() {
-            if let Some(s) = self
-                .socks
-                .get_mut(idx as usize)
-                .and_then(|s| s.sock.as_mut())
-            {
+            if let Some(s) = live_mut(&mut self.socks, idx) {
                 if let super::Queue::Dgram(q) = &mut s.queue {
                     let n = q.take_errq_after();
                     if n > 0 {
@@ -128,6 +112,58 @@ impl Core {
             }
         }
         None
+    }
+
+    /// Peer-error sampling ([`super::Config::peer_error_sampling`]): the read behind `idx`'s
+    /// noisy groups found `reports` entries. After a few such reads in a row an unconnected
+    /// socket goes quiet: `IP_RECVERR` off (the backend is asked through
+    /// [`Core::take_recverr_toggle`]) for [`super::dgram::QUIET_PASSES`] passes, then on
+    /// again for a sample. Quiet, a dead destination costs no transition: without
+    /// `IP_RECVERR` the kernel neither queues its ICMP errors nor sets an unconnected socket's
+    /// pending error.
+    pub fn errq_after_read(&mut self, idx: u32, reports: usize) {
+        if !self.cfg.peer_error_sampling {
+            return;
+        }
+        let Some(s) = live_mut(&mut self.socks, idx) else {
+            return;
+        };
+        if s.peer.is_some() || !s.recverr {
+            return;
+        }
+        if let super::Queue::Dgram(q) = &mut s.queue {
+            if q.note_errq_read(reports) {
+                q.go_quiet();
+                s.recverr = false;
+                self.recverr_toggles.push(idx);
+            }
+        }
+    }
+
+    /// The next socket whose `IP_RECVERR` must be switched (peer-error sampling): (index, fd,
+    /// IPv6 socket, on).
+    pub fn take_recverr_toggle(&mut self) -> Option<(u32, RawFd, bool, bool)> {
+        while let Some(idx) = self.recverr_toggles.pop() {
+            if let Some(s) = live_mut(&mut self.socks, idx) {
+                return Some((idx, s.fd, s.dests & super::DEST_V6 != 0, s.recverr));
+            }
+        }
+        None
+    }
+
+    /// The backend could not switch `IP_RECVERR` to `on`: the socket stays as it was (quiet
+    /// again for a while if it was to go loud; loud if it was to go quiet).
+    pub fn recverr_toggle_failed(&mut self, idx: u32, on: bool) {
+        if let Some(s) = live_mut(&mut self.socks, idx) {
+            s.recverr = !on;
+            if let super::Queue::Dgram(q) = &mut s.queue {
+                if on {
+                    q.go_quiet();
+                } else {
+                    q.go_loud();
+                }
+            }
+        }
     }
 
     /// Takes the peer errors recorded for the socket since the last call.

@@ -38,6 +38,12 @@ pub(super) struct OpSlot {
     pub(super) notif: Option<NotifWait>,
 }
 
+/// The live socket at `idx` of the slab, if any (a function of the slab alone, so the caller
+/// can still reach the core's other fields while it holds the socket).
+pub(super) fn live_mut(socks: &mut [SockSlot], idx: u32) -> Option<&mut Sock> {
+    socks.get_mut(idx as usize).and_then(|s| s.sock.as_mut())
+}
+
 impl Core {
     pub fn add_socket(&mut self, fd: RawFd, peer: Option<SocketAddr>, queue: Queue) -> SocketId {
         let sock = Sock {

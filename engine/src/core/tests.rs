@@ -631,6 +631,110 @@ both! {
     }
 }
 
+/// A relay through one unconnected socket: `flushes` flushes of one datagram to each of 8
+/// destinations (port 9100 + i), the one at `dead` closed; with peer-error sampling on or off.
+/// Checks every flush sent all 8 and failed none, and each live destination got exactly its
+/// datagrams in order. Returns (engine, handle, socket, transitions).
+fn sampled_relay(
+    mode: Mode,
+    sampling: bool,
+    dead: Option<u16>,
+    flushes: u64,
+) -> (Engine, SimHandle, SocketId, u64) {
+    let cfg = SimConfig {
+        peer_error_sampling: sampling,
+        ..no_gso()
+    };
+    let (mut e, k) = sim(mode, cfg);
+    let d = udp(&mut e, &k, None, true);
+    if let Some(p) = dead {
+        k.close_port(dest(p));
+    }
+    let mut want: Vec<Vec<Bytes>> = vec![Vec::new(); 8];
+    for f in 0..flushes {
+        for (i, w) in (0u16..).zip(want.iter_mut()) {
+            w.push(send_to(&mut e, d, f * 8 + u64::from(i), 9100 + i, 20));
+        }
+        let r = e.flush(d).unwrap();
+        assert_eq!((r.writes, r.failed), (8, 0), "flush {f}: {r:?}");
+    }
+    let log = k.peer(d);
+    for (i, w) in (0u16..).zip(&want) {
+        let got: Vec<Bytes> = log
+            .datagrams
+            .iter()
+            .filter(|x| x.dest == Some(dest(9100 + i)))
+            .map(|x| x.payload.clone())
+            .collect();
+        assert_eq!(&got, w, "destination {i}: every datagram once, in order");
+    }
+    let t = e.stats().kernel_transitions;
+    (e, k, d, t)
+}
+
+both! {
+    /// Peer-error sampling: a dead destination costs the relay about nothing (IP_RECVERR goes
+    /// off after two reads in a row found reports, back on after 64 passes for a sample); the
+    /// dead destination is still reported, from the samples; nothing else changes.
+    fn sampled_peer_errors_make_a_dead_destination_cost_nothing(mode) {
+        const FLUSHES: u64 = 200;
+        let (_, _, _, open) = sampled_relay(mode, true, None, FLUSHES);
+        let (mut e, k, d, dead) = sampled_relay(mode, true, Some(9103), FLUSHES);
+        let (mut e_all, _, d_all, every) = sampled_relay(mode, false, Some(9103), FLUSHES);
+        assert!(
+            dead * 10 <= open * 12,
+            "{dead} transitions with a dead destination, {open} with none"
+        );
+        // Reading every report: one read per flush behind the dead destination's datagram.
+        assert!(every >= 2 * FLUSHES - 4, "{every} transitions reading every report");
+        let switches = k.peer(d).recverr_switches;
+        // Off after flush 3 (the first report came from the stale error of flush 1, then two
+        // reads in a row), on again 64 passes later, off again two flushes after that…
+        assert!(switches.len() >= 4, "{switches:?}");
+        assert!(
+            switches.iter().step_by(2).all(|&on| !on) && switches.iter().skip(1).step_by(2).all(|&on| on),
+            "off and on in turn: {switches:?}"
+        );
+        let u = e.unreachable_destinations(d).unwrap();
+        assert_eq!(u.len(), 1, "{u:?}");
+        assert_eq!(u[0].dest, dest(9103));
+        let sampled = u[0].reports;
+        let all = e_all.unreachable_destinations(d_all).unwrap()[0].reports;
+        // Without sampling every datagram's report is read (io_uring: the last flush's read
+        // may still be in the ring when its barrier resolves; the next call reaps it).
+        let lag = u64::from(mode == Mode::Uring);
+        assert!(all + lag >= FLUSHES && all <= FLUSHES, "{all} reports of {FLUSHES}");
+        assert!(sampled > 0 && sampled < all / 4, "sampled {sampled} of {all}");
+        assert_eq!(e.stats().peer_errors, sampled);
+    }
+}
+
+both! {
+    /// Quiet (IP_RECVERR off for sampling), an ICMP error that arrived just before the switch
+    /// may still be pending: the datagram that picks it up goes again, once; a synchronous
+    /// error of its own (ENETUNREACH, twice) fails it after that one resend.
+    fn a_quiet_socket_resends_once_on_a_leftover_pending_error(mode) {
+        let (mut e, k, d, _) = sampled_relay(mode, true, Some(9103), 8);
+        assert_eq!(k.peer(d).recverr_switches, vec![false], "quiet by now");
+        let stale = e.stats().stale_error_resends;
+        k.set_pending_error(d, libc::ECONNREFUSED);
+        let x = send_to(&mut e, d, 1000, 9101, 20);
+        let r = e.flush(d).unwrap();
+        assert_eq!((r.writes, r.failed), (1, 0), "{r:?}");
+        assert_eq!(e.stats().stale_error_resends, stale + 1);
+        let last = k.peer(d).datagrams.last().cloned().unwrap();
+        assert_eq!((last.dest, last.payload), (Some(dest(9101)), x));
+
+        let ops = k.peer(d).ops.len();
+        k.script(d, [Verdict::Errno(libc::ENETUNREACH); 2]);
+        send_to(&mut e, d, 1001, 9101, 20);
+        let r = e.flush(d).unwrap();
+        assert_eq!((r.writes, r.failed), (0, 1), "{r:?}");
+        assert_eq!(r.failed_with(Status::NetworkUnreachable), 1, "{r:?}");
+        assert_eq!(k.peer(d).ops.len(), ops + 2, "one resend, then its own error");
+    }
+}
+
 both! {
     fn stale_icmp_resends_are_bounded_then_the_datagram_fails(mode) {
         // A connected socket without IP_RECVERR: the kernel gives no way to tell a stale

@@ -241,6 +241,8 @@ pub struct PeerLog {
     pub errqueue_reads: u32,
     /// Error-queue entries handed to the engine.
     pub errqueue_taken: Vec<(Option<SocketAddr>, i32)>,
+    /// `IP_RECVERR` switched on (true) or off (peer-error sampling), in order.
+    pub recverr_switches: Vec<bool>,
     /// For each `shutdown(SHUT_WR)`: the bytes the peer had then.
     pub shutdowns: Vec<usize>,
 }
@@ -1753,6 +1755,22 @@ impl Driver for SimKernel {
                 .filter(|&e| is_icmp_errno(e));
         }
         st.tally.transitions += calls;
+    }
+
+    fn set_recverr(&mut self, fd: RawFd, _v6: bool, on: bool) -> bool {
+        let mut st = self.st();
+        let Some(&reg) = st.by_fd.get(&fd) else {
+            panic!("sim kernel: set_recverr on unknown fd {fd}");
+        };
+        let p = &mut st.peers[reg];
+        p.recverr = on;
+        if !on {
+            // As `ip_setsockopt(IP_RECVERR, 0)`: the queue is purged, a pending error stays.
+            p.errqueue.clear();
+        }
+        p.log.recverr_switches.push(on);
+        st.tally.transitions += 1;
+        true
     }
 
     fn shutdown_write(&mut self, fd: RawFd) -> Result<(), Error> {

@@ -100,6 +100,9 @@ pub(crate) trait Driver {
                 .map(|(dest, errno)| Event::PeerError { sock, dest, errno }),
         );
     }
+    /// Switches `IP_RECVERR` (`IPV6_RECVERR` on an IPv6 socket) on or off (off also drops what
+    /// the error queue holds); whether it was switched. One `setsockopt` per option.
+    fn set_recverr(&mut self, fd: RawFd, v6: bool, on: bool) -> bool;
     /// `shutdown(fd, SHUT_WR)`.
     fn shutdown_write(&mut self, fd: RawFd) -> Result<(), Error>;
     /// Forgets the kernel-visible memory of every op in flight (a shutdown whose drain failed).
@@ -167,6 +170,9 @@ impl Driver for AnyDriver {
     }
     fn read_errqueue_after(&mut self, sock: u32, fd: RawFd, count: usize, out: &mut Vec<Event>) {
         dispatch!(self, d => d.read_errqueue_after(sock, fd, count, out))
+    }
+    fn set_recverr(&mut self, fd: RawFd, v6: bool, on: bool) -> bool {
+        dispatch!(self, d => d.set_recverr(fd, v6, on))
     }
     fn shutdown_write(&mut self, fd: RawFd) -> Result<(), Error> {
         dispatch!(self, d => d.shutdown_write(fd))

@@ -197,11 +197,12 @@ pub(crate) fn mmsghdr(m: &MsgMem) -> libc::mmsghdr {
     }
 }
 
-/// Turns on `IP_RECVERR` (and `IPV6_RECVERR` on an IPv6 socket): the kernel then reports local
-/// drops (`ENOBUFS` from a full qdisc, which it otherwise swallows for UDP) and queues ICMP errors
-/// with the destination they concern. Returns whether it is on.
-pub(crate) fn set_recverr(fd: RawFd, v6: bool) -> bool {
-    let on: libc::c_int = 1;
+/// Turns `IP_RECVERR` (and `IPV6_RECVERR` on an IPv6 socket) on or off. On, the kernel reports
+/// local drops (`ENOBUFS` from a full qdisc, which it otherwise swallows for UDP) and queues ICMP
+/// errors with the destination they concern; off, it drops what the error queue holds. Returns
+/// whether the switch was made.
+pub(crate) fn set_recverr(fd: RawFd, v6: bool, on: bool) -> bool {
+    let on = libc::c_int::from(on);
     // 4: the size of a c_int.
     let len: libc::socklen_t = 4;
     let set = |level, opt| {

@@ -1117,6 +1117,11 @@ impl Driver for Uring {
         }
     }
 
+    fn set_recverr(&mut self, fd: RawFd, v6: bool, on: bool) -> bool {
+        self.tally.transitions += 1 + u64::from(v6);
+        super::msg::set_recverr(fd, v6, on)
+    }
+
     fn shutdown_write(&mut self, fd: RawFd) -> Result<(), Error> {
         self.tally.transitions += 1;
         super::shutdown_write(fd)
