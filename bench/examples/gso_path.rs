@@ -28,7 +28,8 @@ fn main() {
     };
     let sink = UdpSocket::bind("127.0.0.1:0").expect("bind sink");
     let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    tx.connect(sink.local_addr().expect("addr")).expect("connect");
+    tx.connect(sink.local_addr().expect("addr"))
+        .expect("connect");
     let payload = Bytes::from_static(vec![7u8; SIZE * PER_FLUSH].leak());
     let mut engine = Engine::builder()
         .backend(backend)
@@ -38,8 +39,15 @@ fn main() {
         .expect("engine");
     let id = engine.register_udp(tx).expect("register");
     let sent = run(&mut engine, id, &payload);
-    assert_eq!(sent, (BATCHES * PER_FLUSH) as u64, "datagrams reported sent");
-    println!("{how}: {sent} datagrams, {} GSO sends", engine.stats().gso_sends);
+    assert_eq!(
+        sent,
+        (BATCHES * PER_FLUSH) as u64,
+        "datagrams reported sent"
+    );
+    println!(
+        "{how}: {sent} datagrams, {} GSO sends",
+        engine.stats().gso_sends
+    );
 }
 
 #[inline(never)]

@@ -363,3 +363,132 @@ fn veth_control_scribble_before_notification_is_seen() {
         got.len()
     );
 }
+
+// ---- memlock exhausted (FAILURES.md item 20: ENOMEM) -------------------------------------------
+
+/// Drops `CAP_IPC_LOCK` from the calling thread's effective and permitted sets (`capset(2)`):
+/// an io_uring created by this thread afterwards accounts zero-copy pages against
+/// `RLIMIT_MEMLOCK` (`io_notif_account_mem`; with the capability nothing is accounted).
+fn drop_ipc_lock() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    // _LINUX_CAPABILITY_VERSION_3 and CAP_IPC_LOCK (include/uapi/linux/capability.h).
+    const VERSION_3: u32 = 0x2008_0522;
+    const CAP_IPC_LOCK: u32 = 14;
+    let mut hdr = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget with a v3 header and room for the two v3 data structs.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) };
+    assert_eq!(rc, 0, "capget: {}", std::io::Error::last_os_error());
+    let bit = 1u32 << CAP_IPC_LOCK;
+    data[0].effective &= !bit;
+    data[0].permitted &= !bit;
+    // SAFETY: capset with the same header and data, one bit cleared.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) };
+    assert_eq!(rc, 0, "capset: {}", std::io::Error::last_os_error());
+}
+
+/// Sets `RLIMIT_MEMLOCK`'s soft limit to `bytes`, at most the hard one (left as it is).
+fn limit_memlock(bytes: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit calls with a live struct.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
+    assert_eq!(rc, 0, "getrlimit: {}", std::io::Error::last_os_error());
+    assert!(
+        lim.rlim_max >= bytes,
+        "hard RLIMIT_MEMLOCK {} < {bytes}",
+        lim.rlim_max
+    );
+    lim.rlim_cur = bytes;
+    // SAFETY: as above.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
+    assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
+}
+
+/// Sends `data` as 1 MiB buffers, one flush each (one op each); returns (zero-copy sends,
+/// fallbacks to copying, writes failed).
+fn send_mib_ops(e: &mut Engine, s: SocketId, data: &Bytes) -> (u64, u64, u64) {
+    for at in (0..data.len()).step_by(1 << 20) {
+        e.send(s, data.slice(at..(at + (1 << 20)).min(data.len())))
+            .unwrap();
+        e.flush(s).unwrap();
+    }
+    wait_notifications(e);
+    let st = e.stats();
+    (st.zc_sends, st.zc_fallbacks, st.writes_failed)
+}
+
+/// Without `CAP_IPC_LOCK` (in a child process) io_uring accounts its memory against
+/// `RLIMIT_MEMLOCK`. At 64 KiB the ring itself does not fit: `Backend::Uring` fails with
+/// `UringUnavailable` naming `ENOMEM` and the limit, `Auto` falls back to epoll saying why. At
+/// 512 KiB the ring fits but a zero-copy send of 1 MiB cannot pin its pages: the kernel refuses
+/// it with `ENOMEM`; the engine sends the same bytes again by copying (`Stats::zc_fallbacks`)
+/// and the socket copies from then on; the peer gets every byte exactly once. The control, in
+/// the same child first: with the capability the same sends go zero-copy, none refused.
+#[test]
+fn memlock_exhausted_zerocopy_falls_back_to_copying() {
+    const TEST: &str = "memlock_exhausted_zerocopy_falls_back_to_copying";
+    if !volley_tests::is_child() {
+        let out = volley_tests::run_child(TEST, &[]);
+        volley_tests::assert_child_passed(&out, "memlock child");
+        return;
+    }
+    let data = Bytes::from(payload(7, 8 << 20).to_vec());
+    // Control: as root (CAP_IPC_LOCK) nothing is accounted (adaptive off: loopback reports
+    // "copied", which must not turn zero-copy off here).
+    {
+        let mut e = zc_engine(64 << 10, false);
+        let sink = TcpSink::start();
+        let s = e.register_tcp(sink.connect()).unwrap();
+        let (zc, fallbacks, failed) = send_mib_ops(&mut e, s, &data);
+        assert_eq!((fallbacks, failed), (0, 0), "control");
+        // (More than 8: the rest of a short send goes zero-copy again.)
+        assert!(zc >= 8, "control: every 1 MiB op zero-copy: {zc}");
+        drop(e);
+        assert_bytes_eq(&sink.finish(), &data, "control");
+    }
+    drop_ipc_lock();
+    limit_memlock(64 << 10);
+    match Engine::builder().backend(Backend::Uring).build() {
+        Err(volley::Error::UringUnavailable { reason }) => assert!(
+            reason.contains("ENOMEM") && reason.contains("RLIMIT_MEMLOCK"),
+            "reason {reason:?}"
+        ),
+        Err(other) => panic!("64 KiB: expected UringUnavailable, got {other}"),
+        Ok(_) => panic!("64 KiB: the ring was set up within the limit"),
+    }
+    let auto = Engine::builder().backend(Backend::Auto).build().unwrap();
+    assert_eq!(auto.backend(), volley::BackendKind::Epoll);
+    let why = auto.fallback_reason().expect("a reason").to_string();
+    assert!(why.contains("ENOMEM"), "fallback reason {why:?}");
+    drop(auto);
+
+    limit_memlock(512 << 10);
+    let mut e = zc_engine(64 << 10, false);
+    let sink = TcpSink::start();
+    let s = e.register_tcp(sink.connect()).unwrap();
+    let (zc, fallbacks, failed) = send_mib_ops(&mut e, s, &data);
+    assert_eq!(
+        (zc, fallbacks, failed),
+        (1, 1, 0),
+        "one zero-copy op, refused (ENOMEM) and sent again by copying; then copying"
+    );
+    drop(e);
+    assert_bytes_eq(&sink.finish(), &data, "memlock 512 KiB");
+}
