@@ -435,8 +435,9 @@ fn send_mib_ops(e: &mut Engine, s: SocketId, data: &Bytes) -> (u64, u64, u64) {
 }
 
 /// Without `CAP_IPC_LOCK` (in a child process) io_uring accounts its memory against
-/// `RLIMIT_MEMLOCK`. At 64 KiB the ring itself does not fit: `Backend::Uring` fails with
-/// `UringUnavailable` naming `ENOMEM` and the limit, `Auto` falls back to epoll saying why. At
+/// `RLIMIT_MEMLOCK`. At 64 KiB the ring itself does not fit where the kernel charges it (6.18;
+/// 6.1 does not): `Backend::Uring` fails with `UringUnavailable` naming `ENOMEM` and the
+/// limit, `Auto` falls back to epoll saying why. At
 /// 512 KiB the ring fits but a zero-copy send of 1 MiB cannot pin its pages: the kernel refuses
 /// it with `ENOMEM`; the engine sends the same bytes again by copying (`Stats::zc_fallbacks`)
 /// and the socket copies from then on; the peer gets every byte exactly once. The control, in
@@ -465,19 +466,22 @@ fn memlock_exhausted_zerocopy_falls_back_to_copying() {
     }
     drop_ipc_lock();
     limit_memlock(64 << 10);
+    // Whether the ring's own memory counts against the limit depends on the kernel: 6.18
+    // charges it (`io_create_region`), 6.1 does not (its rings are memcg-accounted).
     match Engine::builder().backend(Backend::Uring).build() {
-        Err(volley::Error::UringUnavailable { reason }) => assert!(
-            reason.contains("ENOMEM") && reason.contains("RLIMIT_MEMLOCK"),
-            "reason {reason:?}"
-        ),
+        Err(volley::Error::UringUnavailable { reason }) => {
+            assert!(
+                reason.contains("ENOMEM") && reason.contains("RLIMIT_MEMLOCK"),
+                "reason {reason:?}"
+            );
+            let auto = Engine::builder().backend(Backend::Auto).build().unwrap();
+            assert_eq!(auto.backend(), volley::BackendKind::Epoll);
+            let why = auto.fallback_reason().expect("a reason").to_string();
+            assert!(why.contains("ENOMEM"), "fallback reason {why:?}");
+        }
         Err(other) => panic!("64 KiB: expected UringUnavailable, got {other}"),
-        Ok(_) => panic!("64 KiB: the ring was set up within the limit"),
+        Ok(_) => println!("64 KiB: this kernel does not charge the ring to RLIMIT_MEMLOCK"),
     }
-    let auto = Engine::builder().backend(Backend::Auto).build().unwrap();
-    assert_eq!(auto.backend(), volley::BackendKind::Epoll);
-    let why = auto.fallback_reason().expect("a reason").to_string();
-    assert!(why.contains("ENOMEM"), "fallback reason {why:?}");
-    drop(auto);
 
     limit_memlock(512 << 10);
     let mut e = zc_engine(64 << 10, false);
