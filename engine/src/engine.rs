@@ -919,22 +919,6 @@ impl Engine {
         ))
     }
 
-    /// Takes the report of `id`'s barrier if it has resolved.
-    fn resolve(&mut self, id: SocketId) -> Result<Option<FlushReport>, Error> {
-        let Some(target) = self.core.sock(id)?.barrier else {
-            return Ok(None);
-        };
-        if !self.core.barrier_done(id, target)? {
-            return Ok(None);
-        }
-        self.core.set_barrier(id, None)?;
-        let report = self.core.take_report(id)?;
-        if let Some(e) = self.core.flush_error(id, &report)? {
-            return Err(e);
-        }
-        Ok(Some(report))
-    }
-
     /// The flush barrier without blocking: submits what is pending, reaps what has completed,
     /// and returns `Some` with the report once every write accepted on `id` before the barrier
     /// is terminal. The barrier is set by the first call and kept by later ones until it
@@ -947,11 +931,11 @@ impl Engine {
             let target = self.core.barrier(id)?;
             self.core.set_barrier(id, Some(target))?;
         }
-        if let Some(r) = self.resolve(id)? {
+        if let Some(r) = self.core.resolve(id)? {
             return Ok(Some(r));
         }
         self.progress()?;
-        self.resolve(id)
+        self.core.resolve(id)
     }
 
     /// The flush barrier for one socket: returns when every write accepted on it before this
@@ -966,6 +950,10 @@ impl Engine {
     /// `flush_timeout` expired.
     pub fn flush(&mut self, id: SocketId) -> Result<FlushReport, Error> {
         let start = self.flush_clock();
+        if self.flush_solo(id)? {
+            self.record_flush(start);
+            return self.core.resolve_solo(id);
+        }
         // Covers every write accepted so far, including any a pending `try_flush` left out.
         let target = self.core.barrier(id)?;
         self.core.set_barrier(id, Some(target))?;
@@ -975,11 +963,52 @@ impl Engine {
             return Err(Error::FlushTimeout { socket: Some(id) });
         }
         self.record_flush(start);
-        match self.resolve(id)? {
+        match self.core.resolve(id)? {
             Some(r) => Ok(r),
             // Resolved by `drive_until`, so only an unknown socket lands here.
             None => Err(Error::UnknownSocket(id)),
         }
+    }
+
+    /// A flush's fast path for one op alone (`core/solo.rs`): when everything unsent on `id` is
+    /// one buffer and nothing is in flight anywhere, the driver sends it at once (`send(2)`, or
+    /// `sendto(2)` for one datagram to a destination); true when it went out whole (the barrier
+    /// resolves now: [`Core::resolve_solo`]). False leaves the flush to the general path: when
+    /// the case did not arise (nothing sent), or with any other result (a short write,
+    /// `EAGAIN`, an error) applied as the completion of the op the general path would have
+    /// issued — the same buffer — so the outcome is its own.
+    #[inline]
+    fn flush_solo(&mut self, id: SocketId) -> Result<bool, Error> {
+        let Some(solo) = self.core.solo(id) else {
+            return Ok(false);
+        };
+        let len = solo.buf.len();
+        let Some(res) = self.driver.send_solo(&solo) else {
+            return Ok(false);
+        };
+        // One system call, which carried the op unless it would have blocked.
+        let stats = &mut self.core.stats;
+        stats.kernel_transitions += 1;
+        if res != -libc::EAGAIN {
+            stats.batches += 1;
+            stats.sqes += 1;
+        }
+        let driver = &self.driver;
+        let read = || driver.now_ns();
+        let mut clock = Clock::new(&read);
+        if self.core.solo_sent(id, res, len, &mut clock) {
+            return Ok(true);
+        }
+        match self.core.plan_solo(id) {
+            Some(p) => self.events.push(Event::Done {
+                token: p.token,
+                res,
+            }),
+            // Cannot happen: nothing changed since `solo` found the op.
+            None => debug_assert!(false, "the solo op of {id} could not be planned"),
+        }
+        self.absorb()?;
+        Ok(false)
     }
 
     /// The flush barrier for the whole engine: every write accepted on any socket before this
@@ -1008,8 +1037,7 @@ impl Engine {
         let mut all = FlushAllReport::default();
         for id in ids {
             self.core.set_barrier(id, None)?;
-            let r = self.core.take_report(id)?;
-            let raised = self.core.flush_error(id, &r)?;
+            let (r, raised) = self.core.take_report(id)?;
             all.push(id, raised, r);
         }
         Ok(all)

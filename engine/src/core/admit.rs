@@ -103,7 +103,7 @@ impl Core {
     ) -> Result<(), SendError> {
         let len = data.len();
         let total = self.queued_bytes;
-        let cfg = &self.cfg;
+        let (cfg, round) = (&self.cfg, self.round);
         let s = match self.socks.get_mut(id.index as usize) {
             Some(SockSlot { gen, sock: Some(s) }) if *gen == id.gen => s,
             _ => return Err(self.refused(id, data, dest)),
@@ -141,12 +141,9 @@ impl Core {
             _ => return Err(self.refused(id, data, dest)),
         }
         s.queued_bytes += len;
-        let in_ready = s.in_ready;
+        s.wake(id.index, cfg, round, &mut self.ready);
         self.queued_bytes += len;
         self.pending_writes += 1;
-        if !in_ready {
-            self.wake(id.index);
-        }
         Ok(())
     }
 
