@@ -154,6 +154,20 @@ impl EngineBuilder {
         self
     }
 
+    /// Whether a blocking flush sends a lone op itself. Default true: when everything unsent
+    /// on the flushed socket is one buffer (a stream's, or one datagram) and nothing is in
+    /// flight anywhere, [`Engine::flush`] sends it with one `send(2)` (`sendto(2)` to an
+    /// unconnected socket's destination) and, if it went out whole, reports at once — without
+    /// the op machinery, ≈ 1 400 instructions less per flush (one message per flush, as a
+    /// VoIP relay sends, then costs about what a plain `send()` costs). Any other outcome (a
+    /// short write, `EAGAIN`, an error) is applied as the completion of the op the general
+    /// path would have issued, so reports, errors and stats are the general path's. False
+    /// only to compare with the general path.
+    pub fn solo_flush(mut self, on: bool) -> Self {
+        self.cfg.solo_flush = on;
+        self
+    }
+
     /// The zero-copy threshold asked for: the setter, else `VOLLEY_ZEROCOPY`, else the default.
     fn zerocopy_wanted(&self) -> Result<Option<usize>, Error> {
         if let Some(z) = self.zerocopy {
@@ -992,6 +1006,7 @@ impl Engine {
         if res != -libc::EAGAIN {
             stats.batches += 1;
             stats.sqes += 1;
+            stats.solo_sends += 1;
         }
         let driver = &self.driver;
         let read = || driver.now_ns();

@@ -108,6 +108,10 @@ pub(crate) struct Planned {
 /// completion would carry it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Solo<'a> {
+    #[cfg_attr(
+        not(any(test, fuzzing, feature = "sim")),
+        expect(dead_code, reason = "the simulated kernel's")
+    )]
     pub sock: u32,
     pub fd: RawFd,
     /// The payload, borrowed from the socket's queue.
@@ -116,6 +120,10 @@ pub(crate) struct Solo<'a> {
     pub dest: Option<SocketAddr>,
     /// A datagram: its queue sequence number (the simulated kernel attributes it); `None`: a
     /// stream's bytes.
+    #[cfg_attr(
+        not(any(test, fuzzing, feature = "sim")),
+        expect(dead_code, reason = "the simulated kernel's")
+    )]
     pub dgram: Option<u64>,
 }
 
