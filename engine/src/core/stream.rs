@@ -110,18 +110,28 @@ impl StreamQueue {
     /// The open staging chunk's memory for a [`crate::StreamWriter`], after sealing what it
     /// holds (writes staged by `send` keep their place in the queue): the writer fills the rest
     /// of the same 64 KiB buffer instead of allocating one. Given back by
-    /// [`StreamQueue::return_stage`]; a writer that is leaked just takes it along.
+    /// [`StreamQueue::restage`]; a writer that is leaked just takes it along.
     pub fn take_stage(&mut self) -> BytesMut {
         self.seal();
         std::mem::take(&mut self.tail)
     }
 
-    /// Takes back a writer's staging memory (what it did not fill), if nothing was staged
-    /// meanwhile.
-    pub fn return_stage(&mut self, stage: BytesMut) {
+    /// Takes back a writer's staging memory with the writes it holds (`ends`: where each ends
+    /// in `stage`; after everything queued before them): they stay staged where they lie, as
+    /// small writes `send` stages, until an op is planned — or a flush's solo send takes them
+    /// from there. Hands back the writer's end-offset vector if it was not kept. Only while the
+    /// writer holds the stream's staging (nothing was staged meanwhile, which a writer's
+    /// borrow of the engine rules out); else its writes are queued as a chunk.
+    pub fn restage(&mut self, stage: BytesMut, ends: Vec<u32>) -> Vec<u32> {
         if self.tail_ends.is_empty() && self.tail.capacity() == 0 {
+            self.next_seq += ends.len() as u64;
             self.tail = stage;
+            return std::mem::replace(&mut self.tail_ends, ends);
         }
+        if ends.is_empty() {
+            return ends;
+        }
+        self.push_chunk(stage.freeze(), ends)
     }
 
     /// An empty end-offset vector, with capacity if one is spare (a writer's first chunk).
