@@ -352,7 +352,7 @@ impl DgramQueue {
     /// The queue's one datagram, when it is all there is and nothing else waits (no group
     /// planned, no GSO probe, no suspect, no noisy destination): (payload, destination,
     /// sequence number), for a flush to send itself ([`Core::solo`](super::Core::solo)).
-    pub fn solo(&self) -> Option<(&[u8], Option<SocketAddr>, u64)> {
+    pub fn solo(&self) -> Option<(&[u8], Option<&SocketAddr>, u64)> {
         if self.q.len() != 1
             || self.queued != 1
             || !self.ahead.is_empty()
@@ -363,7 +363,7 @@ impl DgramQueue {
             return None;
         }
         let d = self.q.front()?;
-        Some((&d.data, d.dest, self.front_seq))
+        Some((&d.data, d.dest.as_ref(), self.front_seq))
     }
 
     /// The [`DgramQueue::solo`] datagram was sent: it ends, as [`Core::complete_dgram`] ends a

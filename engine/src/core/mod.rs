@@ -22,7 +22,6 @@ mod slots;
 mod solo;
 mod stream;
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
@@ -250,11 +249,56 @@ impl Sock {
 
     /// Puts socket `idx` (this one) on the `ready` list if it has work and is not there yet.
     #[inline]
-    fn wake(&mut self, idx: u32, cfg: &Config, round: u64, ready: &mut VecDeque<u32>) {
+    fn wake(&mut self, idx: u32, cfg: &Config, round: u64, ready: &mut Ready) {
         if !self.in_ready && self.has_work(cfg, round) {
             self.in_ready = true;
-            ready.push_back(idx);
+            ready.push(idx);
         }
+    }
+}
+
+/// Sockets with work, in the order they were woken (round-robin): a vector and the index of
+/// its front. [`Core::next_op`] is called until it drains it, which empties the vector, so it
+/// holds at most the wakes between two planning rounds (a socket is on it at most once:
+/// `Sock::in_ready`).
+#[derive(Debug, Default)]
+struct Ready {
+    list: Vec<u32>,
+    head: usize,
+}
+
+impl Ready {
+    #[inline]
+    fn push(&mut self, idx: u32) {
+        self.list.push(idx);
+    }
+
+    fn pop(&mut self) -> Option<u32> {
+        let idx = *self.list.get(self.head)?;
+        self.head += 1;
+        if self.head == self.list.len() {
+            self.clear();
+        }
+        Some(idx)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.head == self.list.len()
+    }
+
+    /// The one socket on the list, if exactly one is.
+    #[inline]
+    fn only(&self) -> Option<u32> {
+        match self.list[self.head..] {
+            [idx] => Some(idx),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    fn clear(&mut self) {
+        self.list.clear();
+        self.head = 0;
     }
 }
 
@@ -266,7 +310,7 @@ pub(crate) struct Core {
     free_socks: Vec<u32>,
     ops: Vec<OpSlot>,
     free_ops: Vec<u32>,
-    ready: VecDeque<u32>,
+    ready: Ready,
     queued_bytes: usize,
     /// Accepted writes not yet terminal, over all sockets.
     pending_writes: u64,
@@ -307,7 +351,7 @@ impl Core {
             free_socks: Vec::new(),
             ops: Vec::new(),
             free_ops: Vec::new(),
-            ready: VecDeque::new(),
+            ready: Ready::default(),
             queued_bytes: 0,
             pending_writes: 0,
             in_flight: 0,
@@ -494,7 +538,7 @@ impl Core {
     /// `capped` until an op completes.
     pub fn next_op(&mut self) -> Option<Planned> {
         loop {
-            let idx = self.ready.pop_front()?;
+            let idx = self.ready.pop()?;
             if let Some(s) = self.socks[idx as usize].sock.as_mut() {
                 s.in_ready = false;
             }

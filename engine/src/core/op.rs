@@ -117,7 +117,7 @@ pub(crate) struct Solo<'a> {
     /// The payload, borrowed from the socket's queue.
     pub buf: &'a [u8],
     /// Destination for an unconnected datagram socket.
-    pub dest: Option<SocketAddr>,
+    pub dest: Option<&'a SocketAddr>,
     /// A datagram: its queue sequence number (the simulated kernel attributes it); `None`: a
     /// stream's bytes.
     #[cfg_attr(

@@ -23,8 +23,7 @@ impl Core {
     pub fn solo(&self, id: SocketId) -> Option<Solo<'_>> {
         if !self.cfg.solo_flush
             || self.in_flight != 0
-            || self.ready.len() != 1
-            || self.ready.front() != Some(&id.index)
+            || self.ready.only() != Some(id.index)
             || !self.backoff.is_empty()
             || !self.watch.is_empty()
             || !self.errqueue.is_empty()

@@ -1242,7 +1242,7 @@ impl State {
                     group: u32::MAX,
                 },
             },
-            dest: op.dest,
+            dest: op.dest.copied(),
             zerocopy: false,
         };
         let snapshot = vec![op.buf.to_vec()];
