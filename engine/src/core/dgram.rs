@@ -352,6 +352,7 @@ impl DgramQueue {
     /// The queue's one datagram, when it is all there is and nothing else waits (no group
     /// planned, no GSO probe, no suspect, no noisy destination): (payload, destination,
     /// sequence number), for a flush to send itself ([`Core::solo`](super::Core::solo)).
+    #[inline]
     pub fn solo(&self) -> Option<(&[u8], Option<&SocketAddr>, u64)> {
         if self.q.len() != 1
             || self.queued != 1
@@ -370,16 +371,16 @@ impl DgramQueue {
     /// sent one. Returns its length, and (length, queued time) if it was sampled.
     #[inline]
     pub fn solo_sent(&mut self) -> (usize, Option<(usize, u64)>) {
-        // Planned by no grouping pass: it leaves the queued count here.
-        self.queued -= 1;
-        let Some(d) = self.q.front_mut() else {
+        // The queue's only datagram (`solo`), planned by no grouping pass, is terminal: it
+        // leaves the queue as `pop_terminal` would take it.
+        let Some(d) = self.q.pop_front() else {
             return (0, None);
         };
-        d.state = State::Sent;
+        self.queued -= 1;
+        self.front_seq += 1;
+        self.scan = 0;
         let len = d.data.len();
-        let sampled = (d.queued_ns != 0).then_some((len, d.queued_ns));
-        self.pop_terminal();
-        (len, sampled)
+        (len, (d.queued_ns != 0).then_some((len, d.queued_ns)))
     }
 
     pub fn slices(&self, group: u32, f: &mut impl FnMut(&[u8])) {

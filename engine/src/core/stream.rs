@@ -226,6 +226,7 @@ impl StreamQueue {
     /// Everything unsent, when it is one buffer sent from its first byte and nothing is
     /// planned: the open staging chunk alone, or one entry alone (a flush may send it itself:
     /// [`Core::solo`](super::Core::solo)).
+    #[inline]
     pub fn solo(&self) -> Option<&[u8]> {
         if self.planned.is_some() || self.head_off != 0 {
             return None;
@@ -241,7 +242,7 @@ impl StreamQueue {
     /// sent from where it lies is emptied in place (its memory takes the next small writes; no
     /// entry was made for it). Returns the count and total length of the writes, and (length,
     /// queued time) if one of them was sampled.
-    #[inline]
+    #[inline(always)]
     pub fn solo_sent(&mut self) -> ((u64, usize), Option<(usize, u64)>) {
         let (count, total, sampled) = if self.q.is_empty() {
             let (count, total) = (self.tail_ends.len(), self.tail.len());

@@ -329,6 +329,7 @@ impl Driver for Epoll {
         Ok(())
     }
 
+    #[inline]
     fn send_solo(&mut self, op: &Solo<'_>) -> Option<i32> {
         // Nothing is ever in flight between calls.
         Some(super::msg::send_solo(op))

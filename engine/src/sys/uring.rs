@@ -1058,6 +1058,7 @@ impl Driver for Uring {
     /// Like [`Uring::direct`]: a plain send costs one transition, as `io_uring_enter` would,
     /// without the ring's per-op work. Only while the ring holds nothing of the engine's (an op,
     /// a cancel, an error-queue read), so nothing it reports later can overtake it.
+    #[inline]
     fn send_solo(&mut self, op: &Solo<'_>) -> Option<i32> {
         if self.in_kernel > 0 || !self.idle() {
             return None;
