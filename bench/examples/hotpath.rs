@@ -102,6 +102,7 @@ fn latency(how: &str, solo: bool) {
     const N: usize = LATENCY_MESSAGES;
     let (stream, rx) = connected();
     let payload = Bytes::from_static(vec![7u8; SIZE].leak());
+    let t = std::time::Instant::now();
     match how {
         "latency-write" => run_latency_write(stream, &payload, N),
         "latency" | "latency-writer" => {
@@ -116,8 +117,9 @@ fn latency(how: &str, solo: bool) {
         }
         other => panic!("unknown method {other}: latency, latency-writer or latency-write"),
     }
+    let ns = t.elapsed().as_nanos() / N as u128;
     assert_eq!(rx.join().expect("receiver"), N * SIZE, "bytes received");
-    println!("{how}: {N} messages");
+    println!("{how}: {N} messages, {ns} ns each (wall clock, with set-up and teardown)");
 }
 
 #[inline(never)]
@@ -163,6 +165,7 @@ fn latency_udp(how: &str, solo: bool) {
         got
     });
     let payload = Bytes::from_static(vec![7u8; 172].leak());
+    let t = std::time::Instant::now();
     match how {
         "latency-udp-send" => run_latency_udp_send(&tx, &payload, N),
         "latency-udp" => {
@@ -174,8 +177,9 @@ fn latency_udp(how: &str, solo: bool) {
         other => panic!("unknown method {other}: latency-udp or latency-udp-send"),
     }
     // Loopback drops nothing the receiver has room for; a slow receiver may lose a few.
+    let ns = t.elapsed().as_nanos() / N as u128;
     let got = counter.join().expect("receiver");
-    println!("{how}: {N} datagrams, {got} received");
+    println!("{how}: {N} datagrams, {got} received, {ns} ns each (wall clock, with set-up)");
 }
 
 #[inline(never)]

@@ -272,8 +272,8 @@ fn a_refused_datagram_is_reported_as_on_the_general_path(b: Backend) {
                 .expect("engine");
             let id = e.register_udp(udp_connected(dead)).expect("register");
             let mut out = Vec::new();
-            for i in 0..6 {
-                e.send(id, dgram(i, 64 + i as usize)).expect("send");
+            for (tag, len) in (0..6).zip(64..) {
+                e.send(id, dgram(tag, len)).expect("send");
                 out.push(seen(&e.flush(id)));
             }
             let peer_errors: Vec<Option<SocketAddr>> = e

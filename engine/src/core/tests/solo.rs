@@ -201,7 +201,7 @@ both! {
             let e2 = r.unwrap_err();
             assert!(matches!(e2, Error::Socket { errno: libc::ECONNRESET, socket, .. } if socket == h));
             if solo {
-                assert_eq!(solos(&k, h), [true, true]);
+                assert_eq!(solos(k, h), [true, true]);
             }
             // Poisoned: later sends and flushes fail the same way.
             let refused = e.send(h, payload(9, 5)).unwrap_err();
