@@ -956,6 +956,10 @@ impl Engine {
     /// call is terminal (sent or failed), with what happened to them since its previous flush.
     /// Other sockets never delay it.
     ///
+    /// With one buffer (or one datagram) to send and nothing in flight on any socket, it sends
+    /// it itself with one `send(2)`/`sendto(2)` and, if it went out whole, returns at once
+    /// ([`EngineBuilder::solo_flush`]); whatever else happens to it is the general path's.
+    ///
     /// # Errors
     /// For a TCP stream, the first error of a failed write (the socket is then poisoned, and
     /// later flushes and sends fail the same way). For UDP, per-datagram failures are counted in
