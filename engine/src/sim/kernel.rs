@@ -27,6 +27,11 @@
 //!   drops the error), and `NotIssued` for the rest; EAGAIN leaves the socket to be watched
 //!   (`watch_writable` arms it; `enter` reports `Event::Writable` once the peer is unstalled).
 //!
+//! A flush's lone op (`Driver::send_solo`) is decided at once, as the real drivers send it: on
+//! epoll as a one-op `issue`; on io_uring as a non-blocking send beside an empty ring (a held op
+//! is `-EAGAIN`: nothing sent or recorded, and a hold the script or behaviour gave waits for the
+//! op the ring gets next). It is recorded with [`OpRecord::solo`] set.
+//!
 //! UDP peers: a datagram sent to a closed port ([`SimHandle::close_port`]) brings an ICMP port
 //! unreachable back at once: with `IP_RECVERR` an error-queue entry `(dest, ECONNREFUSED)`, and
 //! for a connected socket or one with `IP_RECVERR` the pending error `sk_err` that the next
