@@ -8,9 +8,17 @@
 //!     target/release/examples/hotpath writer   # or: send, bufwriter
 //! ```
 //! Instructions per message = the `run_*` function's inclusive count ÷ (BATCHES × 1024).
+//!
+//! One message per flush (tcp-latency's and udp-latency's shape), 20 000 times: `latency`
+//! (`send` + `flush`), `latency-writer` (a `StreamWriter` per message, as `volley bench`
+//! writes small TCP messages), `latency-write` (a plain `write` per message), `latency-udp`
+//! (172-byte datagrams on a connected UDP socket, `send` + `flush`) and `latency-udp-send` (a
+//! plain `send` per datagram); instructions per message = the `run_*` function's count ÷
+//! 20 000. The engine's backend: `VOLLEY_BACKEND` (default io_uring where it works); a second
+//! argument `general` turns the flush's solo path off (`EngineBuilder::solo_flush(false)`).
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 
 use bytes::Bytes;
 use volley::{Backend, Engine};
@@ -21,16 +29,19 @@ const SIZE: usize = 64;
 
 fn main() {
     let how = std::env::args().nth(1).unwrap_or_else(|| "writer".into());
-    // `latency`: one message per flush (tcp-latency's shape), through `send` + `flush`.
-    if how == "latency" || how == "latency-write" {
-        return latency(&how);
+    let solo = std::env::args().nth(2).as_deref() != Some("general");
+    if how.starts_with("latency-udp") {
+        return latency_udp(&how, solo);
+    }
+    if how.starts_with("latency") {
+        return latency(&how, solo);
     }
     let (stream, rx) = connected();
     let payload = Bytes::from_static(vec![7u8; SIZE * PER_FLUSH].leak());
     match how.as_str() {
         "bufwriter" => run_bufwriter(stream, &payload),
         "send" | "writer" => {
-            let mut engine = engine();
+            let mut engine = engine(solo);
             let id = engine.register_tcp(stream).expect("register");
             if how == "send" {
                 run_send(&mut engine, id, &payload);
@@ -81,22 +92,34 @@ fn run_writer(engine: &mut Engine, id: volley::SocketId, payload: &Bytes) {
     }
 }
 
-/// One 64-byte message per flush, 20 000 times: `latency` through the engine (`send` +
-/// `flush`), `latency-write` through a plain `write` per message.
-fn latency(how: &str) {
-    const N: usize = 20_000;
+/// One message per flush, 20 000 times (see the module docs).
+const LATENCY_MESSAGES: usize = 20_000;
+
+/// One 64-byte message per flush: `latency` through the engine (`send` + `flush`),
+/// `latency-writer` through a `StreamWriter` per message, `latency-write` through a plain
+/// `write` per message.
+fn latency(how: &str, solo: bool) {
+    const N: usize = LATENCY_MESSAGES;
     let (stream, rx) = connected();
     let payload = Bytes::from_static(vec![7u8; SIZE].leak());
-    if how == "latency-write" {
-        run_latency_write(stream, &payload, N);
-    } else {
-        let mut engine = engine();
-        let id = engine.register_tcp(stream).expect("register");
-        run_latency(&mut engine, id, &payload, N);
-        drop(engine);
+    let t = std::time::Instant::now();
+    match how {
+        "latency-write" => run_latency_write(stream, &payload, N),
+        "latency" | "latency-writer" => {
+            let mut engine = engine(solo);
+            let id = engine.register_tcp(stream).expect("register");
+            if how == "latency" {
+                run_latency(&mut engine, id, &payload, N);
+            } else {
+                run_latency_writer(&mut engine, id, &payload, N);
+            }
+            drop(engine);
+        }
+        other => panic!("unknown method {other}: latency, latency-writer or latency-write"),
     }
+    let ns = t.elapsed().as_nanos() / N as u128;
     assert_eq!(rx.join().expect("receiver"), N * SIZE, "bytes received");
-    println!("{how}: {N} messages");
+    println!("{how}: {N} messages, {ns} ns each (wall clock, with set-up and teardown)");
 }
 
 #[inline(never)]
@@ -108,9 +131,61 @@ fn run_latency(engine: &mut Engine, id: volley::SocketId, payload: &Bytes, n: us
 }
 
 #[inline(never)]
+fn run_latency_writer(engine: &mut Engine, id: volley::SocketId, payload: &Bytes, n: usize) {
+    for _ in 0..n {
+        let mut w = engine.writer(id).expect("writer");
+        w.write(payload).expect("write");
+        drop(w);
+        engine.flush(id).expect("flush");
+    }
+}
+
+#[inline(never)]
 fn run_latency_write(mut stream: TcpStream, payload: &Bytes, n: usize) {
     for _ in 0..n {
         stream.write_all(payload).expect("write");
+    }
+}
+
+/// One 172-byte datagram per flush on a connected UDP socket: `latency-udp` through the engine
+/// (`send` + `flush`), `latency-udp-send` through a plain `send` per datagram.
+fn latency_udp(how: &str, solo: bool) {
+    const N: usize = LATENCY_MESSAGES;
+    let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    tx.connect(rx.local_addr().expect("addr")).expect("connect");
+    let counter = std::thread::spawn(move || {
+        rx.set_read_timeout(Some(std::time::Duration::from_millis(500)))
+            .expect("SO_RCVTIMEO");
+        let mut buf = [0u8; 2048];
+        let mut got = 0;
+        while got < N && rx.recv(&mut buf).is_ok() {
+            got += 1;
+        }
+        got
+    });
+    let payload = Bytes::from_static(vec![7u8; 172].leak());
+    let t = std::time::Instant::now();
+    match how {
+        "latency-udp-send" => run_latency_udp_send(&tx, &payload, N),
+        "latency-udp" => {
+            let mut engine = engine(solo);
+            let id = engine.register_udp(tx).expect("register");
+            run_latency(&mut engine, id, &payload, N);
+            drop(engine);
+        }
+        other => panic!("unknown method {other}: latency-udp or latency-udp-send"),
+    }
+    // Loopback drops nothing the receiver has room for; a slow receiver may lose a few.
+    let ns = t.elapsed().as_nanos() / N as u128;
+    let got = counter.join().expect("receiver");
+    println!("{how}: {N} datagrams, {got} received, {ns} ns each (wall clock, with set-up)");
+}
+
+#[inline(never)]
+fn run_latency_udp_send(tx: &UdpSocket, payload: &Bytes, n: usize) {
+    for _ in 0..n {
+        tx.send(payload).expect("send");
     }
 }
 
@@ -136,12 +211,14 @@ fn connected() -> (TcpStream, std::thread::JoinHandle<usize>) {
     (stream, rx)
 }
 
-/// An io_uring engine with no latency sampling (the loops time nothing themselves).
-fn engine() -> Engine {
+/// An engine on `VOLLEY_BACKEND` (default: io_uring where it works) with no latency sampling
+/// (the loops time nothing themselves); `solo`: the flush's solo path.
+fn engine(solo: bool) -> Engine {
     Engine::builder()
-        .backend(Backend::Uring)
+        .backend(Backend::from_env().expect("VOLLEY_BACKEND"))
         .write_latency_every(0)
         .flush_latency_every(0)
+        .solo_flush(solo)
         .build()
         .expect("engine")
 }

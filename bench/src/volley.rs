@@ -194,9 +194,10 @@ impl Method for Volley {
         let (engine, event_loop) = (engine, *event_loop);
         match spec.kind {
             // Small messages are written by reference through a `StreamWriter` (copied into
-            // the engine's staging, as a `BufWriter` copies them); big ones are handed over as
-            // `Bytes` (no copy).
-            Kind::Tcp if spec.msg_size <= WRITER_MAX_BYTES => {
+            // the engine's staging, as a `BufWriter` copies them); big ones, and one message
+            // per flush (a writer per message costs more than the one `send` it feeds: the
+            // flush sends the `Bytes` directly), are handed over as `Bytes` (no copy).
+            Kind::Tcp if spec.msg_size <= WRITER_MAX_BYTES && spec.per_peer > 1 => {
                 for (peer, &id) in ids.iter().enumerate() {
                     write_small(engine, id, w, peer, spec.per_peer)?;
                 }

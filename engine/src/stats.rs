@@ -47,6 +47,11 @@ pub struct Stats {
     /// with no room left); every op then in flight was cancelled, and each whose completion was
     /// lost failed with `Status::CompletionLost`.
     pub completion_losses: u64,
+    /// Ops a flush sent itself, outside the op machinery (`EngineBuilder::solo_flush`: its
+    /// socket's one buffer, nothing in flight): one `send(2)`/`sendto(2)` each, counted in
+    /// `kernel_transitions`, `batches` and `sqes` too. One that would have blocked is not
+    /// counted here (nor as a batch): it went on through the general path.
+    pub solo_sends: u64,
     /// Zero-copy stream sends (`SEND_ZC`/`SENDMSG_ZC`) whose first completion came.
     pub zc_sends: u64,
     /// Zero-copy notifications received (each releases one op's buffers).
@@ -87,6 +92,7 @@ impl Default for Stats {
             peer_errors: 0,
             stale_error_resends: 0,
             completion_losses: 0,
+            solo_sends: 0,
             zc_sends: 0,
             zc_notifications: 0,
             zc_copied: 0,

@@ -52,18 +52,18 @@ impl Engine {
         // A chunk holds at most `coalesce_max_bytes` ≤ u32::MAX bytes (`Config::clamped`), so
         // the u32 end offsets cannot saturate.
         let chunk_bytes = self.core.cfg.coalesce_max_bytes;
-        let ends = self.core.spare_ends(id.index);
-        let chunk = self.core.take_stage(id.index);
-        Ok(StreamWriter {
+        let mut w = StreamWriter {
             engine: self,
             id,
             room,
-            chunk,
-            ends,
+            chunk: BytesMut::new(),
+            ends: Vec::new(),
             fill_to: 0,
             max_writes: 0,
             chunk_bytes,
-        })
+        };
+        w.take_stage();
+        Ok(w)
     }
 }
 
@@ -93,7 +93,7 @@ impl StreamWriter<'_> {
     /// # Errors
     /// As [`Engine::flush`].
     pub fn flush(&mut self) -> Result<FlushReport, Error> {
-        self.hand_off();
+        self.give_back();
         let r = self.engine.flush(self.id);
         self.reopen();
         r
@@ -104,7 +104,7 @@ impl StreamWriter<'_> {
     /// # Errors
     /// As [`Engine::submit`].
     pub fn submit(&mut self) -> Result<(), Error> {
-        self.hand_off();
+        self.give_back();
         let r = self.engine.submit();
         self.reopen();
         r
@@ -115,7 +115,27 @@ impl StreamWriter<'_> {
         self.id
     }
 
-    /// Hands the chunk to the engine's queue (the writes are the engine's from here on).
+    /// Takes the stream's staging memory to fill, and a spare end-offset vector; writes that
+    /// fit it (and the room) take the one-test path from the first.
+    fn take_stage(&mut self) {
+        (self.chunk, self.ends) = self.engine.core.take_stage(self.id.index);
+        self.fill_to = self.chunk.capacity().min(self.room.bytes);
+        self.max_writes = self.room.writes;
+    }
+
+    /// Gives the staging memory back to the stream with the writes it holds (the writes are
+    /// the engine's from here on), staged where they lie as `send` stages small writes: no
+    /// chunk is frozen, and a flush that finds them alone sends them from there.
+    fn give_back(&mut self) {
+        let stage = std::mem::take(&mut self.chunk);
+        let ends = std::mem::take(&mut self.ends);
+        self.engine.core.restage(self.id.index, stage, ends);
+        self.fill_to = 0;
+        self.max_writes = 0;
+    }
+
+    /// Hands the chunk to the engine's queue, frozen (the writes are the engine's from here
+    /// on); the writer fills the rest of its memory.
     fn hand_off(&mut self) {
         if self.ends.is_empty() {
             return;
@@ -172,20 +192,17 @@ impl StreamWriter<'_> {
         self.engine.core.refuse_copy(self.id, len)
     }
 
-    /// Completions may have freed room, or poisoned the stream (then no room: the next write
-    /// reports the error).
+    /// After a flush or submit: completions may have freed room, or poisoned the stream (then
+    /// no room: the next write reports the error); the staging memory is taken again.
     fn reopen(&mut self) {
         self.room = self.engine.core.open_stream(self.id).unwrap_or_default();
+        self.take_stage();
     }
 }
 
 impl Drop for StreamWriter<'_> {
     fn drop(&mut self) {
-        self.hand_off();
-        let ends = std::mem::take(&mut self.ends);
-        self.engine.core.return_ends(self.id.index, ends);
-        let stage = std::mem::take(&mut self.chunk);
-        self.engine.core.return_stage(self.id.index, stage);
+        self.give_back();
     }
 }
 

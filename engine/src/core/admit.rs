@@ -103,7 +103,7 @@ impl Core {
     ) -> Result<(), SendError> {
         let len = data.len();
         let total = self.queued_bytes;
-        let cfg = &self.cfg;
+        let (cfg, round) = (&self.cfg, self.round);
         let s = match self.socks.get_mut(id.index as usize) {
             Some(SockSlot { gen, sock: Some(s) }) if *gen == id.gen => s,
             _ => return Err(self.refused(id, data, dest)),
@@ -141,12 +141,9 @@ impl Core {
             _ => return Err(self.refused(id, data, dest)),
         }
         s.queued_bytes += len;
-        let in_ready = s.in_ready;
+        s.wake(id.index, cfg, round, &mut self.ready);
         self.queued_bytes += len;
         self.pending_writes += 1;
-        if !in_ready {
-            self.wake(id.index);
-        }
         Ok(())
     }
 
@@ -192,9 +189,9 @@ impl Core {
         spare
     }
 
-    /// An empty end-offset vector for a writer's chunk on `idx` (a spare one: no allocation
-    /// in the steady state).
-    pub fn spare_ends(&mut self, idx: u32) -> Vec<u32> {
+    /// The staging memory of stream `idx` for a writer ([`StreamQueue::take_stage`]), and an
+    /// empty end-offset vector for its chunk (a spare one: no allocation in the steady state).
+    pub fn take_stage(&mut self, idx: u32) -> (BytesMut, Vec<u32>) {
         match self.socks.get_mut(idx as usize) {
             Some(SockSlot {
                 sock:
@@ -203,53 +200,29 @@ impl Core {
                         ..
                     }),
                 ..
-            }) => q.spare_ends(),
-            _ => Vec::new(),
+            }) => (q.take_stage(), q.spare_ends()),
+            _ => (BytesMut::new(), Vec::new()),
         }
     }
 
-    /// The staging memory of stream `idx` for a writer ([`StreamQueue::take_stage`]).
-    pub fn take_stage(&mut self, idx: u32) -> BytesMut {
-        match self.socks.get_mut(idx as usize) {
-            Some(SockSlot {
-                sock:
-                    Some(Sock {
-                        queue: Queue::Stream(q),
-                        ..
-                    }),
-                ..
-            }) => q.take_stage(),
-            _ => BytesMut::new(),
-        }
-    }
-
-    /// Takes back a writer's staging memory when it closes.
-    pub fn return_stage(&mut self, idx: u32, stage: BytesMut) {
-        if let Some(SockSlot {
-            sock:
-                Some(Sock {
-                    queue: Queue::Stream(q),
-                    ..
-                }),
-            ..
-        }) = self.socks.get_mut(idx as usize)
-        {
-            q.return_stage(stage);
-        }
-    }
-
-    /// Takes back a writer's end-offset vector when it closes.
-    pub fn return_ends(&mut self, idx: u32, ends: Vec<u32>) {
-        if let Some(SockSlot {
-            sock:
-                Some(Sock {
-                    queue: Queue::Stream(q),
-                    ..
-                }),
-            ..
-        }) = self.socks.get_mut(idx as usize)
-        {
-            q.return_ends(ends);
+    /// Takes back a writer's staging memory and its last writes, staged where they lie
+    /// ([`StreamQueue::restage`]), and its end-offset vector, on a stream opened with
+    /// [`Core::open_stream`] (the writer kept within its room).
+    pub fn restage(&mut self, idx: u32, stage: BytesMut, ends: Vec<u32>) {
+        let Some(SockSlot { sock: Some(s), .. }) = self.socks.get_mut(idx as usize) else {
+            return;
+        };
+        let Queue::Stream(q) = &mut s.queue else {
+            return;
+        };
+        let (len, writes) = (stage.len(), ends.len());
+        let spare = q.restage(stage, ends);
+        q.return_ends(spare);
+        if writes > 0 {
+            s.queued_bytes += len;
+            self.queued_bytes += len;
+            self.pending_writes += writes as u64;
+            s.wake(idx, &self.cfg, self.round, &mut self.ready);
         }
     }
 

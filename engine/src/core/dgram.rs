@@ -405,6 +405,41 @@ impl DgramQueue {
         Some((shape, g.dest))
     }
 
+    /// The queue's one datagram, when it is all there is and nothing else waits (no group
+    /// planned, no GSO probe, no suspect, no noisy destination): (payload, destination,
+    /// sequence number), for a flush to send itself ([`Core::solo`](super::Core::solo)).
+    #[inline]
+    pub fn solo(&self) -> Option<(&[u8], Option<&SocketAddr>, u64)> {
+        if self.q.len() != 1
+            || self.queued != 1
+            || !self.ahead.is_empty()
+            || !self.suspects.is_empty()
+            || self.probing != 0
+            || !self.noisy.is_empty()
+            || self.quiet_since.is_some()
+        {
+            return None;
+        }
+        let d = self.q.front()?;
+        Some((&d.data, d.dest.as_ref(), self.front_seq))
+    }
+
+    /// The [`DgramQueue::solo`] datagram was sent: it ends, as [`Core::complete_dgram`] ends a
+    /// sent one. Returns its length, and (length, queued time) if it was sampled.
+    #[inline]
+    pub fn solo_sent(&mut self) -> (usize, Option<(usize, u64)>) {
+        // The queue's only datagram (`solo`), planned by no grouping pass, is terminal: it
+        // leaves the queue as `pop_terminal` would take it.
+        let Some(d) = self.q.pop_front() else {
+            return (0, None);
+        };
+        self.queued -= 1;
+        self.front_seq += 1;
+        self.scan = 0;
+        let len = d.data.len();
+        (len, (d.queued_ns != 0).then_some((len, d.queued_ns)))
+    }
+
     pub fn slices(&self, group: u32, f: &mut impl FnMut(&[u8])) {
         for &seq in &self.flying[group as usize] {
             f(&self.q[self.index(seq)].data);
@@ -668,9 +703,7 @@ impl Core {
             if gso && count > 1 {
                 self.stats.gso_sends += 1;
             }
-            self.stats.bytes_sent += bytes as u64;
-            s.acc.bytes += bytes as u64;
-            self.ended_ok(idx, count as u64, total, &done, clock);
+            self.ended_ok(idx, (count as u64, total), bytes, &done, clock);
             done.clear();
         } else {
             // `wrapping_neg`: a corrupt `i32::MIN` result must not panic (it maps to `Other`).

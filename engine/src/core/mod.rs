@@ -6,7 +6,7 @@
 //! Files: `admit` (what `send` accepts), `slots` (socket and op tables), `op` (the driver
 //! boundary as data), `class` (what each errno means: its class, in one place), `stream` and
 //! `dgram` (each queue's policy), `barrier` (flush barriers and reports), `peer` (error-queue
-//! reports); this file holds the state, planning and completions.
+//! reports), `solo` (a flush's lone op, sent without the general machinery); this file holds the state, planning and completions.
 //!
 //! Time is passed in (a [`Clock`] the driver reads), never read here, so a simulated kernel is
 //! fully deterministic.
@@ -19,14 +19,13 @@ pub(crate) mod op;
 mod packet;
 mod peer;
 mod slots;
+mod solo;
 mod stream;
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
 use crate::error::{Error, Status};
-use crate::report::FlushReport;
 use crate::stats::Stats;
 use crate::SocketId;
 
@@ -36,7 +35,7 @@ use barrier::Acc;
 #[cfg(any(test, fuzzing, feature = "sim"))]
 pub(crate) use class::{is_icmp_errno, is_retry};
 pub(crate) use dgram::DgramQueue;
-pub(crate) use op::{Event, OpShape, Planned, Token};
+pub(crate) use op::{Event, OpShape, Planned, Solo, Token};
 use peer::Unreachables;
 use slots::live_mut;
 use slots::{OpInfo, OpSlot, SockSlot};
@@ -87,6 +86,9 @@ pub struct Config {
     /// A socket goes back to copying sends when a notification reports the kernel copied
     /// (false only to measure zero-copy where the kernel copies anyway).
     pub zerocopy_adaptive: bool,
+    /// A blocking flush sends a lone op itself, without the general machinery, where it can
+    /// (see `core/solo.rs`; false only to compare with the general path).
+    pub solo_flush: bool,
 }
 
 impl Config {
@@ -139,6 +141,7 @@ impl Default for Config {
             peer_error_sampling: false,
             zerocopy_threshold: None,
             zerocopy_adaptive: true,
+            solo_flush: true,
         }
     }
 }
@@ -229,6 +232,82 @@ pub(crate) struct Sock {
     pub zc_notifs: usize,
 }
 
+impl Sock {
+    /// Whether an op of this socket could go out now (in round `round`).
+    #[inline]
+    fn has_work(&self, cfg: &Config, round: u64) -> bool {
+        if !self.writable
+            || self.closing
+            || self.retry_at_ns.is_some()
+            || self.in_flight >= cfg.max_in_flight_per_socket
+        {
+            return false;
+        }
+        match &self.queue {
+            // One send in flight; ops waiting only for their ZC notification do not count.
+            Queue::Stream(q) => self.in_flight == self.zc_notifs && q.has_unsent(),
+            Queue::Dgram(q) => q.has_queued(),
+            // One chain of packets in flight at a time: all planned in one round, so the
+            // driver issues them in order as one linked chain; the next waits for it to end.
+            Queue::Packet(q) => q.has_queued() && (self.in_flight == 0 || self.chain == round),
+        }
+    }
+
+    /// Puts socket `idx` (this one) on the `ready` list if it has work and is not there yet.
+    #[inline]
+    fn wake(&mut self, idx: u32, cfg: &Config, round: u64, ready: &mut Ready) {
+        if !self.in_ready && self.has_work(cfg, round) {
+            self.in_ready = true;
+            ready.push(idx);
+        }
+    }
+}
+
+/// Sockets with work, in the order they were woken (round-robin): a vector and the index of
+/// its front. [`Core::next_op`] is called until it drains it, which empties the vector, so it
+/// holds at most the wakes between two planning rounds (a socket is on it at most once:
+/// `Sock::in_ready`).
+#[derive(Debug, Default)]
+struct Ready {
+    list: Vec<u32>,
+    head: usize,
+}
+
+impl Ready {
+    #[inline]
+    fn push(&mut self, idx: u32) {
+        self.list.push(idx);
+    }
+
+    fn pop(&mut self) -> Option<u32> {
+        let idx = *self.list.get(self.head)?;
+        self.head += 1;
+        if self.head == self.list.len() {
+            self.clear();
+        }
+        Some(idx)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.head == self.list.len()
+    }
+
+    /// The one socket on the list, if exactly one is.
+    #[inline]
+    fn only(&self) -> Option<u32> {
+        match self.list[self.head..] {
+            [idx] => Some(idx),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    fn clear(&mut self) {
+        self.list.clear();
+        self.head = 0;
+    }
+}
+
 /// The sans-IO engine state.
 #[derive(Debug)]
 pub(crate) struct Core {
@@ -237,7 +316,7 @@ pub(crate) struct Core {
     free_socks: Vec<u32>,
     ops: Vec<OpSlot>,
     free_ops: Vec<u32>,
-    ready: VecDeque<u32>,
+    ready: Ready,
     queued_bytes: usize,
     /// Accepted writes not yet terminal, over all sockets.
     pending_writes: u64,
@@ -281,7 +360,7 @@ impl Core {
             free_socks: Vec::new(),
             ops: Vec::new(),
             free_ops: Vec::new(),
-            ready: VecDeque::new(),
+            ready: Ready::default(),
             queued_bytes: 0,
             pending_writes: 0,
             in_flight: 0,
@@ -372,39 +451,17 @@ impl Core {
     // ---- planning ---------------------------------------------------------------------------
 
     fn has_work(&self, idx: u32) -> bool {
-        let Some(s) = self.sock_at(idx) else {
-            return false;
-        };
-        if !s.writable
-            || s.closing
-            || s.retry_at_ns.is_some()
-            || s.in_flight >= self.cfg.max_in_flight_per_socket
-        {
-            return false;
-        }
-        match &s.queue {
-            // One send in flight; ops waiting only for their ZC notification do not count.
-            Queue::Stream(q) => s.in_flight == s.zc_notifs && q.has_unsent(),
-            Queue::Dgram(q) => q.has_queued(),
-            // One chain of packets in flight at a time: all planned in one round, so the
-            // driver issues them in order as one linked chain; the next waits for it to end.
-            Queue::Packet(q) => q.has_queued() && (s.in_flight == 0 || s.chain == self.round),
-        }
+        self.sock_at(idx)
+            .is_some_and(|s| s.has_work(&self.cfg, self.round))
     }
 
     fn wake(&mut self, idx: u32) {
-        if self.sock_at(idx).is_some_and(|s| s.in_ready) {
-            return;
-        }
-        if self.has_work(idx) {
-            let s = self.socks[idx as usize]
-                .sock
-                .as_mut()
-                .expect("has_work checked");
-            if !s.in_ready {
-                s.in_ready = true;
-                self.ready.push_back(idx);
-            }
+        if let Some(s) = self
+            .socks
+            .get_mut(idx as usize)
+            .and_then(|s| s.sock.as_mut())
+        {
+            s.wake(idx, &self.cfg, self.round, &mut self.ready);
         }
     }
 
@@ -487,95 +544,95 @@ impl Core {
     /// `capped` until an op completes.
     pub fn next_op(&mut self) -> Option<Planned> {
         loop {
-            let idx = self.ready.pop_front()?;
+            let idx = self.ready.pop()?;
             if let Some(s) = self.socks[idx as usize].sock.as_mut() {
                 s.in_ready = false;
             }
-            if !self.has_work(idx) {
-                continue;
+            if let Some(p) = self.plan_op(idx) {
+                return Some(p);
             }
-            let at_cap = self.in_flight >= self.cfg.max_in_flight_ops;
-            let cfg = &self.cfg;
-            let s = self.socks[idx as usize]
-                .sock
-                .as_mut()
-                .expect("has_work checked");
-            if at_cap && s.in_flight > 0 {
-                if !s.capped {
-                    s.capped = true;
-                    self.capped.push(idx);
-                }
-                continue;
-            }
-            let (shape, dest) = match &mut s.queue {
-                Queue::Stream(q) => match q.plan(cfg) {
-                    Some(shape) => (shape, None),
-                    None => continue,
-                },
-                Queue::Dgram(q) => {
-                    if q.quiet_over() {
-                        // Peer-error sampling: the quiet period is over; IP_RECVERR goes back
-                        // on before this op is issued.
-                        q.go_loud();
-                        s.recverr = true;
-                        self.recverr_toggles.push(idx);
-                    }
-                    match q.plan(cfg) {
-                        Some(p) => {
-                            if q.errq_after() == 1 {
-                                self.errq_after.push(idx);
-                            }
-                            p
-                        }
-                        None => continue,
-                    }
-                }
-                Queue::Packet(q) => match q.plan(cfg) {
-                    Some((
-                        OpShape::Dgram {
-                            first_seq,
-                            bytes,
-                            group,
-                            ..
-                        },
-                        _,
-                    )) => (
-                        OpShape::Packet {
-                            seq: first_seq,
-                            bytes,
-                            group,
-                        },
-                        None,
-                    ),
-                    _ => continue,
-                },
-            };
-            let fd = s.fd;
-            if s.in_flight == 0 {
-                s.chain = self.round;
-            }
-            let zerocopy = s.zerocopy
-                && (s.zc_confirmed || s.zc_notifs == 0 || !cfg.zerocopy_adaptive)
-                && matches!((cfg.zerocopy_threshold, shape),
-                    (Some(t), OpShape::Stream { bytes, .. }) if bytes >= t);
-            s.in_flight += 1;
-            self.in_flight += 1;
-            let token = self.alloc_op(OpInfo {
-                sock: idx,
-                shape,
-                zerocopy,
-            });
-            // Datagram sockets may have more groups to go; streams wait for this one.
-            self.wake(idx);
-            return Some(Planned {
-                token,
-                sock: idx,
-                fd,
-                shape,
-                dest,
-                zerocopy,
-            });
         }
+    }
+
+    /// The next op of socket `idx` (taken off the ready list), if it can go out now.
+    fn plan_op(&mut self, idx: u32) -> Option<Planned> {
+        if !self.has_work(idx) {
+            return None;
+        }
+        let at_cap = self.in_flight >= self.cfg.max_in_flight_ops;
+        let cfg = &self.cfg;
+        let s = self.socks[idx as usize]
+            .sock
+            .as_mut()
+            .expect("has_work checked");
+        if at_cap && s.in_flight > 0 {
+            if !s.capped {
+                s.capped = true;
+                self.capped.push(idx);
+            }
+            return None;
+        }
+        let (shape, dest) = match &mut s.queue {
+            Queue::Stream(q) => (q.plan(cfg)?, None),
+            Queue::Dgram(q) => {
+                if q.quiet_over() {
+                    // Peer-error sampling: the quiet period is over; IP_RECVERR goes back on
+                    // before this op is issued.
+                    q.go_loud();
+                    s.recverr = true;
+                    self.recverr_toggles.push(idx);
+                }
+                let p = q.plan(cfg)?;
+                if q.errq_after() == 1 {
+                    self.errq_after.push(idx);
+                }
+                p
+            }
+            Queue::Packet(q) => match q.plan(cfg)? {
+                (
+                    OpShape::Dgram {
+                        first_seq,
+                        bytes,
+                        group,
+                        ..
+                    },
+                    _,
+                ) => (
+                    OpShape::Packet {
+                        seq: first_seq,
+                        bytes,
+                        group,
+                    },
+                    None,
+                ),
+                _ => return None,
+            },
+        };
+        let fd = s.fd;
+        if s.in_flight == 0 {
+            s.chain = self.round;
+        }
+        let zerocopy = s.zerocopy
+            && (s.zc_confirmed || s.zc_notifs == 0 || !cfg.zerocopy_adaptive)
+            && matches!((cfg.zerocopy_threshold, shape),
+                (Some(t), OpShape::Stream { bytes, .. }) if bytes >= t);
+        s.in_flight += 1;
+        self.in_flight += 1;
+        let token = self.alloc_op(OpInfo {
+            sock: idx,
+            shape,
+            zerocopy,
+        });
+        // Datagram sockets may have more groups to go; streams wait for this one.
+        self.wake(idx);
+        Some(Planned {
+            token,
+            sock: idx,
+            fd,
+            shape,
+            dest,
+            zerocopy,
+        })
     }
 
     /// The payload slices of a planned op, in order (iovec building).
@@ -816,23 +873,27 @@ impl Core {
         None
     }
 
-    /// Accounts in one step for `count` writes of `total` bytes that completed whole; `sampled`
-    /// holds (length, queued time) of those whose latency is sampled (queued time ≠ 0).
+    /// Accounts in one step for an op whose kernel took `sent` bytes, and for the `count` writes
+    /// of `total` bytes it completed whole; `sampled` holds (length, queued time) of those whose
+    /// latency is sampled (queued time ≠ 0).
+    #[inline]
     fn ended_ok(
         &mut self,
         idx: u32,
-        count: u64,
-        total: usize,
+        (count, total): (u64, usize),
+        sent: usize,
         sampled: &[(usize, u64)],
         clock: &mut Clock<'_>,
     ) {
         if let Some(s) = self.socks[idx as usize].sock.as_mut() {
             s.queued_bytes -= total;
             s.acc.writes += count;
+            s.acc.bytes += sent as u64;
         }
         self.queued_bytes -= total;
         self.pending_writes -= count;
         self.stats.writes_sent += count;
+        self.stats.bytes_sent += sent as u64;
         if !sampled.is_empty() {
             let now_ns = clock.get();
             for &(_, t) in sampled {
@@ -891,17 +952,6 @@ impl Core {
     /// Whether the socket is a stream (flush errors are raised) or datagram (counted).
     pub fn is_stream(&self, id: SocketId) -> Result<bool, Error> {
         Ok(matches!(self.sock(id)?.queue, Queue::Stream(_)))
-    }
-
-    /// The error a flush of `id` raises, given its report: a stream's first error; for any
-    /// socket, the fatal error that poisoned it (a packet descriptor whose device is gone).
-    /// Datagram and packet failures are only counted.
-    pub fn flush_error(&self, id: SocketId, report: &FlushReport) -> Result<Option<Error>, Error> {
-        let s = self.sock(id)?;
-        Ok(match &s.queue {
-            Queue::Stream(_) => report.first_error.clone(),
-            _ => s.poisoned.clone(),
-        })
     }
 
     /// Forgets the memory of every write still in flight, so it is never freed while the kernel may

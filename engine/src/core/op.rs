@@ -19,6 +19,11 @@ impl Token {
         Token((u64::from(gen) << 32) | u64::from(slot))
     }
 
+    /// What the simulated kernel records as the token of a flush's solo send ([`Solo`]: no op
+    /// slot; slot `u32::MAX - 2`, never allocated either).
+    #[cfg(any(test, fuzzing, feature = "sim"))]
+    pub const SOLO: Token = Token(((u32::MAX as u64) << 32) | (u32::MAX - 2) as u64);
+
     /// The `user_data` of a driver's own error-queue read number `n` (slot `u32::MAX - 1`, never
     /// allocated either).
     pub fn errq(n: u32) -> Token {
@@ -94,6 +99,32 @@ pub(crate) struct Planned {
     /// Send it zero-copy (`IORING_OP_SEND_ZC`/`SENDMSG_ZC`): the core keeps the op's buffers
     /// until its notification ([`Event::Notif`]).
     pub zerocopy: bool,
+}
+
+/// The one op a blocking flush may send itself, outside the general machinery (no op slot, no
+/// token, no event): everything unsent on the socket is this one buffer, and nothing is in
+/// flight anywhere ([`super::Core::solo`]). A driver sends it at once without blocking
+/// ([`crate::sys::Driver::send_solo`]); the result comes back as a plain `res`, as a
+/// completion would carry it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Solo<'a> {
+    #[cfg_attr(
+        not(any(test, fuzzing, feature = "sim")),
+        expect(dead_code, reason = "the simulated kernel's")
+    )]
+    pub sock: u32,
+    pub fd: RawFd,
+    /// The payload, borrowed from the socket's queue.
+    pub buf: &'a [u8],
+    /// Destination for an unconnected datagram socket.
+    pub dest: Option<&'a SocketAddr>,
+    /// A datagram: its queue sequence number (the simulated kernel attributes it); `None`: a
+    /// stream's bytes.
+    #[cfg_attr(
+        not(any(test, fuzzing, feature = "sim")),
+        expect(dead_code, reason = "the simulated kernel's")
+    )]
+    pub dgram: Option<u64>,
 }
 
 /// What a driver reports: plain data the core interprets. Drivers decide nothing.

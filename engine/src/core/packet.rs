@@ -46,9 +46,7 @@ impl Core {
         let failed = match usize::try_from(res) {
             Ok(n) if n == bytes => {
                 let total = q.mark(&seqs, State::Sent, &mut done);
-                s.acc.bytes += bytes as u64;
-                self.stats.bytes_sent += bytes as u64;
-                self.ended_ok(idx, 1, total, &done, clock);
+                self.ended_ok(idx, (1, total), bytes, &done, clock);
                 None
             }
             Ok(n) if n < bytes => {

@@ -110,18 +110,28 @@ impl StreamQueue {
     /// The open staging chunk's memory for a [`crate::StreamWriter`], after sealing what it
     /// holds (writes staged by `send` keep their place in the queue): the writer fills the rest
     /// of the same 64 KiB buffer instead of allocating one. Given back by
-    /// [`StreamQueue::return_stage`]; a writer that is leaked just takes it along.
+    /// [`StreamQueue::restage`]; a writer that is leaked just takes it along.
     pub fn take_stage(&mut self) -> BytesMut {
         self.seal();
         std::mem::take(&mut self.tail)
     }
 
-    /// Takes back a writer's staging memory (what it did not fill), if nothing was staged
-    /// meanwhile.
-    pub fn return_stage(&mut self, stage: BytesMut) {
+    /// Takes back a writer's staging memory with the writes it holds (`ends`: where each ends
+    /// in `stage`; after everything queued before them): they stay staged where they lie, as
+    /// small writes `send` stages, until an op is planned — or a flush's solo send takes them
+    /// from there. Hands back the writer's end-offset vector if it was not kept. Only while the
+    /// writer holds the stream's staging (nothing was staged meanwhile, which a writer's
+    /// borrow of the engine rules out); else its writes are queued as a chunk.
+    pub fn restage(&mut self, stage: BytesMut, ends: Vec<u32>) -> Vec<u32> {
         if self.tail_ends.is_empty() && self.tail.capacity() == 0 {
+            self.next_seq += ends.len() as u64;
             self.tail = stage;
+            return std::mem::replace(&mut self.tail_ends, ends);
         }
+        if ends.is_empty() {
+            return ends;
+        }
+        self.push_chunk(stage.freeze(), ends)
     }
 
     /// An empty end-offset vector, with capacity if one is spare (a writer's first chunk).
@@ -213,6 +223,40 @@ impl StreamQueue {
         })
     }
 
+    /// Everything unsent, when it is one buffer sent from its first byte and nothing is
+    /// planned: the open staging chunk alone, or one entry alone (a flush may send it itself:
+    /// [`Core::solo`](super::Core::solo)).
+    #[inline]
+    pub fn solo(&self) -> Option<&[u8]> {
+        if self.planned.is_some() || self.head_off != 0 {
+            return None;
+        }
+        match (self.q.front(), self.tail_ends.is_empty()) {
+            (None, false) => Some(&self.tail),
+            (Some(e), true) if self.q.len() == 1 => Some(&e.data),
+            _ => None,
+        }
+    }
+
+    /// The [`StreamQueue::solo`] buffer went out whole: its writes are done. A staging chunk
+    /// sent from where it lies is emptied in place (its memory takes the next small writes; no
+    /// entry was made for it). Returns the count and total length of the writes, and (length,
+    /// queued time) if one of them was sampled.
+    #[inline(always)]
+    pub fn solo_sent(&mut self) -> ((u64, usize), Option<(usize, u64)>) {
+        let (count, total, sampled) = if self.q.is_empty() {
+            let (count, total) = (self.tail_ends.len(), self.tail.len());
+            let t = std::mem::take(&mut self.tail_ns);
+            self.tail.clear();
+            self.tail_ends.clear();
+            (count, total, (t != 0).then_some((total, t)))
+        } else {
+            self.pop_whole()
+        };
+        self.front_seq += count as u64;
+        ((count as u64, total), sampled)
+    }
+
     /// Clones the references to the buffers of the op in flight (a zero-copy op keeps them
     /// until its notification, whatever the queue does meanwhile).
     pub fn hold_planned(&self, out: &mut Vec<Bytes>) {
@@ -269,26 +313,36 @@ impl StreamQueue {
                 self.head_off = upto;
                 break;
             }
-            // Whole: every write of it not counted yet, in one step.
-            let before = match e.counted {
-                0 => 0,
-                k => e.ends[k - 1] as usize,
-            };
-            count += e.writes() - e.counted;
-            total += e.data.len() - before;
-            if e.queued_ns != 0 {
-                out.push((e.data.len(), e.queued_ns));
-            }
-            if let Some(mut ends) = self.q.pop_front().map(|e| e.ends) {
-                if ends.capacity() > 0 && self.spare_ends.len() < 4 {
-                    ends.clear();
-                    self.spare_ends.push(ends);
-                }
-            }
-            self.head_off = 0;
+            let (c, t, sampled) = self.pop_whole();
+            count += c;
+            total += t;
+            out.extend(sampled);
         }
         self.front_seq += count as u64;
         (count as u64, total)
+    }
+
+    /// Ends the front entry, sent whole: returns the count and total length of its writes not
+    /// counted yet, in one step, and (length, queued time) if it holds a sampled write.
+    #[inline]
+    fn pop_whole(&mut self) -> (usize, usize, Option<(usize, u64)>) {
+        let Some(e) = self.q.pop_front() else {
+            return (0, 0, None);
+        };
+        let before = match e.counted {
+            0 => 0,
+            k => e.ends[k - 1] as usize,
+        };
+        let count = e.writes() - e.counted;
+        let total = e.data.len() - before;
+        let sampled = (e.queued_ns != 0).then_some((e.data.len(), e.queued_ns));
+        let mut ends = e.ends;
+        if ends.capacity() > 0 && self.spare_ends.len() < 4 {
+            ends.clear();
+            self.spare_ends.push(ends);
+        }
+        self.head_off = 0;
+        (count, total, sampled)
     }
 
     /// Removes every write not covered by the op in flight; pushes (length, queued time) of each.
@@ -343,14 +397,12 @@ impl Core {
             return false;
         }
         let mut sampled = std::mem::take(&mut self.scratch);
-        let (count, total) = q.consume(n, entries, &mut sampled);
-        s.acc.bytes += n as u64;
-        self.stats.bytes_sent += n as u64;
+        let ended = q.consume(n, entries, &mut sampled);
         if n < bytes {
             self.stats.short_sends += 1;
         }
         // Hot path: the whole op in one step; only sampled writes touch the histogram.
-        self.ended_ok(idx, count, total, &sampled, clock);
+        self.ended_ok(idx, ended, n, &sampled, clock);
         sampled.clear();
         self.scratch = sampled;
         false

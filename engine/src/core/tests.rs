@@ -45,6 +45,7 @@ macro_rules! both {
 }
 
 mod packet;
+mod solo;
 
 fn sim(mode: Mode, cfg: SimConfig) -> (Engine, SimHandle) {
     let kernel = SimKernel::new(mode);

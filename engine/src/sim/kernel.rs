@@ -27,6 +27,11 @@
 //!   drops the error), and `NotIssued` for the rest; EAGAIN leaves the socket to be watched
 //!   (`watch_writable` arms it; `enter` reports `Event::Writable` once the peer is unstalled).
 //!
+//! A flush's lone op (`Driver::send_solo`) is decided at once, as the real drivers send it: on
+//! epoll as a one-op `issue`; on io_uring as a non-blocking send beside an empty ring (a held op
+//! is `-EAGAIN`: nothing sent or recorded, and a hold the script or behaviour gave waits for the
+//! op the ring gets next). It is recorded with [`OpRecord::solo`] set.
+//!
 //! UDP peers: a datagram sent to a closed port ([`SimHandle::close_port`]) brings an ICMP port
 //! unreachable back at once: with `IP_RECVERR` an error-queue entry `(dest, ECONNREFUSED)`, and
 //! for a connected socket or one with `IP_RECVERR` the pending error `sk_err` that the next
@@ -69,7 +74,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 
 use super::behaviour::{AllOk, Behaviour, OpView, Verdict};
-use crate::core::{is_icmp_errno, Core, Event, OpShape, Planned, Token};
+use crate::core::{is_icmp_errno, Core, Event, OpShape, Planned, Solo, Token};
 use crate::error::Error;
 use crate::sys::{Driver, FdKind, Tally, Wait};
 use crate::{Engine, SocketId};
@@ -166,6 +171,8 @@ pub struct OpRecord {
     pub more: bool,
     /// Order when its notification was reported (0: none yet, or none due).
     pub notified_at: u64,
+    /// Sent by a flush itself ([`Driver::send_solo`]): no op slot, token [`Token::SOLO`].
+    pub solo: bool,
 }
 
 /// Which zero-copy first completions carry `F_MORE` (a notification follows).
@@ -468,6 +475,7 @@ impl State {
             zerocopy: p.zerocopy,
             more: false,
             notified_at: 0,
+            solo: p.token == Token::SOLO,
         });
         peer.log.ops.len() - 1
     }
@@ -1193,6 +1201,83 @@ impl State {
         }
     }
 
+    /// A flush's lone op, sent at once without blocking, as the real drivers send it: the
+    /// epoll model's one-op `issue`; on io_uring a `send(MSG_DONTWAIT)` beside an empty ring
+    /// (a held op would block: `-EAGAIN`, nothing sent, nothing recorded). `None` while the
+    /// ring holds ops (the real driver refuses then too).
+    fn solo(&mut self, op: &Solo<'_>) -> Option<i32> {
+        let uring = self.mode == Mode::Uring;
+        if uring && (!self.flights.is_empty() || self.cancels > 0) {
+            return None;
+        }
+        let reg = self.reg_of(op.sock);
+        let peer = &self.peers[reg];
+        assert_eq!(
+            op.fd, peer.log.fd,
+            "sim kernel: solo op on socket {} with the wrong fd",
+            op.sock
+        );
+        assert_eq!(
+            peer.log.stream,
+            op.dgram.is_none(),
+            "sim kernel: solo op of the wrong kind on socket {}",
+            op.sock
+        );
+        assert!(
+            !peer.log.packet,
+            "sim kernel: solo op on packet descriptor {}",
+            op.sock
+        );
+        assert!(
+            op.dest.is_some() != (op.dgram.is_none() || peer.connected.is_some()),
+            "sim kernel: solo op on socket {}: a destination on a stream or connected socket, \
+             or none on an unconnected one",
+            op.sock
+        );
+        let bytes = op.buf.len();
+        let p = Planned {
+            token: Token::SOLO,
+            sock: op.sock,
+            fd: op.fd,
+            shape: match op.dgram {
+                None => OpShape::Stream { entries: 1, bytes },
+                Some(seq) => OpShape::Dgram {
+                    first_seq: seq,
+                    count: 1,
+                    segment_size: None,
+                    bytes,
+                    group: u32::MAX,
+                },
+            },
+            dest: op.dest.copied(),
+            zerocopy: false,
+        };
+        let snapshot = vec![op.buf.to_vec()];
+        let seqs: Vec<u64> = op.dgram.into_iter().collect();
+        self.measure(&[p]);
+        let rec = self.record_op(reg, &p, &snapshot, &seqs);
+        let res = match self.execute(reg, &p, &snapshot, &seqs, 0) {
+            Some(res) => res,
+            None => {
+                // A held op would block: MSG_DONTWAIT returns at once, nothing sent. The hold
+                // waits for the op the ring gets next (a stalled peer holds it anyway).
+                let peer = &mut self.peers[reg];
+                peer.log.ops.pop();
+                if !peer.stalled {
+                    peer.script.push_front(Verdict::Hold);
+                }
+                return Some(-libc::EAGAIN);
+            }
+        };
+        let at = self.tick();
+        let r = &mut self.peers[reg].log.ops[rec];
+        r.res = Some(res);
+        r.done_ns = self.now_ns;
+        r.done_at = at;
+        self.idle_spins = 0;
+        Some(res)
+    }
+
     fn stale_token(&mut self, pick: u64) -> Token {
         let live = |s: &State, t: u64| s.flights.iter().any(|f| f.p.token.0 == t);
         if !self.history.is_empty() && pick % 3 != 0 {
@@ -1686,6 +1771,12 @@ impl Driver for SimKernel {
             }
         }
         Ok(())
+    }
+
+    fn send_solo(&mut self, op: &Solo<'_>) -> Option<i32> {
+        let mut st = self.st();
+        st.call();
+        st.solo(op)
     }
 
     fn cancel(&mut self, tokens: &[Token], out: &mut Vec<Event>) -> Result<(), Error> {

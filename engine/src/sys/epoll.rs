@@ -1,5 +1,5 @@
 //! The epoll driver: `O_NONBLOCK` sockets, `sendmsg` with iovecs for streams, `sendmmsg` for
-//! datagrams (GSO groups included), one `write` per packet on a packet descriptor, all
+//! datagrams (GSO groups included; `send`/`sendto` for a socket's only datagram), one `write` per packet on a packet descriptor, all
 //! completed inside [`Driver::issue`]; a descriptor that hit EAGAIN is watched with
 //! `EPOLLOUT | EPOLLONESHOT` until it is writable.
 //!
@@ -15,7 +15,7 @@ use std::time::Instant;
 use super::msg::{mmsghdr, MmsgVec, MsgMem};
 use super::uring::set_nonblocking;
 use super::{nanos_since, Driver, FdKind, Tally, Wait};
-use crate::core::{Core, Event, OpShape, Planned, Token};
+use crate::core::{Core, Event, OpShape, Planned, Solo, Token};
 use crate::error::Error;
 
 /// `UIO_MAXIOV`: the most messages one `sendmmsg` takes (include/linux/uio.h).
@@ -74,7 +74,10 @@ impl Epoll {
         })
     }
 
-    fn send_stream(&mut self, payload: &Core, i: usize, out: &mut Vec<Event>) {
+    /// Sends op `batch[i]` alone with one call (`MsgMem::send_now`: `send`/`sendto` for one
+    /// buffer, `sendmsg` for iovecs or a GSO cmsg): a stream op, or a socket's only datagram op
+    /// (a `sendmmsg` of one costs more than a `send`).
+    fn send_one(&mut self, payload: &Core, i: usize, out: &mut Vec<Event>) {
         let p = self.batch[i];
         let m = &mut self.mems[i];
         m.prepare(payload, &p);
@@ -232,7 +235,7 @@ impl Driver for Epoll {
             let p = self.batch[i];
             match p.shape {
                 OpShape::Stream { .. } => {
-                    self.send_stream(payload, i, out);
+                    self.send_one(payload, i, out);
                     i += 1;
                 }
                 OpShape::Dgram { .. } => {
@@ -240,7 +243,11 @@ impl Driver for Epoll {
                         .iter()
                         .take_while(|q| q.sock == p.sock)
                         .count();
-                    self.send_dgrams(payload, i, end, out);
+                    if end == i + 1 {
+                        self.send_one(payload, i, out);
+                    } else {
+                        self.send_dgrams(payload, i, end, out);
+                    }
                     i = end;
                 }
                 OpShape::Packet { .. } => {
@@ -320,6 +327,12 @@ impl Driver for Epoll {
         self.watch[i] = Watch::Armed;
         self.armed += 1;
         Ok(())
+    }
+
+    #[inline]
+    fn send_solo(&mut self, op: &Solo<'_>) -> Option<i32> {
+        // Nothing is ever in flight between calls.
+        Some(super::msg::send_solo(op))
     }
 
     fn cancel(&mut self, _tokens: &[Token], _out: &mut Vec<Event>) -> Result<(), Error> {

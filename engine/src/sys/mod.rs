@@ -30,7 +30,7 @@ pub(crate) mod wait;
 use std::net::SocketAddr;
 use std::os::fd::{BorrowedFd, RawFd};
 
-use crate::core::{Core, Event, Planned, Token};
+use crate::core::{Core, Event, Planned, Solo, Token};
 use crate::error::Error;
 
 /// Transitions and ops a driver made; the engine adds them to its `Stats`.
@@ -84,6 +84,14 @@ pub(crate) trait Driver {
     fn enter(&mut self, wait: Wait, out: &mut Vec<Event>) -> Result<(), Error>;
     /// Reports [`Event::Writable`] for `sock` once `fd` can take more (after EAGAIN).
     fn watch_writable(&mut self, sock: u32, fd: RawFd, out: &mut Vec<Event>) -> Result<(), Error>;
+    /// Sends a flush's lone op ([`Solo`]) now, never blocking, outside the op machinery, and
+    /// returns its result as a completion would carry it (`-EAGAIN`: nothing was sent). A
+    /// result is one system call, which carried the op unless it is `-EAGAIN`: the engine
+    /// books it, not the [`Tally`]. `None`: not now (the driver has work of its own in flight)
+    /// or not this driver; nothing was sent.
+    fn send_solo(&mut self, _op: &Solo<'_>) -> Option<i32> {
+        None
+    }
     /// Asks the kernel to stop these ops; each still completes (with `-ECANCELED` or its real
     /// result).
     fn cancel(&mut self, tokens: &[Token], out: &mut Vec<Event>) -> Result<(), Error>;
@@ -161,6 +169,10 @@ impl Driver for AnyDriver {
     }
     fn watch_writable(&mut self, sock: u32, fd: RawFd, out: &mut Vec<Event>) -> Result<(), Error> {
         dispatch!(self, d => d.watch_writable(sock, fd, out))
+    }
+    #[inline]
+    fn send_solo(&mut self, op: &Solo<'_>) -> Option<i32> {
+        dispatch!(self, d => d.send_solo(op))
     }
     fn cancel(&mut self, tokens: &[Token], out: &mut Vec<Event>) -> Result<(), Error> {
         dispatch!(self, d => d.cancel(tokens, out))

@@ -7,7 +7,7 @@ use std::ptr;
 
 use socket2::{SockAddr, SockAddrStorage};
 
-use crate::core::{Core, OpShape, Planned};
+use crate::core::{Core, OpShape, Planned, Solo};
 
 /// Room for one `cmsghdr` carrying a `u16` (`CMSG_SPACE(2)` is 24 on 64-bit Linux), 8-aligned as
 /// `cmsghdr` requires.
@@ -109,24 +109,72 @@ impl MsgMem {
 }
 
 impl MsgMem {
-    /// Sends the prepared op now on `fd` — `send(2)` for one plain buffer, else `sendmsg(2)` —
-    /// with `flags`; the result as a completion would carry it (bytes, or `-errno`).
+    /// Sends the prepared op now on `fd` — one buffer without a cmsg by `sendto(2)` (`send(2)`
+    /// when it has no address), else `sendmsg(2)` — with `flags`; the result as a completion
+    /// would carry it (bytes, or `-errno`).
     pub fn send_now(&self, fd: RawFd, flags: libc::c_int) -> i32 {
-        let rc = match self.single_buffer() {
+        let rc = match self.iov[..] {
             // SAFETY: the buffer is a live slice of the core's queue (or a staging chunk) for
-            // the duration of the call.
-            Some((ptr, len)) => unsafe { libc::send(fd, ptr.cast(), len, flags) },
+            // the duration of the call; `msg_name` is null or points at `msg_namelen` bytes of
+            // the address in `self`.
+            [iov] if self.msg.msg_control.is_null() => unsafe {
+                libc::sendto(
+                    fd,
+                    iov.iov_base,
+                    iov.iov_len,
+                    flags,
+                    self.msg.msg_name.cast_const().cast(),
+                    self.msg.msg_namelen,
+                )
+            },
             // SAFETY: the msghdr points at iovecs, address and cmsg in `self` and at buffers the
             // core keeps alive; all outlive the call.
-            None => unsafe { libc::sendmsg(fd, &self.msg, flags) },
+            _ => unsafe { libc::sendmsg(fd, &self.msg, flags) },
         };
-        if rc < 0 {
-            -std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO)
-        } else {
-            i32::try_from(rc).unwrap_or(i32::MAX)
-        }
+        completion(rc)
+    }
+}
+
+/// Sends a flush's lone op ([`Solo`]) now on its socket, never blocking (`MSG_DONTWAIT`, for the
+/// io_uring driver's blocking sockets), with `MSG_NOSIGNAL`: `sendto(2)`, with the destination
+/// of an unconnected datagram socket's datagram, else without one (`send(2)`). The result as a
+/// completion would carry it (bytes, or `-errno`; `-EAGAIN`: nothing was sent).
+///
+/// The system call itself, not glibc's `send`/`sendto`: those wrap it in the bookkeeping of a
+/// thread-cancellation point (≈ 45 instructions, a tenth of a one-message flush), which Rust
+/// code never uses.
+pub(crate) fn send_solo(op: &Solo<'_>) -> i32 {
+    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+    let addr = op.dest.map(|&d| SockAddr::from(d));
+    let (name, namelen) = match &addr {
+        Some(a) => (a.as_ptr().cast::<libc::sockaddr>(), a.len()),
+        None => (ptr::null(), 0),
+    };
+    // SAFETY: `op.buf` is a live slice of the core's queue, and `name` null or a sockaddr of
+    // `namelen` bytes in `addr`, for the duration of the call; `sendto` takes no other memory.
+    // Integer arguments go as full-width `long`s, as the variadic `syscall` reads them.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sendto,
+            libc::c_long::from(op.fd),
+            op.buf.as_ptr(),
+            op.buf.len(),
+            libc::c_long::from(flags),
+            name,
+            libc::c_long::from(namelen),
+        )
+    };
+    completion(isize::try_from(rc).unwrap_or(-1))
+}
+
+/// A send or write system call's return as a completion carries it: bytes, or `-errno`.
+fn completion(rc: isize) -> i32 {
+    if rc < 0 {
+        -std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    } else {
+        i32::try_from(rc).unwrap_or(i32::MAX)
     }
 }
 
@@ -136,14 +184,7 @@ impl MsgMem {
     pub fn write_now(&self, fd: RawFd) -> i32 {
         let (ptr, len) = self.packet_buffer();
         // SAFETY: the buffer is a live slice of the core's queue for the duration of the call.
-        let rc = unsafe { libc::write(fd, ptr.cast(), len) };
-        if rc < 0 {
-            -std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO)
-        } else {
-            i32::try_from(rc).unwrap_or(i32::MAX)
-        }
+        completion(unsafe { libc::write(fd, ptr.cast(), len) })
     }
 
     /// A packet op's one buffer (an empty packet: a dangling pointer and 0).

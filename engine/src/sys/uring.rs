@@ -16,7 +16,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::msg::{ErrqMem, MsgMem};
 use super::{nanos_since, Driver, FdKind, Tally, Wait};
-use crate::core::{Core, Event, OpShape, Planned, Token};
+use crate::core::{Core, Event, OpShape, Planned, Solo, Token};
 use crate::error::Error;
 
 /// `io_uring_enter` flags (include/uapi/linux/io_uring.h).
@@ -352,6 +352,9 @@ pub(crate) struct Uring {
     extra: usize,
     /// Send ops handed to the ring whose completion has not been reaped.
     in_kernel: usize,
+    /// The last `send_solo` would have blocked: the next `issue` (its op again) goes through
+    /// the ring, which waits for room, not another direct try.
+    solo_blocked: bool,
     tally: Tally,
     /// The ring's index in its builder thread's ring table (`register_ring_fd`).
     registered_ring: Option<RegisteredRing>,
@@ -429,6 +432,7 @@ impl Uring {
             order: Vec::new(),
             extra: 0,
             in_kernel: 0,
+            solo_blocked: false,
             tally: Tally::default(),
             registered_ring: None,
             fixed_files: 0,
@@ -877,8 +881,10 @@ impl Driver for Uring {
         ops: &[Planned],
         out: &mut Vec<Event>,
     ) -> Result<(), Error> {
+        let solo_blocked = std::mem::take(&mut self.solo_blocked);
         if let [p] = ops {
-            if self.in_kernel == 0
+            if !solo_blocked
+                && self.in_kernel == 0
                 && self.pushed == 0
                 && !p.zerocopy
                 && self.direct(payload, p, out)
@@ -1047,6 +1053,19 @@ impl Driver for Uring {
         // (FAILURES.md item 5) and the op goes again at once.
         out.push(Event::Writable { sock });
         Ok(())
+    }
+
+    /// Like [`Uring::direct`]: a plain send costs one transition, as `io_uring_enter` would,
+    /// without the ring's per-op work. Only while the ring holds nothing of the engine's (an op,
+    /// a cancel, an error-queue read), so nothing it reports later can overtake it.
+    #[inline]
+    fn send_solo(&mut self, op: &Solo<'_>) -> Option<i32> {
+        if self.in_kernel > 0 || !self.idle() {
+            return None;
+        }
+        let res = super::msg::send_solo(op);
+        self.solo_blocked = res == -libc::EAGAIN;
+        Some(res)
     }
 
     fn cancel(&mut self, tokens: &[Token], out: &mut Vec<Event>) -> Result<(), Error> {
