@@ -432,7 +432,7 @@ impl EngineBuilder {
             },
         };
         Ok(Engine::assemble(
-            cfg,
+            Core::new(cfg),
             driver,
             kind,
             reason,
@@ -499,7 +499,7 @@ impl Engine {
     }
 
     pub(crate) fn assemble(
-        cfg: Config,
+        core: Core,
         driver: AnyDriver,
         kind: BackendKind,
         reason: Option<String>,
@@ -508,7 +508,7 @@ impl Engine {
         flush_latency: u32,
     ) -> Engine {
         Engine {
-            core: Core::new(cfg),
+            core,
             driver,
             kind,
             reason,
@@ -1193,7 +1193,7 @@ impl Engine {
             cfg.zerocopy_threshold = None;
         }
         Engine::assemble(
-            cfg,
+            Core::with_stats(cfg, crate::stats::Stats::sim()),
             AnyDriver::Sim(Box::new(kernel)),
             BackendKind::Uring,
             None,
@@ -1215,9 +1215,8 @@ impl Engine {
         peer: Option<SocketAddr>,
         recverr: bool,
     ) -> Result<SocketId, Error> {
-        let fd: OwnedFd = std::fs::File::open("/dev/null")
-            .map_err(|e| Error::io("open(/dev/null)", &e))?
-            .into();
+        let fd =
+            crate::sim::kernel::placeholder_fd().map_err(|e| Error::io("open(/dev/null)", &e))?;
         let queue = if stream {
             Queue::Stream(StreamQueue::default())
         } else {
@@ -1234,9 +1233,8 @@ impl Engine {
     /// # Errors
     /// [`Error::Io`] if the placeholder cannot be opened.
     pub fn register_sim_packet(&mut self) -> Result<SocketId, Error> {
-        let fd: OwnedFd = std::fs::File::open("/dev/null")
-            .map_err(|e| Error::io("open(/dev/null)", &e))?
-            .into();
+        let fd =
+            crate::sim::kernel::placeholder_fd().map_err(|e| Error::io("open(/dev/null)", &e))?;
         self.register_packet(fd).map_err(Error::from)
     }
 

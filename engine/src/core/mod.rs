@@ -266,6 +266,11 @@ pub(crate) const ZC_FALLBACK_ERRNOS: [i32; 3] = [libc::EOPNOTSUPP, libc::EINVAL,
 
 impl Core {
     pub fn new(cfg: Config) -> Core {
+        Core::with_stats(cfg, Stats::default())
+    }
+
+    /// A core that starts from `stats` (the simulated engine's are smaller).
+    pub(crate) fn with_stats(cfg: Config, stats: Stats) -> Core {
         Core {
             cfg,
             socks: Vec::new(),
@@ -283,7 +288,7 @@ impl Core {
             errq_after: Vec::new(),
             round: 0,
             scratch: Vec::new(),
-            stats: Stats::default(),
+            stats,
         }
     }
 

@@ -89,10 +89,10 @@ fn delivered_bytes(log: &PeerLog) -> usize {
 ///
 /// # Panics
 /// On the first property that does not hold.
-pub fn check(cfg: &Config, model: &Model, engine: Option<&Engine>, k: &SimHandle) {
+pub fn check(cfg: &Config, model: &mut Model, engine: Option<&Engine>, k: &SimHandle) {
     let st = k.st();
     let (mut bytes, mut dgrams, mut sent_lo, mut sent_hi, mut taken) = (0usize, 0u64, 0, 0, 0);
-    for (i, s) in model.socks.iter().enumerate() {
+    for (i, s) in model.socks.iter_mut().enumerate() {
         let log = st.log(s.reg);
         check_socket(cfg, i, s, log);
         bytes += delivered_bytes(log);
@@ -170,7 +170,7 @@ pub fn check(cfg: &Config, model: &Model, engine: Option<&Engine>, k: &SimHandle
     }
 }
 
-fn check_socket(cfg: &Config, i: usize, s: &SockModel, log: &PeerLog) {
+fn check_socket(cfg: &Config, i: usize, s: &mut SockModel, log: &PeerLog) {
     assert!(
         log.max_in_flight <= cfg.max_in_flight_per_socket,
         "socket {i}: {} ops in flight, max_in_flight_per_socket {}",
@@ -191,16 +191,25 @@ fn check_socket(cfg: &Config, i: usize, s: &SockModel, log: &PeerLog) {
         delivered_bytes(log)
     );
     if s.is_stream() {
+        // The bytes up to `checked.received` matched before; both sides only grow since.
+        let from = s.checked.received;
+        let got = log.received.len();
         assert!(
-            s.accepted.starts_with(&log.received),
-            "socket {i}: the stream peer got {} bytes that are not a prefix of the {} accepted",
-            log.received.len(),
+            got >= from && s.accepted.len() >= got && s.accepted[from..got] == log.received[from..],
+            "socket {i}: the stream peer got {got} bytes that are not a prefix of the {} accepted",
             s.accepted.len()
         );
+        s.checked.received = got;
         return;
     }
-    let mut seen = vec![false; s.writes.len()];
-    for d in &log.datagrams {
+    let from = s.checked.datagrams;
+    assert!(
+        log.datagrams.len() >= from,
+        "socket {i}: delivered datagrams vanished from the peer's log"
+    );
+    let seen = &mut s.checked.seen;
+    seen.resize(s.writes.len(), false);
+    for d in &log.datagrams[from..] {
         let w = usize::try_from(d.seq)
             .ok()
             .and_then(|k| s.writes.get(k))
@@ -214,6 +223,7 @@ fn check_socket(cfg: &Config, i: usize, s: &SockModel, log: &PeerLog) {
         assert!(!seen[k], "socket {i}: datagram {} delivered twice", d.seq);
         seen[k] = true;
     }
+    s.checked.datagrams = log.datagrams.len();
     check_retries(cfg, i, log);
 }
 

@@ -1208,6 +1208,23 @@ impl State {
     }
 }
 
+/// A fresh placeholder descriptor (`/dev/null`) for a simulated socket or kernel: a duplicate of
+/// one opened once per thread (a `dup` costs far less than an `open` of the path, and fuzz
+/// targets make several per input).
+///
+/// # Errors
+/// If `/dev/null` cannot be opened or the descriptor duplicated.
+pub fn placeholder_fd() -> std::io::Result<OwnedFd> {
+    thread_local! {
+        static DEV_NULL: std::io::Result<OwnedFd> =
+            std::fs::File::open("/dev/null").map(OwnedFd::from);
+    }
+    DEV_NULL.with(|fd| match fd {
+        Ok(fd) => fd.try_clone(),
+        Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+    })
+}
+
 /// The simulated kernel, as the engine's driver. Control and observe it through
 /// [`SimKernel::handle`].
 #[derive(Debug)]
@@ -1239,7 +1256,7 @@ impl SimKernel {
     pub fn with_behaviour(mode: Mode, behaviour: Box<dyn Behaviour>) -> SimKernel {
         SimKernel {
             state: Arc::new(Mutex::new(State::new(mode, behaviour))),
-            fd: std::fs::File::open("/dev/null").expect("/dev/null").into(),
+            fd: placeholder_fd().expect("/dev/null"),
         }
     }
 

@@ -20,9 +20,8 @@ pub fn dest(port: u16) -> SocketAddr {
 /// `len` bytes that no other tag's payload shares (splitmix64 over the tag and word index), so
 /// every byte a peer receives says which write it came from.
 pub fn payload(tag: u64, len: usize) -> Bytes {
-    let mut out = Vec::with_capacity(len);
-    let mut i = 0u64;
-    while out.len() < len {
+    let mut out = vec![0; len];
+    for (i, word) in (0u64..).zip(out.chunks_mut(8)) {
         let mut z = tag
             .wrapping_mul(0x9e37_79b9_7f4a_7c15)
             .wrapping_add(i.wrapping_mul(0xbf58_476d_1ce4_e5b9))
@@ -30,9 +29,7 @@ pub fn payload(tag: u64, len: usize) -> Bytes {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^= z >> 31;
-        let take = (len - out.len()).min(8);
-        out.extend_from_slice(&z.to_le_bytes()[..take]);
-        i += 1;
+        word.copy_from_slice(&z.to_le_bytes()[..word.len()]);
     }
     Bytes::from(out)
 }
@@ -127,6 +124,21 @@ pub struct SockModel {
     pub maybe_closing: bool,
     /// Stream bytes accepted when `shutdown_write` succeeded.
     pub shut_at: Option<usize>,
+    /// How far the checks after each step got (they look only at what arrived since).
+    pub checked: Checked,
+}
+
+/// What [`super::checks::check`] already found to hold for a socket. The peer's log only
+/// grows (bytes and datagrams are appended, never changed), as do the accepted writes, so what
+/// held once holds after every later step; each step checks only what is new.
+#[derive(Debug, Clone, Default)]
+pub struct Checked {
+    /// Stream bytes the peer received that match the accepted bytes.
+    pub received: usize,
+    /// Datagrams delivered that were checked (whole, accepted, to their destination).
+    pub datagrams: usize,
+    /// Per accepted write (sequence number): delivered as a datagram.
+    pub seen: Vec<bool>,
 }
 
 impl SockModel {
@@ -170,6 +182,7 @@ impl Model {
             aborted: false,
             maybe_closing: false,
             shut_at: None,
+            checked: Checked::default(),
         });
         self.socks.len() - 1
     }

@@ -385,8 +385,8 @@ impl Runner {
         &self.steps
     }
 
-    fn check(&self) {
-        checks::check(&self.cfg, &self.model, self.engine.as_ref(), &self.k);
+    fn check(&mut self) {
+        checks::check(&self.cfg, &mut self.model, self.engine.as_ref(), &self.k);
     }
 
     fn add(&mut self, kind: Kind) {
