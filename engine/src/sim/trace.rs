@@ -512,7 +512,7 @@ impl Runner {
             Some(a) => engine.send_to(id, data.clone(), a),
         };
         let st = self.k.st();
-        let s = &self.model.socks[i];
+        let s = &mut self.model.socks[i];
         let got = checks::check_send(
             &self.cfg,
             s,
