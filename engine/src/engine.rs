@@ -467,7 +467,7 @@ impl EngineBuilder {
             },
         };
         Ok(Engine::assemble(
-            cfg,
+            Core::new(cfg),
             driver,
             kind,
             reason,
@@ -534,7 +534,7 @@ impl Engine {
     }
 
     pub(crate) fn assemble(
-        cfg: Config,
+        core: Core,
         driver: AnyDriver,
         kind: BackendKind,
         reason: Option<String>,
@@ -543,7 +543,7 @@ impl Engine {
         flush_latency: u32,
     ) -> Engine {
         Engine {
-            core: Core::new(cfg),
+            core,
             driver,
             kind,
             reason,
@@ -1277,7 +1277,7 @@ impl Engine {
             cfg.zerocopy_threshold = None;
         }
         Engine::assemble(
-            cfg,
+            Core::with_stats(cfg, crate::stats::Stats::sim()),
             AnyDriver::Sim(Box::new(kernel)),
             BackendKind::Uring,
             None,
@@ -1299,9 +1299,8 @@ impl Engine {
         peer: Option<SocketAddr>,
         recverr: bool,
     ) -> Result<SocketId, Error> {
-        let fd: OwnedFd = std::fs::File::open("/dev/null")
-            .map_err(|e| Error::io("open(/dev/null)", &e))?
-            .into();
+        let fd =
+            crate::sim::kernel::placeholder_fd().map_err(|e| Error::io("open(/dev/null)", &e))?;
         let queue = if stream {
             Queue::Stream(StreamQueue::default())
         } else {
@@ -1318,9 +1317,8 @@ impl Engine {
     /// # Errors
     /// [`Error::Io`] if the placeholder cannot be opened.
     pub fn register_sim_packet(&mut self) -> Result<SocketId, Error> {
-        let fd: OwnedFd = std::fs::File::open("/dev/null")
-            .map_err(|e| Error::io("open(/dev/null)", &e))?
-            .into();
+        let fd =
+            crate::sim::kernel::placeholder_fd().map_err(|e| Error::io("open(/dev/null)", &e))?;
         self.register_packet(fd).map_err(Error::from)
     }
 

@@ -9,6 +9,12 @@ use volley::sim::{Cancel, Kind, SimConfig, Step, Verdict};
 /// Steps a target runs at most.
 pub const MAX_STEPS: usize = 512;
 
+/// Stream ops the op-size cap alone may cut an input's sends into: `max_bytes_per_op` is raised
+/// to the bytes the input sends divided by this. A 1-byte cap over the ~1 MB that 512 sends may
+/// carry took a million ops (50 ms) per input and found nothing a cap below the write sizes over
+/// fewer bytes does not; small caps stay reachable for inputs that send little.
+pub const MAX_CUT_OPS: usize = 256;
+
 /// Lengths: mostly small, sometimes at the GSO and staging edges.
 pub fn len(l: u16) -> u16 {
     match l % 8 {
@@ -37,6 +43,14 @@ pub enum Call {
 }
 
 impl Call {
+    /// The bytes a send call asks for (0 for other calls).
+    pub fn bytes(self) -> usize {
+        match self {
+            Call::Send { len: l, .. } | Call::SendTo { len: l, .. } => usize::from(len(l)),
+            _ => 0,
+        }
+    }
+
     pub fn step(self) -> Step {
         match self {
             Call::Add(Sock::Stream) => Step::AddStream,
@@ -171,13 +185,14 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The configuration; with `queues` false the queue limits stay out of reach.
-    pub fn cfg(&self, queues: bool) -> SimConfig {
+    /// The configuration; with `queues` false the queue limits stay out of reach. `sent`: the
+    /// bytes the input's send calls ask for (see [`MAX_CUT_OPS`]).
+    pub fn cfg(&self, queues: bool, sent: usize) -> SimConfig {
         let base = SimConfig {
             max_in_flight_ops: usize::from(self.in_flight % 16),
             max_in_flight_per_socket: usize::from(self.in_flight_per_socket % 8),
             max_iovecs_per_op: usize::from(self.iovecs % 8),
-            max_bytes_per_op: usize::from(self.bytes_per_op),
+            max_bytes_per_op: usize::from(self.bytes_per_op).max(sent / MAX_CUT_OPS),
             coalesce_below_bytes: usize::from(self.coalesce_below % 700),
             coalesce_max_bytes: usize::from(self.coalesce_max % 5000),
             gso: self.gso,

@@ -41,6 +41,15 @@ enum Op {
     Stale(u64),
 }
 
+/// The bytes the trace's send calls ask for.
+fn sent(ops: &[Op]) -> usize {
+    let calls = ops.iter().take(MAX_STEPS).filter_map(|op| match op {
+        Op::Call(c) => Some(c.bytes()),
+        _ => None,
+    });
+    calls.sum()
+}
+
 impl Op {
     fn step(self) -> Step {
         match self {
@@ -100,7 +109,7 @@ fn script(input: &Input) -> Script {
 }
 
 fuzz_target!(|input: Input| {
-    let cfg = input.limits.cfg(false);
+    let cfg = input.limits.cfg(false, sent(&input.ops));
     let script = script(&input);
     let run = |mode: Mode| {
         let mut runner = Runner::new(Setup {

@@ -167,12 +167,15 @@ fn check_resplit(lens: &[usize], ports: &[u8], max_segments: usize, errno: i32, 
         (lens.len() as u64, 0),
         "every datagram sent once"
     );
-    let peer = k.peer(d);
-    let mut got: Vec<_> = peer
-        .datagrams
-        .iter()
-        .map(|x| (x.seq, x.dest, x.payload.clone()))
-        .collect();
+    // Ops the kernel answered (epoll also logs the entries a `sendmmsg` stopped before).
+    let (mut got, answered) = k.with_peer(d, |peer| {
+        let got: Vec<_> = peer
+            .datagrams
+            .iter()
+            .map(|x| (x.seq, x.dest, x.payload.clone()))
+            .collect();
+        (got, peer.ops.iter().filter(|o| o.res.is_some()).count())
+    });
     // epoll: each destination's datagrams arrive in the order they were sent (what a refused
     // `sendmmsg` entry leaves is re-planned in order). Not on io_uring: ops behind a refused
     // group are already in flight, so its datagrams, sent again, arrive after later ones.
@@ -186,10 +189,8 @@ fn check_resplit(lens: &[usize], ports: &[u8], max_segments: usize, errno: i32, 
     }
     got.sort();
     assert_eq!(got, sent, "the identical datagrams, each once");
-    // Ops the kernel answered (epoll also logs the entries a `sendmmsg` stopped before): each
-    // refused group once (on epoll twice: behind another entry its error is dropped), then
-    // each datagram alone.
-    let answered = peer.ops.iter().filter(|o| o.res.is_some()).count();
+    // Ops answered: each refused group once (on epoll twice: behind another entry its error
+    // is dropped), then each datagram alone.
     assert!(
         answered <= 3 * lens.len() + 1,
         "re-split loops: {answered} ops"

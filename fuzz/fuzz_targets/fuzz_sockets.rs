@@ -29,6 +29,15 @@ enum Op {
     FlushTimeout(Option<u8>),
 }
 
+/// The bytes the trace's send calls ask for.
+fn sent(ops: &[Op]) -> usize {
+    let calls = ops.iter().take(MAX_STEPS).filter_map(|op| match op {
+        Op::Call(c) => Some(c.bytes()),
+        _ => None,
+    });
+    calls.sum()
+}
+
 impl Op {
     fn step(self) -> Step {
         match self {
@@ -55,7 +64,7 @@ struct Input {
 }
 
 fuzz_target!(|input: Input| {
-    let mut cfg = input.limits.cfg(false);
+    let mut cfg = input.limits.cfg(false, sent(&input.ops));
     // Small caps, so stalled peers hold most of them.
     cfg.max_in_flight_ops = cfg.max_in_flight_ops % 4 + 1;
     let sockets = input

@@ -29,6 +29,15 @@ enum Op {
     Fault(Fault),
 }
 
+/// The bytes the trace's send calls ask for.
+fn sent(ops: &[Op]) -> usize {
+    let calls = ops.iter().take(MAX_STEPS).filter_map(|op| match op {
+        Op::Call(c) => Some(c.bytes()),
+        _ => None,
+    });
+    calls.sum()
+}
+
 impl Op {
     fn step(self) -> Step {
         match self {
@@ -62,7 +71,7 @@ fuzz_target!(|input: Input| {
         .collect();
     let cancel = common::cancel(input.cancel);
     let mut runner = Runner::new(Setup {
-        cfg: input.limits.cfg(true),
+        cfg: input.limits.cfg(true, sent(&input.ops)),
         mode: if input.uring {
             Mode::Uring
         } else {

@@ -354,6 +354,11 @@ pub(crate) const ZC_FALLBACK_ERRNOS: [i32; 3] = [libc::EOPNOTSUPP, libc::EINVAL,
 
 impl Core {
     pub fn new(cfg: Config) -> Core {
+        Core::with_stats(cfg, Stats::default())
+    }
+
+    /// A core that starts from `stats` (the simulated engine's are smaller).
+    pub(crate) fn with_stats(cfg: Config, stats: Stats) -> Core {
         Core {
             cfg,
             socks: Vec::new(),
@@ -372,7 +377,7 @@ impl Core {
             recverr_toggles: Vec::new(),
             round: 0,
             scratch: Vec::new(),
-            stats: Stats::default(),
+            stats,
         }
     }
 

@@ -252,6 +252,9 @@ pub struct PeerLog {
     pub recverr_switches: Vec<bool>,
     /// For each `shutdown(SHUT_WR)`: the bytes the peer had then.
     pub shutdowns: Vec<usize>,
+    /// Bumped whenever an op is recorded or gets its result: checks that read only `ops` need
+    /// not look again while it stays the same.
+    pub ops_changes: u64,
 }
 
 #[derive(Debug)]
@@ -286,12 +289,55 @@ enum Fl {
     Notif { due: u8 },
 }
 
+/// The exact bytes an op carries, as issued: its slices (iovecs) concatenated, and each one's
+/// length (one buffer per op, not one per slice: the per-slice copies were most of the
+/// simulated kernel's allocations).
+#[derive(Debug, Default)]
+struct Snapshot {
+    bytes: Vec<u8>,
+    lens: Vec<usize>,
+    total: usize,
+}
+
+impl Snapshot {
+    /// The op's slices; their bytes only if `copy` (an op the kernel never runs, one that
+    /// epoll reports `NotIssued`, needs its shape alone).
+    fn of(core: &Core, p: &Planned, copy: bool) -> Snapshot {
+        let mut s = Snapshot::default();
+        core.for_each_slice(p, |b| {
+            if copy {
+                s.bytes.extend_from_slice(b);
+            }
+            s.lens.push(b.len());
+            s.total += b.len();
+        });
+        s
+    }
+
+    /// iovecs.
+    fn iovecs(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Whether the op's slices in `core` are still exactly these, slice for slice.
+    fn matches(&self, core: &Core, p: &Planned) -> bool {
+        let (mut same, mut at, mut n) = (true, 0, 0);
+        core.for_each_slice(p, |b| {
+            same &=
+                self.lens.get(n) == Some(&b.len()) && self.bytes.get(at..at + b.len()) == Some(b);
+            at += b.len();
+            n += 1;
+        });
+        same && n == self.lens.len()
+    }
+}
+
 #[derive(Debug)]
 struct Flight {
     p: Planned,
     reg: usize,
     op: usize,
-    snapshot: Vec<Vec<u8>>,
+    snapshot: Snapshot,
     seqs: Vec<u64>,
     st: Fl,
     /// The `issue` call that handed it over.
@@ -341,6 +387,10 @@ pub(crate) struct State {
     budget: u64,
     /// Ops in flight beyond each socket's first, at most at once.
     pub(crate) max_extras: usize,
+    /// `measure`'s count of ops per registration.
+    per_reg: Vec<usize>,
+    /// `check_tokens`' buffer.
+    tokens: Vec<u64>,
     /// Ops the engine leaked (a drop whose drain failed).
     pub(crate) leaked: Option<usize>,
     /// Releases `Idle::Release` made.
@@ -392,6 +442,8 @@ impl State {
             idle_spins: 0,
             budget: DEFAULT_BUDGET,
             max_extras: 0,
+            per_reg: Vec::new(),
+            tokens: Vec::new(),
             leaked: None,
             idle_releases: 0,
             zc: ZcModel::default(),
@@ -439,10 +491,11 @@ impl State {
             .map(|f| (f.reg, &self.peers[f.reg].log.ops[f.op]))
     }
 
-    fn record_op(&mut self, reg: usize, p: &Planned, snapshot: &[Vec<u8>], seqs: &[u64]) -> usize {
+    fn record_op(&mut self, reg: usize, p: &Planned, snapshot: &Snapshot, seqs: &[u64]) -> usize {
         let at = self.tick();
         let now = self.now_ns;
         let peer = &mut self.peers[reg];
+        peer.log.ops_changes += 1;
         let (stream, first_seq, count, segment_size, bytes) = match p.shape {
             OpShape::Stream { entries, bytes } => (true, 0, entries, None, bytes),
             OpShape::Dgram {
@@ -463,7 +516,7 @@ impl State {
             count,
             segment_size,
             bytes,
-            iovecs: snapshot.len(),
+            iovecs: snapshot.iovecs(),
             dest: p.dest,
             issued_ns: now,
             issued_at: at,
@@ -487,7 +540,8 @@ impl State {
         core: &Core,
         p: &Planned,
         batch: &[Planned],
-    ) -> (usize, Vec<Vec<u8>>, Vec<u64>) {
+        copy: bool,
+    ) -> (usize, Snapshot, Vec<u64>) {
         let reg = self.reg_of(p.sock);
         let peer = &self.peers[reg];
         assert_eq!(
@@ -495,19 +549,12 @@ impl State {
             "sim kernel: op on socket {} with the wrong fd",
             p.sock
         );
+        let snapshot = Snapshot::of(core, p, copy);
+        let total = snapshot.total;
         assert!(
-            !self.flights.iter().any(|f| f.p.token == p.token)
-                && batch.iter().filter(|b| b.token == p.token).count() == 1,
-            "sim kernel: token {:#x} issued while in flight",
-            p.token.0
-        );
-        let mut snapshot = Vec::new();
-        core.for_each_slice(p, |s| snapshot.push(s.to_vec()));
-        let total: usize = snapshot.iter().map(Vec::len).sum();
-        assert!(
-            snapshot.len() <= crate::plan::IOV_MAX,
+            snapshot.iovecs() <= crate::plan::IOV_MAX,
             "sim kernel: {} iovecs",
-            snapshot.len()
+            snapshot.iovecs()
         );
         match p.shape {
             OpShape::Packet { .. } => {}
@@ -589,9 +636,9 @@ impl State {
             );
             assert_eq!(total, bytes, "sim kernel: packet op bytes != its slice");
             assert!(
-                snapshot.len() == 1,
+                snapshot.iovecs() == 1,
                 "sim kernel: a packet op of {} slices (one write is one packet)",
-                snapshot.len()
+                snapshot.iovecs()
             );
             assert!(
                 p.dest.is_none(),
@@ -620,22 +667,41 @@ impl State {
         (reg, snapshot, seqs)
     }
 
+    /// Every op of `batch` has a token unique among the ops in flight and the batch (sorted
+    /// once per issue: checking each op against the batch was quadratic in a `sendmmsg` of
+    /// hundreds of datagrams).
+    fn check_tokens(&mut self, batch: &[Planned]) {
+        let mut t = std::mem::take(&mut self.tokens);
+        t.clear();
+        t.extend(self.flights.iter().map(|f| f.p.token.0));
+        t.extend(batch.iter().map(|p| p.token.0));
+        t.sort_unstable();
+        if let Some(w) = t.windows(2).find(|w| w[0] == w[1]) {
+            panic!("sim kernel: token {:#x} issued while in flight", w[0]);
+        }
+        self.tokens = t;
+    }
+
     /// Records the high-water marks of ops in flight with `batch` added.
     fn measure(&mut self, batch: &[Planned]) {
-        let mut per: BTreeMap<usize, usize> = BTreeMap::new();
+        // Ops per registration (a reused buffer: this runs at every issue).
+        let mut per = std::mem::take(&mut self.per_reg);
+        per.clear();
+        per.resize(self.peers.len(), 0);
         for f in &self.flights {
-            *per.entry(f.reg).or_default() += 1;
+            per[f.reg] += 1;
         }
         for p in batch {
-            *per.entry(self.reg_of(p.sock)).or_default() += 1;
+            per[self.reg_of(p.sock)] += 1;
         }
         let mut extras = 0;
-        for (&reg, &n) in &per {
+        for (reg, &n) in per.iter().enumerate().filter(|&(_, &n)| n > 0) {
             extras += n - 1;
             let log = &mut self.peers[reg].log;
             log.max_in_flight = log.max_in_flight.max(n);
         }
         self.max_extras = self.max_extras.max(extras);
+        self.per_reg = per;
     }
 
     /// Decides an op: `None` holds it, `Some(res)` is its result (bytes delivered to the peer).
@@ -643,12 +709,12 @@ impl State {
         &mut self,
         reg: usize,
         p: &Planned,
-        snapshot: &[Vec<u8>],
+        snapshot: &Snapshot,
         seqs: &[u64],
         pos: usize,
     ) -> Option<i32> {
         let epoll = self.mode == Mode::Epoll;
-        let payload = snapshot.concat();
+        let payload = &snapshot.bytes[..];
         let peer = &mut self.peers[reg];
         let stream = peer.log.stream;
         let packet = peer.log.packet;
@@ -694,7 +760,7 @@ impl State {
                 bytes,
                 dest: p.dest.or(peer.connected),
                 pos,
-                payload: &payload,
+                payload,
                 now_ns: self.now_ns,
             };
             self.behaviour.verdict(&view)
@@ -731,7 +797,7 @@ impl State {
                 peer.log.datagrams.push(Delivered {
                     seq: first_seq,
                     dest: None,
-                    payload: Bytes::from(payload),
+                    payload: Bytes::copy_from_slice(payload),
                 });
             }
             return Some(res);
@@ -769,6 +835,7 @@ impl State {
     fn finish(&mut self, reg: usize, op: usize, token: Token, res: i32) {
         let at = self.tick();
         let now = self.now_ns;
+        self.peers[reg].log.ops_changes += 1;
         let rec = &mut self.peers[reg].log.ops[op];
         rec.res = Some(res);
         rec.done_ns = now;
@@ -1074,10 +1141,8 @@ impl State {
             .iter()
             .filter(|f| !matches!(f.st, Fl::Notif { .. }))
         {
-            let mut now = Vec::new();
-            core.for_each_slice(&f.p, |s| now.push(s.to_vec()));
             assert!(
-                now == f.snapshot,
+                f.snapshot.matches(core, &f.p),
                 "sim kernel: the payload of op {:#x} on socket {} changed while in flight",
                 f.p.token.0,
                 f.p.sock
@@ -1089,13 +1154,13 @@ impl State {
         self.measure(&ops[..taken]);
         for (i, p) in ops.iter().enumerate() {
             if i >= taken {
-                let (reg, snapshot, seqs) = self.admit(core, p, &ops[i..]);
+                let (reg, snapshot, seqs) = self.admit(core, p, &ops[i..], false);
                 let op = self.record_op(reg, p, &snapshot, &seqs);
                 self.peers[reg].log.ops[op].not_issued = true;
                 out.push(Event::NotIssued { token: p.token });
                 continue;
             }
-            let (reg, snapshot, seqs) = self.admit(core, p, &ops[i..taken]);
+            let (reg, snapshot, seqs) = self.admit(core, p, &ops[i..taken], true);
             let op = self.record_op(reg, p, &snapshot, &seqs);
             let mut ranges = Vec::new();
             if p.zerocopy {
@@ -1149,7 +1214,7 @@ impl State {
             let mut stop = false;
             for j in i..end {
                 let p = batch[j];
-                let (reg, snapshot, seqs) = self.admit(core, &p, &batch[j..end]);
+                let (reg, snapshot, seqs) = self.admit(core, &p, &batch[j..end], !stop);
                 let op = self.record_op(reg, &p, &snapshot, &seqs);
                 if stop {
                     self.peers[reg].log.ops[op].not_issued = true;
@@ -1295,6 +1360,23 @@ impl State {
     }
 }
 
+/// A fresh placeholder descriptor (`/dev/null`) for a simulated socket or kernel: a duplicate of
+/// one opened once per thread (a `dup` costs far less than an `open` of the path, and fuzz
+/// targets make several per input).
+///
+/// # Errors
+/// If `/dev/null` cannot be opened or the descriptor duplicated.
+pub fn placeholder_fd() -> std::io::Result<OwnedFd> {
+    thread_local! {
+        static DEV_NULL: std::io::Result<OwnedFd> =
+            std::fs::File::open("/dev/null").map(OwnedFd::from);
+    }
+    DEV_NULL.with(|fd| match fd {
+        Ok(fd) => fd.try_clone(),
+        Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+    })
+}
+
 /// The simulated kernel, as the engine's driver. Control and observe it through
 /// [`SimKernel::handle`].
 #[derive(Debug)]
@@ -1326,7 +1408,7 @@ impl SimKernel {
     pub fn with_behaviour(mode: Mode, behaviour: Box<dyn Behaviour>) -> SimKernel {
         SimKernel {
             state: Arc::new(Mutex::new(State::new(mode, behaviour))),
-            fd: std::fs::File::open("/dev/null").expect("/dev/null").into(),
+            fd: placeholder_fd().expect("/dev/null"),
         }
     }
 
@@ -1580,8 +1662,14 @@ impl SimHandle {
 
     /// What was observed on the socket currently registered as `id`.
     pub fn peer(&self, id: SocketId) -> PeerLog {
+        self.with_peer(id, PeerLog::clone)
+    }
+
+    /// `f` of what was observed on the socket currently registered as `id`, without a copy
+    /// of the log (the kernel's state stays locked while `f` runs).
+    pub fn with_peer<R>(&self, id: SocketId, f: impl FnOnce(&PeerLog) -> R) -> R {
         let st = self.st();
-        st.peers[st.reg_of(id.index())].log.clone()
+        f(&st.peers[st.reg_of(id.index())].log)
     }
 
     /// The registration number of `id` (registrations are numbered 0, 1, … and never reused).
@@ -1714,6 +1802,7 @@ impl Driver for SimKernel {
         let mut st = self.st();
         st.call();
         st.issues += 1;
+        st.check_tokens(ops);
         match st.mode {
             Mode::Uring => st.issue_uring(payload, ops, out),
             Mode::Epoll => st.issue_epoll(payload, ops, out),

@@ -20,20 +20,25 @@ pub fn dest(port: u16) -> SocketAddr {
 /// `len` bytes that no other tag's payload shares (splitmix64 over the tag and word index), so
 /// every byte a peer receives says which write it came from.
 pub fn payload(tag: u64, len: usize) -> Bytes {
-    let mut out = Vec::with_capacity(len);
-    let mut i = 0u64;
-    while out.len() < len {
+    let word = |i: u64| {
         let mut z = tag
             .wrapping_mul(0x9e37_79b9_7f4a_7c15)
             .wrapping_add(i.wrapping_mul(0xbf58_476d_1ce4_e5b9))
             .wrapping_add(0x94d0_49bb_1331_11eb);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        let take = (len - out.len()).min(8);
-        out.extend_from_slice(&z.to_le_bytes()[..take]);
+        (z ^ (z >> 31)).to_le_bytes()
+    };
+    let mut out = vec![0; len];
+    let mut words = out.chunks_exact_mut(8);
+    let mut i = 0;
+    for w in &mut words {
+        w.copy_from_slice(&word(i));
         i += 1;
     }
+    let rest = words.into_remainder();
+    let n = rest.len();
+    rest.copy_from_slice(&word(i)[..n]);
     Bytes::from(out)
 }
 
@@ -127,6 +132,46 @@ pub struct SockModel {
     pub maybe_closing: bool,
     /// Stream bytes accepted when `shutdown_write` succeeded.
     pub shut_at: Option<usize>,
+    /// How far the checks after each step got (they look only at what arrived since).
+    pub checked: Checked,
+}
+
+/// What [`super::checks::check`] already found to hold for a socket. The peer's log only
+/// grows (bytes and datagrams are appended, never changed), as do the accepted writes, so what
+/// held once holds after every later step; each step checks only what is new.
+#[derive(Debug, Clone, Default)]
+pub struct Checked {
+    /// Stream bytes the peer received that match the accepted bytes.
+    pub received: usize,
+    /// Datagrams delivered that were checked (whole, accepted, to their destination).
+    pub datagrams: usize,
+    /// Per accepted write (sequence number): delivered as a datagram.
+    pub seen: Vec<bool>,
+    /// Payload bytes of the datagrams checked.
+    pub datagram_bytes: usize,
+    /// The peer log's `ops_changes` when its op log was last checked (ENOBUFS and ICMP
+    /// retries), if it was.
+    pub ops_checked: Option<u64>,
+    /// The resolved barrier whose datagrams below it were counted: (target, count, datagrams
+    /// counted so far).
+    pub below: Option<(u64, usize, usize)>,
+    /// The statuses the op log poisons the socket with, as of `ops_changes`.
+    pub poisons: Option<(u64, Vec<crate::error::Status>)>,
+}
+
+impl Checked {
+    /// Datagrams of `log` with a sequence number below `target`, counting only those delivered
+    /// since the last call for the same target.
+    pub fn below(&mut self, target: u64, log: &super::kernel::PeerLog) -> usize {
+        let (t, n0, from0) = self.below.unwrap_or((target, 0, 0));
+        let (mut n, from) = if t == target { (n0, from0) } else { (0, 0) };
+        n += log.datagrams[from..]
+            .iter()
+            .filter(|d| d.seq < target)
+            .count();
+        self.below = Some((target, n, log.datagrams.len()));
+        n
+    }
 }
 
 impl SockModel {
@@ -170,6 +215,7 @@ impl Model {
             aborted: false,
             maybe_closing: false,
             shut_at: None,
+            checked: Checked::default(),
         });
         self.socks.len() - 1
     }

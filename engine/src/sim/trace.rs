@@ -385,8 +385,8 @@ impl Runner {
         &self.steps
     }
 
-    fn check(&self) {
-        checks::check(&self.cfg, &self.model, self.engine.as_ref(), &self.k);
+    fn check(&mut self) {
+        checks::check(&self.cfg, &mut self.model, self.engine.as_ref(), &self.k);
     }
 
     fn add(&mut self, kind: Kind) {
@@ -512,7 +512,7 @@ impl Runner {
             Some(a) => engine.send_to(id, data.clone(), a),
         };
         let st = self.k.st();
-        let s = &self.model.socks[i];
+        let s = &mut self.model.socks[i];
         let got = checks::check_send(
             &self.cfg,
             s,
