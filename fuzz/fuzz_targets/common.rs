@@ -199,6 +199,9 @@ impl Limits {
             gso_max_segments: usize::from(self.gso_segments % 70),
             gso_max_bytes: usize::from(self.gso_bytes),
             nobufs_retries: self.nobufs_retries % 6,
+            // Peer-error sampling (`EngineBuilder::sample_peer_errors`) from the byte's top bit,
+            // which `% 6` above does not use up (the input layout stays as it was).
+            peer_error_sampling: self.nobufs_retries >= 128,
             ..SimConfig::default()
         };
         if !queues {

@@ -1317,7 +1317,11 @@ impl State {
             dest: op.dest.copied(),
             zerocopy: false,
         };
-        let snapshot = vec![op.buf.to_vec()];
+        let snapshot = Snapshot {
+            bytes: op.buf.to_vec(),
+            lens: vec![bytes],
+            total: bytes,
+        };
         let seqs: Vec<u64> = op.dgram.into_iter().collect();
         self.measure(&[p]);
         let rec = self.record_op(reg, &p, &snapshot, &seqs);
