@@ -387,6 +387,16 @@ impl Core {
                 self.stats.retries += 1;
                 return errno == libc::EAGAIN;
             }
+            // Empty writes at the op's front end where they start, at the last byte sent: they
+            // are complete, whichever op carried them (an op of their own returns 0; one that
+            // also carries the next write fails) — the backends cut ops differently.
+            let mut sampled = std::mem::take(&mut self.scratch);
+            let ended = q.consume(0, entries, &mut sampled);
+            if ended.0 > 0 {
+                self.ended_ok(idx, ended, 0, &sampled, clock);
+            }
+            sampled.clear();
+            self.scratch = sampled;
             self.poison(idx, errno, clock.get());
             return false;
         }

@@ -603,6 +603,24 @@ both! {
     }
 }
 
+both! {
+    /// An empty write ends where it starts: at the front of an op that fails (a reset before
+    /// any byte of the op went), it is complete, as it is when an op of its own carries it (a
+    /// send of 0 bytes returns 0); the next write fails. Found by fuzz_diff (the two backends
+    /// cut the ops differently): `fuzz/corpus/fuzz_diff/regress-empty-write-before-reset`.
+    fn an_empty_write_before_a_reset_is_sent(mode) {
+        let (mut e, k) = sim(mode, SimConfig::default());
+        let d = stream(&mut e, &k);
+        e.send(d, Bytes::new()).unwrap();
+        e.send(d, payload(1, 100)).unwrap();
+        k.reset(d, libc::ECONNRESET);
+        let r = e.flush(d).unwrap_err();
+        assert_eq!(r.status(), Some(Status::ConnectionReset), "{r}");
+        let st = e.stats();
+        assert_eq!((st.writes_sent, st.writes_failed), (1, 1), "the empty write is sent");
+    }
+}
+
 // ---- stale pending errors (ICMP) ----------------------------------------------------------
 
 both! {
