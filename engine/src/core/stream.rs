@@ -387,11 +387,13 @@ impl Core {
                 self.stats.retries += 1;
                 return errno == libc::EAGAIN;
             }
-            // Empty writes at the op's front end where they start, at the last byte sent: they
-            // are complete, whichever op carried them (an op of their own returns 0; one that
-            // also carries the next write fails) — the backends cut ops differently.
+            // An empty write ends where it starts: those at the front of what is unsent (in
+            // this op or queued behind it) start at the last byte sent and are complete,
+            // whichever op carries them (one of their own returns 0; one that also carries the
+            // next write fails) — the backends cut ops differently. Nothing is in flight now.
+            q.seal();
             let mut sampled = std::mem::take(&mut self.scratch);
-            let ended = q.consume(0, entries, &mut sampled);
+            let ended = q.consume(0, q.q.len(), &mut sampled);
             if ended.0 > 0 {
                 self.ended_ok(idx, ended, 0, &sampled, clock);
             }

@@ -612,12 +612,15 @@ both! {
         let (mut e, k) = sim(mode, SimConfig::default());
         let d = stream(&mut e, &k);
         e.send(d, Bytes::new()).unwrap();
+        e.send(d, Bytes::new()).unwrap();
         e.send(d, payload(1, 100)).unwrap();
+        e.send(d, Bytes::new()).unwrap();
         k.reset(d, libc::ECONNRESET);
         let r = e.flush(d).unwrap_err();
         assert_eq!(r.status(), Some(Status::ConnectionReset), "{r}");
         let st = e.stats();
-        assert_eq!((st.writes_sent, st.writes_failed), (1, 1), "the empty write is sent");
+        // The two in front are sent; the one behind the failed write fails with it.
+        assert_eq!((st.writes_sent, st.writes_failed), (2, 2), "the empty writes in front");
     }
 }
 
