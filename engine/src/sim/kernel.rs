@@ -469,6 +469,15 @@ impl State {
         });
     }
 
+    /// The registration behind descriptor `fd`, for the driver calls that name a socket by its
+    /// descriptor (`call` names the call in the panic).
+    fn reg_of_fd(&self, fd: RawFd, call: &str) -> usize {
+        match self.by_fd.get(&fd) {
+            Some(&r) => r,
+            None => panic!("sim kernel: {call} on unknown fd {fd}"),
+        }
+    }
+
     fn reg_of(&self, sock: u32) -> usize {
         match self.by_index.get(sock as usize).copied().flatten() {
             Some(r) => r,
@@ -1914,9 +1923,7 @@ impl Driver for SimKernel {
 
     fn read_errqueue(&mut self, fd: RawFd, max: usize, out: &mut Vec<(Option<SocketAddr>, i32)>) {
         let mut st = self.st();
-        let Some(&reg) = st.by_fd.get(&fd) else {
-            panic!("sim kernel: read_errqueue on unknown fd {fd}");
-        };
+        let reg = st.reg_of_fd(fd, "read_errqueue");
         let p = &mut st.peers[reg];
         p.log.errqueue_reads += 1;
         let mut calls = 0u64;
@@ -1943,9 +1950,7 @@ impl Driver for SimKernel {
 
     fn set_recverr(&mut self, fd: RawFd, _v6: bool, on: bool) -> bool {
         let mut st = self.st();
-        let Some(&reg) = st.by_fd.get(&fd) else {
-            panic!("sim kernel: set_recverr on unknown fd {fd}");
-        };
+        let reg = st.reg_of_fd(fd, "set_recverr");
         let p = &mut st.peers[reg];
         p.recverr = on;
         if !on {
@@ -1959,9 +1964,7 @@ impl Driver for SimKernel {
 
     fn shutdown_write(&mut self, fd: RawFd) -> Result<(), Error> {
         let mut st = self.st();
-        let Some(&reg) = st.by_fd.get(&fd) else {
-            panic!("sim kernel: shutdown on unknown fd {fd}");
-        };
+        let reg = st.reg_of_fd(fd, "shutdown");
         st.tally.transitions += 1;
         let p = &mut st.peers[reg];
         p.shut_wr = true;
