@@ -993,7 +993,7 @@ impl Engine {
     /// call is terminal (sent or failed), with what happened to them since its previous flush.
     /// Other sockets never delay it.
     ///
-    /// With one buffer (or one datagram) to send and nothing in flight on any socket, it sends
+    /// With one buffer (or one datagram) to send and no write pending on any other socket, it sends
     /// it itself with one `send(2)`/`sendto(2)` and, if it went out whole, returns at once
     /// ([`EngineBuilder::solo_flush`]); whatever else happens to it is the general path's.
     ///
@@ -1026,7 +1026,7 @@ impl Engine {
     }
 
     /// A flush's fast path for one op alone (`core/solo.rs`): when everything unsent on `id` is
-    /// one buffer and nothing is in flight anywhere, the driver sends it at once (`send(2)`, or
+    /// one buffer and no other socket has a write pending, the driver sends it at once (`send(2)`, or
     /// `sendto(2)` for one datagram to a destination); true when it went out whole (the barrier
     /// resolves now: [`Core::resolve_solo`]). False leaves the flush to the general path: when
     /// the case did not arise (nothing sent), or with any other result (a short write,

@@ -313,10 +313,7 @@ fn refuse(s: &Sock, cfg: &Config, total: usize, id: SocketId, len: usize) -> Res
             max: max_total,
         });
     }
-    let queued_writes = match &s.queue {
-        Queue::Stream(q) => q.len(),
-        Queue::Dgram(q) | Queue::Packet(q) => q.len(),
-    };
+    let queued_writes = s.queue.writes();
     if queued_writes >= cfg.max_queued_writes_per_socket {
         return Err(Error::Backpressure {
             socket: id,

@@ -181,6 +181,17 @@ pub(crate) enum Queue {
     Packet(DgramQueue),
 }
 
+impl Queue {
+    /// Writes accepted on the socket and not yet terminal.
+    #[inline]
+    pub fn writes(&self) -> usize {
+        match self {
+            Queue::Stream(q) => q.len(),
+            Queue::Dgram(q) | Queue::Packet(q) => q.len(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Sock {
     pub fd: RawFd,

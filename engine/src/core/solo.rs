@@ -18,7 +18,9 @@ impl Core {
     /// only one ready and everything unsent on it is one buffer — one stream buffer (the
     /// staging chunk, or one entry, from its first byte, within `max_bytes_per_op`, below the
     /// zero-copy threshold) or one datagram (no GSO probe, suspect or noisy destination
-    /// pending). Never a packet descriptor.
+    /// pending), and no other socket holds a pending write (one waiting for writability on
+    /// epoll is not in flight, but the general path's wait would send it). Never a packet
+    /// descriptor.
     #[inline]
     pub fn solo(&self, id: SocketId) -> Option<Solo<'_>> {
         if !self.cfg.solo_flush
@@ -32,7 +34,13 @@ impl Core {
             return None;
         }
         let s = self.sock(id).ok()?;
-        if !s.writable || !s.accepting || s.retry_at_ns.is_some() {
+        // Every write pending in the engine is this socket's: none waits on another socket for
+        // writability (the general path would take that socket's event in the same wait).
+        if !s.writable
+            || !s.accepting
+            || s.retry_at_ns.is_some()
+            || self.pending_writes != s.queue.writes() as u64
+        {
             return None;
         }
         let (buf, dest, dgram) = match &s.queue {
