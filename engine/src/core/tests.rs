@@ -1636,6 +1636,37 @@ both! {
     }
 }
 
+/// A deterministic kernel for 12 registrations: three cuts and three `EAGAIN`s per stream, a
+/// reset (one of `resets`) on a third of them, and a fate for each of 60 datagrams per socket
+/// (an errno drawn from `errnos`, up to `nobufs - 1` `ENOBUFS`, an `EAGAIN` in four).
+pub(super) fn random_script(
+    rng: &mut SmallRng,
+    resets: &[i32],
+    errnos: &[Option<i32>],
+    nobufs: u8,
+) -> Script {
+    let mut script = Script::new();
+    for reg in 0..12 {
+        for _ in 0..3 {
+            script.cut(reg, rng.gen_range(1..20_000));
+            script.again_at(reg, rng.gen_range(0..20_000));
+        }
+        if rng.gen_range(0..3) == 0 {
+            let errno = resets[rng.gen_range(0..resets.len())];
+            script.fail_at(reg, rng.gen_range(0..20_000), errno);
+        }
+        for seq in 0..60 {
+            let fate = Fate {
+                errno: errnos[rng.gen_range(0..errnos.len())],
+                nobufs: rng.gen_range(0..nobufs),
+                again: rng.gen_range(0..4) == 0,
+            };
+            script.fate(reg, seq, fate);
+        }
+    }
+    script
+}
+
 /// The same trace through the io_uring and the epoll model, with one deterministic kernel,
 /// gives the same outcome: every call's result, the bytes each peer got, the datagrams
 /// delivered, every socket's reports.
@@ -1645,33 +1676,19 @@ fn uring_and_epoll_agree_on_every_trace() {
     for round in 0..120 {
         let cfg = random_cfg(&mut rng, false);
         let steps: Vec<Step> = (0..150).map(|_| random_step(&mut rng, true)).collect();
-        let mut script = Script::new();
-        for reg in 0..12 {
-            for _ in 0..3 {
-                script.cut(reg, rng.gen_range(1..20_000));
-                script.again_at(reg, rng.gen_range(0..20_000));
-            }
-            if rng.gen_range(0..3) == 0 {
-                let errno = [libc::ECONNRESET, libc::EPIPE][rng.gen_range(0..2)];
-                script.fail_at(reg, rng.gen_range(0..20_000), errno);
-            }
-            for seq in 0..60 {
-                let errno = [
-                    None,
-                    None,
-                    None,
-                    Some(libc::EMSGSIZE),
-                    Some(libc::EIO),
-                    Some(libc::ECONNREFUSED),
-                ];
-                let fate = Fate {
-                    errno: errno[rng.gen_range(0..errno.len())],
-                    nobufs: rng.gen_range(0..7),
-                    again: rng.gen_range(0..4) == 0,
-                };
-                script.fate(reg, seq, fate);
-            }
-        }
+        let script = random_script(
+            &mut rng,
+            &[libc::ECONNRESET, libc::EPIPE],
+            &[
+                None,
+                None,
+                None,
+                Some(libc::EMSGSIZE),
+                Some(libc::EIO),
+                Some(libc::ECONNREFUSED),
+            ],
+            7,
+        );
         let run = |mode: Mode| -> Observed {
             let mut r = Runner::new(Setup {
                 cfg: cfg.clone(),

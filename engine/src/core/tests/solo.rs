@@ -267,25 +267,12 @@ both! {
                 });
                 steps.push(Step::Flush { sock });
             }
-            let mut script = Script::new();
-            for reg in 0..12 {
-                for _ in 0..3 {
-                    script.cut(reg, rng.gen_range(1..20_000));
-                    script.again_at(reg, rng.gen_range(0..20_000));
-                }
-                if rng.gen_range(0..3) == 0 {
-                    script.fail_at(reg, rng.gen_range(0..20_000), libc::ECONNRESET);
-                }
-                for seq in 0..60 {
-                    let errno = [None, None, None, Some(libc::EMSGSIZE), Some(libc::ECONNREFUSED)];
-                    let fate = Fate {
-                        errno: errno[rng.gen_range(0..errno.len())],
-                        nobufs: rng.gen_range(0..4),
-                        again: rng.gen_range(0..4) == 0,
-                    };
-                    script.fate(reg, seq, fate);
-                }
-            }
+            let script = random_script(
+                &mut rng,
+                &[libc::ECONNRESET],
+                &[None, None, None, Some(libc::EMSGSIZE), Some(libc::ECONNREFUSED)],
+                4,
+            );
             let run = |cfg: SimConfig, tally: &mut [usize; 2]| -> Observed {
                 let mut r = Runner::new(Setup {
                     cfg,
