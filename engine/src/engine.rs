@@ -950,6 +950,28 @@ impl Engine {
         }
     }
 
+    /// Blocks in the driver until `done`, issuing nothing new (what is queued for the kernel
+    /// already, e.g. cancels, goes in); `Ok(false)` when the deadline passed first (after one
+    /// last non-blocking reap).
+    fn wait_until(
+        &mut self,
+        deadline: Option<u64>,
+        done: impl Fn(&Core) -> bool,
+    ) -> Result<bool, Error> {
+        while !done(&self.core) {
+            // No timer: a backoff that ends lets a write go, which is not this wait's to issue.
+            let wait = match deadline {
+                Some(d) if self.driver.now_ns() >= d => Wait::No,
+                _ => Wait::Until(deadline),
+            };
+            self.enter(wait)?;
+            if wait == Wait::No {
+                return Ok(done(&self.core));
+            }
+        }
+        Ok(true)
+    }
+
     /// Hands everything pending on every socket to the kernel (one `io_uring_enter` on io_uring)
     /// and collects whatever has completed, without waiting for anything. The step an event
     /// loop takes when the engine's descriptor is readable or [`Engine::next_timeout`] passed.
@@ -1161,6 +1183,8 @@ impl Engine {
 
     /// Drops a socket at once: queued writes fail as cancelled, writes in flight are cancelled in
     /// the kernel and waited for (their buffers are never freed early), then the socket closes.
+    /// It issues nothing for other sockets (their queued writes wait for the next call that
+    /// submits).
     ///
     /// # Errors
     /// [`Error::UnknownSocket`]; [`Error::FlushTimeout`] if the cancelled writes did not
@@ -1186,9 +1210,11 @@ impl Engine {
             cancelled?;
             // Until one of them ends, then cancel the rest again: an op linked behind
             // another (a packet chain on io_uring) cannot be cancelled before it starts,
-            // which is when the one before it ends.
+            // which is when the one before it ends. Only waits: other sockets' ready writes
+            // stay for the next call, as on epoll, where a socket waiting for room has nothing
+            // in flight and nothing is waited for.
             let fewer = |c: &Core| c.sock(id).map(|s| s.in_flight < left).unwrap_or(true);
-            if !self.drive_until(deadline, fewer)? {
+            if !self.wait_until(deadline, fewer)? {
                 return Err(Error::FlushTimeout { socket: Some(id) });
             }
         }
