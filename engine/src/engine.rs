@@ -1251,6 +1251,16 @@ impl Engine {
         Ok(self.core.sock(id)?.queued_bytes)
     }
 
+    /// Writes held in `id`'s queue, what `max_queued_writes_per_socket` counts: every write
+    /// accepted and not yet terminal (empty ones too), and ended ones still behind an earlier
+    /// write that has not ended (the queue lets them go in order).
+    ///
+    /// # Errors
+    /// [`Error::UnknownSocket`].
+    pub fn queued_writes(&self, id: SocketId) -> Result<usize, Error> {
+        Ok(self.core.sock(id)?.queue.writes())
+    }
+
     /// Bytes accepted and not yet terminal, over all sockets.
     pub fn total_queued_bytes(&self) -> usize {
         self.core.queued_bytes()

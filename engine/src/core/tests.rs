@@ -1272,11 +1272,15 @@ both! {
         let d = udp(&mut e, &k, Some(dest(7)), false);
         k.stall(h);
         send_all(&mut e, h, 0, &[10, 10]);
-        send_all(&mut e, d, 2, &[10]);
+        send_all(&mut e, d, 2, &[10, 0]);
+        // An empty datagram is a write like any other.
+        assert_eq!((e.queued_writes(d).unwrap(), e.queued_bytes(d).unwrap()), (2, 10));
+        assert_eq!(e.queued_writes(h).unwrap(), 2);
         e.abort(h).unwrap();
         e.abort(d).unwrap();
         let s = e.stats();
-        assert_eq!((s.writes_sent, s.failed(Status::Cancelled)), (0, 3));
+        assert_eq!((s.writes_sent, s.failed(Status::Cancelled)), (0, 4));
+        assert!(matches!(e.queued_writes(d), Err(Error::UnknownSocket(_))));
         assert_eq!(k.in_flight(), 0);
     }
 }

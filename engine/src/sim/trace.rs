@@ -728,11 +728,12 @@ impl Runner {
         let Some((i, id)) = self.pick(sock) else {
             return;
         };
+        // Writes, not bytes: empty datagrams race as well.
         let pending = self
             .engine
             .as_ref()
-            .and_then(|e| e.queued_bytes(id).ok())
-            .is_some_and(|b| b > 0);
+            .and_then(|e| e.queued_writes(id).ok())
+            .is_some_and(|n| n > 0);
         if pending {
             self.raced.push(self.model.socks[i].reg);
         }
