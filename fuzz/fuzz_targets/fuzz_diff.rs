@@ -19,6 +19,7 @@ use arbitrary::Arbitrary;
 use common::{Call, Limits, Peer, MAX_STEPS};
 use libfuzzer_sys::fuzz_target;
 use volley::sim::{Fate, Mode, Runner, Script, Setup, Step};
+use volley::Status;
 
 #[derive(Debug, Arbitrary)]
 struct StreamSpec {
@@ -133,5 +134,18 @@ fuzz_target!(|input: Input| {
         runner.run(input.ops.iter().take(MAX_STEPS).map(|op| op.step()));
         runner.finish()
     };
-    run(Mode::Uring).assert_same(&run(Mode::Epoll), "io_uring vs epoll");
+    // A datagram whose own error is of the ICMP kind (ECONNREFUSED, EHOSTUNREACH, EPROTO) on a
+    // connected socket without IP_RECVERR is sent again up to 32 times and then fails with the
+    // errno of its last try; whether that try picked up a pending ICMP error from a closed port
+    // instead (another ECONNREFUSED) depends on how the ops were cut, on real backends too.
+    // Those statuses count as one here (a finding: "failures … ConnectionRefused 1, Other 6 vs
+    // ConnectionRefused 0, Other 7").
+    let icmp = |mut o: volley::sim::Observed| {
+        o.merge_failures(
+            Status::ConnectionRefused,
+            &[Status::HostUnreachable, Status::NetworkUnreachable, Status::Other],
+        );
+        o
+    };
+    icmp(run(Mode::Uring)).assert_same(&icmp(run(Mode::Epoll)), "io_uring vs epoll");
 });

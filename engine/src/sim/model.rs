@@ -76,6 +76,14 @@ impl Counts {
         }
     }
 
+    /// Counts the failures with any of `from` as failures with `into`.
+    pub fn merge_failures(&mut self, into: Status, from: &[Status]) {
+        for st in from {
+            let n = std::mem::take(&mut self.failures[st.index()]);
+            self.failures[into.index()] += n;
+        }
+    }
+
     /// Writes that ended, sent or failed.
     pub fn ended(&self) -> u64 {
         self.writes + self.failed

@@ -262,6 +262,25 @@ pub struct Observed {
 }
 
 impl Observed {
+    /// Counts every failure with any of `from` as one with `into`, in every report (for
+    /// statuses whose choice between the completion models is a matter of timing).
+    pub fn merge_failures(&mut self, into: Status, from: &[Status]) {
+        for o in &mut self.outcomes {
+            match o {
+                Outcome::Report(c) => c.merge_failures(into, from),
+                Outcome::All(all) => {
+                    for (c, _) in all {
+                        c.merge_failures(into, from);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for c in &mut self.reported {
+            c.merge_failures(into, from);
+        }
+    }
+
     /// Panics, naming the first difference, unless `self` and `other` are equal.
     ///
     /// # Panics
