@@ -1165,6 +1165,7 @@ impl Engine {
     ///
     /// # Errors
     /// As [`Engine::flush`] (no shutdown then); [`Error::WrongSocketKind`] for UDP;
+    /// [`Error::UnknownSocket`] also for a socket an `abort` that timed out left closing;
     /// [`Error::Io`] if `shutdown` fails.
     pub fn shutdown_write(&mut self, id: SocketId) -> Result<FlushReport, Error> {
         if !self.core.is_stream(id)? {
@@ -1172,6 +1173,11 @@ impl Engine {
                 socket: id,
                 expected: "a TCP stream",
             });
+        }
+        // A socket an `abort` left closing (it timed out) had writes cancelled: a FIN now would
+        // end a stream the peer holds only a prefix of. Refused as `send` refuses it.
+        if self.core.sock(id)?.closing {
+            return Err(Error::UnknownSocket(id));
         }
         let report = self.flush(id)?;
         let fd = self.core.sock(id)?.fd;

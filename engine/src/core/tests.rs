@@ -1355,6 +1355,30 @@ fn an_op_that_ends_after_abort_gave_up_leaves_nothing_pending() {
     assert!(!k.log(0).registered);
 }
 
+/// An `abort` that timed out leaves the stream closing with a write cancelled: `shutdown_write`
+/// is refused there (a FIN after a prefix would look like a clean end to the peer). fuzz_trace
+/// found it sending the FIN after 100 of 1000 bytes.
+#[test]
+fn shutdown_write_is_refused_after_an_abort_gave_up() {
+    let (mut e, k) = sim(Mode::Uring, SimConfig::default());
+    e.set_flush_timeout(Some(Duration::from_millis(10)));
+    let h = stream(&mut e, &k);
+    let want = send_all(&mut e, h, 0, &[1000]);
+    k.script(h, [Verdict::Hold, Verdict::Short(100)]);
+    e.submit().unwrap();
+    k.set_cancel(Cancel::Ignored);
+    assert!(matches!(e.abort(h), Err(Error::FlushTimeout { .. })));
+    e.set_flush_timeout(None);
+    k.unstall(h);
+    assert!(matches!(e.shutdown_write(h), Err(Error::UnknownSocket(_))));
+    assert!(k.peer(h).shutdowns.is_empty(), "no FIN after a prefix");
+    let r = e.flush_all().unwrap();
+    let r = r.socket(h).unwrap();
+    assert_eq!((r.bytes, r.failed_with(Status::Cancelled)), (100, 1));
+    assert_eq!(k.peer(h).received, want[..100]);
+    e.abort(h).unwrap();
+}
+
 both! {
     fn shutdown_write_comes_after_every_accepted_byte(mode) {
         let (mut e, k) = sim(mode, SimConfig::default());
