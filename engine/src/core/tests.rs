@@ -1329,11 +1329,11 @@ fn abort_datagrams_with_retries_after_the_cancel() {
     assert_eq!((s.writes_sent, s.failed(Status::Cancelled)), (1, 1));
 }
 
-/// io_uring: an `abort` that timed out leaves the socket closing with its op in flight; when
-/// that op ends short later, the rest of its write fails as cancelled (found by `fuzz_trace`:
-/// it stayed pending, and a flush without a timeout spun forever).
-#[test]
-fn an_op_that_ends_after_abort_gave_up_leaves_nothing_pending() {
+/// io_uring: a 1000-byte write held in flight, an `abort` whose cancel is never answered (it
+/// times out after 10 ms, the socket left closing), then the peer drains and the op ends
+/// having sent 100 bytes. Returns the engine (no timeout any more), the kernel, the stream and
+/// the bytes written.
+fn abort_gives_up() -> (Engine, SimHandle, SocketId, Vec<u8>) {
     let (mut e, k) = sim(Mode::Uring, SimConfig::default());
     e.set_flush_timeout(Some(Duration::from_millis(10)));
     let h = stream(&mut e, &k);
@@ -1345,6 +1345,15 @@ fn an_op_that_ends_after_abort_gave_up_leaves_nothing_pending() {
     assert_eq!(k.held(), 1, "the cancel was never answered");
     e.set_flush_timeout(None);
     k.unstall(h);
+    (e, k, h, want)
+}
+
+/// io_uring: an `abort` that timed out leaves the socket closing with its op in flight; when
+/// that op ends short later, the rest of its write fails as cancelled (found by `fuzz_trace`:
+/// it stayed pending, and a flush without a timeout spun forever).
+#[test]
+fn an_op_that_ends_after_abort_gave_up_leaves_nothing_pending() {
+    let (mut e, k, h, want) = abort_gives_up();
     let all = e.flush_all().unwrap();
     let r = all.socket(h).unwrap();
     assert_eq!((r.writes, r.bytes, r.failed), (0, 100, 1));
@@ -1360,16 +1369,7 @@ fn an_op_that_ends_after_abort_gave_up_leaves_nothing_pending() {
 /// found it sending the FIN after 100 of 1000 bytes.
 #[test]
 fn shutdown_write_is_refused_after_an_abort_gave_up() {
-    let (mut e, k) = sim(Mode::Uring, SimConfig::default());
-    e.set_flush_timeout(Some(Duration::from_millis(10)));
-    let h = stream(&mut e, &k);
-    let want = send_all(&mut e, h, 0, &[1000]);
-    k.script(h, [Verdict::Hold, Verdict::Short(100)]);
-    e.submit().unwrap();
-    k.set_cancel(Cancel::Ignored);
-    assert!(matches!(e.abort(h), Err(Error::FlushTimeout { .. })));
-    e.set_flush_timeout(None);
-    k.unstall(h);
+    let (mut e, k, h, want) = abort_gives_up();
     assert!(matches!(e.shutdown_write(h), Err(Error::UnknownSocket(_))));
     assert!(k.peer(h).shutdowns.is_empty(), "no FIN after a prefix");
     let r = e.flush_all().unwrap();
