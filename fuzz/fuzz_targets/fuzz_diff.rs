@@ -8,8 +8,8 @@
 //! first may differ. Every public call is in play (abort and peer errors included); queue
 //! limits are out of reach (backpressure depends on timing); peers may stall, reset and close
 //! ports, which both models see at the same point of the trace; no verdict is injected per op
-//! (an op is cut differently on each model), and an ENOBUFS is not retried (see below). Both runs also make every check `fuzz_trace`
-//! makes.
+//! (an op is cut differently on each model), and an ENOBUFS is not retried (see below). Both
+//! runs also make every check `fuzz_trace` makes.
 
 #![no_main]
 

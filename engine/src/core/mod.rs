@@ -182,7 +182,8 @@ pub(crate) enum Queue {
 }
 
 impl Queue {
-    /// Writes accepted on the socket and not yet terminal.
+    /// Writes held in the queue (what `max_queued_writes_per_socket` counts): every write
+    /// accepted and not yet terminal, and ended datagrams still behind one that has not ended.
     #[inline]
     pub fn writes(&self) -> usize {
         match self {
